@@ -267,3 +267,73 @@ pub(crate) fn finish(fd: RawFd, target: &SockAddr) -> Answer {
 pub(crate) fn describe(err: i32) -> String {
     io::Error::from_raw_os_error(err).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket bound to 127.0.0.1:P and connected to 127.0.0.1:P ends up
+    /// connected to itself (TCP simultaneous open) — exactly what happens
+    /// when a scan of the ephemeral range picks P as its own source port.
+    #[test]
+    fn self_connect_is_not_open() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = SockAddr::new("127.0.0.1".parse().unwrap(), port);
+        // SAFETY: plain socket calls on a socket we own.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            assert_eq!(libc::bind(fd, target.as_ptr(), target.len), 0);
+            assert_eq!(
+                libc::connect(fd, target.as_ptr(), target.len),
+                0,
+                "{}",
+                describe(errno())
+            );
+            assert_eq!(connected(fd, &target), Answer::SelfConnect);
+        }
+    }
+
+    #[test]
+    fn refused_and_open() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open = SockAddr::new("127.0.0.1".parse().unwrap(), l.local_addr().unwrap().port());
+        let answer = |t: &SockAddr| match start(t) {
+            Launch::Done(a) => a,
+            Launch::Pending(fd) => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: p is a valid pollfd.
+                unsafe { libc::poll(&mut p, 1, 1000) };
+                finish(fd, t)
+            }
+        };
+        assert_eq!(answer(&open), Answer::Final(Reason::SynAck));
+        drop(l);
+        assert_eq!(answer(&open), Answer::Final(Reason::ConnRefused));
+    }
+
+    #[test]
+    fn local_errors_are_not_port_states() {
+        assert_eq!(classify(libc::EMFILE), Answer::Local(libc::EMFILE));
+        assert_eq!(
+            classify(libc::EADDRNOTAVAIL),
+            Answer::Local(libc::EADDRNOTAVAIL)
+        );
+        assert_eq!(
+            classify(libc::EHOSTUNREACH),
+            Answer::Final(Reason::HostUnreach)
+        );
+        assert_eq!(
+            classify(libc::EAFNOSUPPORT),
+            Answer::Fatal(libc::EAFNOSUPPORT)
+        );
+    }
+}

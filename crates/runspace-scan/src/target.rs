@@ -474,7 +474,10 @@ mod tests {
         );
         assert_eq!(addrs("::1/127"), ["::", "::1"]);
         assert_eq!(addrs("127.0.0.*").len(), 256);
-        assert_eq!(TargetSpec::parse("0.0.0.0/0").unwrap().address_count(), Some(1 << 32));
+        assert_eq!(
+            TargetSpec::parse("0.0.0.0/0").unwrap().address_count(),
+            Some(1 << 32)
+        );
         assert!(TargetSpec::parse("localhost").unwrap().is_name());
         assert!(TargetSpec::parse("example.com.").unwrap().is_name());
     }
