@@ -337,7 +337,9 @@ impl Iterator for ScanStream {
 ///
 /// Host names are resolved as the scan reaches them (a name that does not
 /// resolve becomes a [`ScanEvent::TargetError`], and the other targets are
-/// scanned). The scan uses the open-file limit as it is; call
+/// scanned). Excluded host names are resolved first; if one cannot be
+/// resolved, nothing is scanned, because scanning anyway could probe the
+/// very host the caller meant to exclude. The scan uses the open-file limit as it is; call
 /// [`limits::raise_nofile_limit`] first to use more of it.
 ///
 /// ```
@@ -414,10 +416,13 @@ fn feed_targets(
             .is_ok()
     };
     let (ex, errors) = Exclusions::new(&exclude);
-    for e in errors {
-        if !report(e) {
-            return;
+    if !errors.is_empty() {
+        // An exclusion that cannot be resolved would silently widen the
+        // scan: scan nothing and say why.
+        for e in errors {
+            report(e);
         }
+        return;
     }
     for spec in &targets {
         let resolved: Box<dyn Iterator<Item = Target>> = if spec.is_name() {
