@@ -285,7 +285,18 @@ pub fn run(args: ScanArgs) -> i32 {
         let _ = writeln!(out, "{}", output::CSV_HEADER);
     }
     while let Some(event) = stream.blocking_next() {
-        let res = progress.suspend(|| state.handle(&ctx, &mut out, event));
+        // Writing to the terminal the bar is drawn on: hide the bar for the
+        // write. Table and grepable write only when a host is done.
+        let writes_now = match &event {
+            ScanEvent::HostDone(_) => true,
+            ScanEvent::Port(_) => matches!(format, Format::Jsonl | Format::Csv),
+            ScanEvent::TargetError(_) => true,
+        };
+        let res = if stdout_tty && writes_now {
+            progress.suspend(|| state.handle(&ctx, &mut out, event))
+        } else {
+            state.handle(&ctx, &mut out, event)
+        };
         if let Err(e) = res {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 // The reader went away (`| head`): stop quietly.
