@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::Sender;
 
-use crate::probe::{self, Answer, Launch, SockAddr};
+use crate::probe::{self, Answer, Launch, SockAddr, Spares};
 use crate::result::ScanEvent;
 use crate::scheduler::{Done, Probe, Scheduler};
 
@@ -101,6 +101,7 @@ impl Drop for Epoll {
 /// The per-worker state of in-flight probes.
 struct Worker {
     epoll: Epoll,
+    spares: Spares,
     slots: Vec<Slot>,
     free: Vec<u32>,
     deadlines: VecDeque<(Instant, u32, u32)>,
@@ -126,7 +127,7 @@ impl Worker {
         for p in iter.by_ref() {
             let target = SockAddr::new(p.address, p.port);
             let start = Instant::now();
-            let answer = match probe::start(&target) {
+            let answer = match probe::start(&target, &mut self.spares) {
                 Launch::Done(a) => a,
                 Launch::Pending(fd) => match self.track(fd, p, start) {
                     Ok(()) => continue,
@@ -268,6 +269,7 @@ pub(crate) fn run_worker(shared: Arc<Shared>, cap: usize) {
     let cap = cap.max(1);
     let mut w = Worker {
         epoll,
+        spares: Spares::default(),
         slots: Vec::with_capacity(cap.min(4096)),
         free: Vec::new(),
         deadlines: VecDeque::with_capacity(cap.min(4096)),
