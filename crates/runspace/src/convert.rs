@@ -1,0 +1,219 @@
+//! Values crossing between Rust and Luau, as JSON values.
+//!
+//! Hand-written rather than going through `mlua`'s serde bridge: this runs
+//! once or twice per item on the hot path, and the direct match is several
+//! times cheaper. The rules (documented in the README):
+//!
+//! - numbers are doubles in Luau, so integers beyond ±2^53 travel as strings
+//!   rather than being silently rounded;
+//! - a JSON `null` inside an array becomes `json.null` (so the array keeps its
+//!   length); elsewhere it is `nil`;
+//! - a table whose keys are exactly `1..n` is an array, an empty table is
+//!   `[]`, anything else is an object with string keys;
+//! - NaN and infinities, which JSON cannot hold, become the strings `"nan"`,
+//!   `"inf"` and `"-inf"`;
+//! - functions, threads and userdata become a descriptive string.
+
+use mlua::{Lua, Value as LuaValue};
+use serde_json::{Map, Number, Value};
+
+/// The largest integer a double holds exactly.
+const MAX_SAFE_INTEGER: i64 = 1 << 53;
+
+/// Nesting depth past which a table is taken to be cyclic.
+const MAX_DEPTH: usize = 128;
+
+/// Converts a JSON value into a Luau value.
+pub(crate) fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
+    Ok(match value {
+        Value::Null => LuaValue::Nil,
+        Value::Bool(b) => LuaValue::Boolean(*b),
+        Value::Number(n) => number_to_lua(lua, n)?,
+        Value::String(s) => LuaValue::String(lua.create_string(s)?),
+        Value::Array(items) => {
+            let table = lua.create_table_with_capacity(items.len(), 0)?;
+            for (i, item) in items.iter().enumerate() {
+                let v = match item {
+                    Value::Null => LuaValue::NULL,
+                    other => to_lua(lua, other)?,
+                };
+                table.raw_set(i + 1, v)?;
+            }
+            LuaValue::Table(table)
+        }
+        Value::Object(map) => {
+            let table = lua.create_table_with_capacity(0, map.len())?;
+            for (k, v) in map {
+                if !v.is_null() {
+                    table.raw_set(k.as_str(), to_lua(lua, v)?)?;
+                }
+            }
+            LuaValue::Table(table)
+        }
+    })
+}
+
+fn number_to_lua(lua: &Lua, n: &Number) -> mlua::Result<LuaValue> {
+    if let Some(i) = n.as_i64() {
+        if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&i) {
+            return Ok(LuaValue::Number(i as f64));
+        }
+        return Ok(LuaValue::String(lua.create_string(i.to_string())?));
+    }
+    if n.as_u64().is_some() {
+        // Only reached above i64::MAX: certainly beyond 2^53.
+        return Ok(LuaValue::String(lua.create_string(n.to_string())?));
+    }
+    Ok(LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)))
+}
+
+/// Converts a Luau value into JSON. Fails only on cyclic or absurdly deep tables.
+pub(crate) fn from_lua(value: &LuaValue) -> mlua::Result<Value> {
+    from_lua_depth(value, 0)
+}
+
+fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
+    Ok(match value {
+        LuaValue::Nil => Value::Null,
+        LuaValue::Boolean(b) => Value::Bool(*b),
+        LuaValue::Integer(i) => Value::Number((*i).into()),
+        LuaValue::Number(f) => float_to_json(*f),
+        LuaValue::String(s) => Value::String(s.to_string_lossy()),
+        LuaValue::Table(t) => {
+            if depth >= MAX_DEPTH {
+                return Err(mlua::Error::runtime("cannot convert table to JSON: nested too deeply (is it cyclic?)"));
+            }
+            table_to_json(t, depth + 1)?
+        }
+        LuaValue::LightUserData(p) if p.0.is_null() => Value::Null,
+        LuaValue::Vector(v) => Value::Array([v.x(), v.y(), v.z()].iter().map(|c| float_to_json(*c as f64)).collect()),
+        LuaValue::Function(_) => Value::String("<function>".into()),
+        LuaValue::Thread(_) => Value::String("<thread>".into()),
+        LuaValue::Buffer(b) => Value::String(String::from_utf8_lossy(&b.to_vec()).into_owned()),
+        other => Value::String(format!("<{}>", other.type_name())),
+    })
+}
+
+fn float_to_json(f: f64) -> Value {
+    if f.is_finite() {
+        if f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64 {
+            Value::Number((f as i64).into())
+        } else {
+            Number::from_f64(f).map_or(Value::Null, Value::Number)
+        }
+    } else if f.is_nan() {
+        Value::String("nan".into())
+    } else if f > 0.0 {
+        Value::String("inf".into())
+    } else {
+        Value::String("-inf".into())
+    }
+}
+
+fn table_to_json(t: &mlua::Table, depth: usize) -> mlua::Result<Value> {
+    let len = t.raw_len();
+    // A pure sequence: keys are exactly 1..len.
+    let mut count = 0usize;
+    let mut is_sequence = true;
+    t.for_each::<LuaValue, LuaValue>(|k, _| {
+        count += 1;
+        if is_sequence {
+            is_sequence = matches!(k, LuaValue::Integer(i) if i >= 1 && (i as usize) <= len);
+        }
+        Ok(())
+    })?;
+    if is_sequence && count == len {
+        let mut items = Vec::with_capacity(len);
+        for i in 1..=len {
+            items.push(from_lua_depth(&t.raw_get::<LuaValue>(i)?, depth)?);
+        }
+        return Ok(Value::Array(items));
+    }
+    let mut map = Map::new();
+    t.for_each::<LuaValue, LuaValue>(|k, v| {
+        let key = match &k {
+            LuaValue::String(s) => s.to_string_lossy(),
+            other => match from_lua_depth(other, depth)? {
+                Value::String(s) => s,
+                v => v.to_string(),
+            },
+        };
+        map.insert(key, from_lua_depth(&v, depth)?);
+        Ok(())
+    })?;
+    Ok(Value::Object(map))
+}
+
+/// Renders a value the way the stream functions show it: strings as they
+/// are, everything else as compact JSON.
+pub(crate) fn display(value: &LuaValue) -> String {
+    match value {
+        LuaValue::String(s) => s.to_string_lossy(),
+        LuaValue::Nil => "nil".into(),
+        other => match from_lua(other) {
+            Ok(Value::String(s)) => s,
+            Ok(v) => v.to_string(),
+            Err(e) => format!("<{e}>"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(v: Value) -> Value {
+        let lua = Lua::new();
+        from_lua(&to_lua(&lua, &v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn scalars_and_nesting_round_trip() {
+        let v = json!({"a": 1, "b": [1, 2.5, "x", true], "c": {"d": "e"}});
+        assert_eq!(round_trip(v.clone()), v);
+    }
+
+    #[test]
+    fn big_integers_travel_as_strings() {
+        assert_eq!(round_trip(json!(9007199254740993u64)), json!("9007199254740993"));
+        assert_eq!(round_trip(json!(-9007199254740993i64)), json!("-9007199254740993"));
+        assert_eq!(round_trip(json!(9007199254740992u64)), json!(9007199254740992u64));
+    }
+
+    #[test]
+    fn nulls_keep_array_length() {
+        assert_eq!(round_trip(json!([1, null, 3])), json!([1, null, 3]));
+        assert_eq!(round_trip(json!({"a": null, "b": 1})), json!({"b": 1}));
+    }
+
+    #[test]
+    fn empty_table_is_an_array_and_mixed_tables_are_objects() {
+        let lua = Lua::new();
+        let v: LuaValue = lua.load("return {}").eval().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!([]));
+        let v: LuaValue = lua.load("return {1, 2, x = 3}").eval().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!({"1": 1, "2": 2, "x": 3}));
+        let v: LuaValue = lua.load("return {[1] = 'a', [3] = 'c'}").eval().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!({"1": "a", "3": "c"}));
+    }
+
+    #[test]
+    fn non_finite_numbers_become_strings() {
+        let lua = Lua::new();
+        let v: LuaValue =
+            lua.load("return 0/0, 1/0, -1/0").eval::<mlua::MultiValue>().unwrap().into_iter().next().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!("nan"));
+        assert_eq!(float_to_json(f64::INFINITY), json!("inf"));
+        assert_eq!(float_to_json(f64::NEG_INFINITY), json!("-inf"));
+        assert_eq!(float_to_json(2.5), json!(2.5));
+    }
+
+    #[test]
+    fn cyclic_tables_are_an_error_not_a_crash() {
+        let lua = Lua::new();
+        let v: LuaValue = lua.load("local t = {} t.self = t return t").eval().unwrap();
+        let err = from_lua(&v).unwrap_err().to_string();
+        assert!(err.contains("nested too deeply"), "{err}");
+    }
+}

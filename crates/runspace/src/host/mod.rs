@@ -1,0 +1,155 @@
+//! The host library: the functions every script has, and (behind
+//! capabilities) the ones that reach outside the sandbox.
+//!
+//! Host functions record into the running invocation's [`Capture`] and
+//! wait on its [`Control`], so every blocking call can be stopped.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mlua::{Lua, MultiValue, Table, Value as LuaValue};
+use serde_json::Value;
+
+use crate::capability::Grants;
+use crate::control::{Control, StopReason};
+use crate::convert::{display, from_lua, to_lua};
+use crate::streams::{ProgressRecord, Streams};
+
+/// What one invocation has produced so far.
+#[derive(Debug, Default)]
+pub(crate) struct Capture {
+    pub(crate) output: Vec<Value>,
+    pub(crate) streams: Streams,
+}
+
+/// What host functions share: where to record, what to wait on, what is granted.
+#[derive(Clone)]
+pub(crate) struct HostContext {
+    pub(crate) capture: Rc<RefCell<Capture>>,
+    pub(crate) control: Arc<Control>,
+    #[allow(dead_code)] // read by the capability-gated libraries
+    pub(crate) grants: Grants,
+}
+
+impl HostContext {
+    /// Turns a stop seen inside a blocking host call into the error that
+    /// unwinds the script.
+    pub(crate) fn stopped(reason: StopReason) -> mlua::Error {
+        mlua::Error::runtime(reason.message())
+    }
+}
+
+/// Installs the always-available host functions into `globals`.
+pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Result<()> {
+    let c = ctx.capture.clone();
+    globals.raw_set(
+        "emit",
+        lua.create_function(move |_, values: MultiValue| {
+            let mut capture = c.borrow_mut();
+            for v in values.iter() {
+                capture.output.push(from_lua(v)?);
+            }
+            Ok(())
+        })?,
+    )?;
+
+    type Pick = fn(&mut Streams) -> &mut Vec<String>;
+    let streams: [(&str, Pick); 5] = [
+        ("write_error", |s| &mut s.error),
+        ("write_warning", |s| &mut s.warning),
+        ("write_verbose", |s| &mut s.verbose),
+        ("write_debug", |s| &mut s.debug),
+        ("write_information", |s| &mut s.information),
+    ];
+    for (name, pick) in streams {
+        let c = ctx.capture.clone();
+        globals.raw_set(
+            name,
+            lua.create_function(move |_, values: MultiValue| {
+                let text = join(&values);
+                pick(&mut c.borrow_mut().streams).push(text);
+                Ok(())
+            })?,
+        )?;
+    }
+    let c = ctx.capture.clone();
+    globals.raw_set(
+        "print",
+        lua.create_function(move |_, values: MultiValue| {
+            c.borrow_mut().streams.information.push(join(&values));
+            Ok(())
+        })?,
+    )?;
+
+    let c = ctx.capture.clone();
+    globals.raw_set(
+        "write_progress",
+        lua.create_function(move |_, (first, percent, status): (LuaValue, Option<f64>, Option<String>)| {
+            let record = match first {
+                LuaValue::Table(t) => ProgressRecord {
+                    activity: t.get::<Option<String>>("activity")?.unwrap_or_default(),
+                    status: t.get("status")?,
+                    percent: t.get("percent")?,
+                },
+                other => ProgressRecord { activity: display(&other), status, percent },
+            };
+            c.borrow_mut().streams.progress.push(record);
+            Ok(())
+        })?,
+    )?;
+
+    let control = ctx.control.clone();
+    globals.raw_set(
+        "sleep",
+        lua.create_function(move |_, seconds: f64| {
+            let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+            control.sleep(Duration::from_secs_f64(seconds.min(1e9))).map_err(HostContext::stopped)
+        })?,
+    )?;
+
+    globals.raw_set(
+        "now",
+        lua.create_function(|_, ()| Ok(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())))?,
+    )?;
+
+    globals.raw_set("json", json_library(lua)?)?;
+    Ok(())
+}
+
+/// `json.encode(value [, pretty])`, `json.decode(text)` and `json.null`.
+fn json_library(lua: &Lua) -> mlua::Result<Table> {
+    let json = lua.create_table()?;
+    json.raw_set(
+        "encode",
+        lua.create_function(|_, (value, pretty): (LuaValue, Option<bool>)| {
+            let v = from_lua(&value)?;
+            let text =
+                if pretty.unwrap_or(false) { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) };
+            text.map_err(mlua::Error::external)
+        })?,
+    )?;
+    json.raw_set(
+        "decode",
+        lua.create_function(|lua, text: mlua::LuaString| {
+            let v: Value = serde_json::from_slice(&text.as_bytes())
+                .map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
+            to_lua(lua, &v)
+        })?,
+    )?;
+    json.raw_set("null", LuaValue::NULL)?;
+    Ok(json)
+}
+
+/// Joins values the way `print` does: tab-separated.
+fn join(values: &MultiValue) -> String {
+    let mut out = String::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        out.push_str(&display(v));
+    }
+    out
+}

@@ -1,0 +1,42 @@
+//! PowerShell's runspace model in Rust: sandboxed Luau script environments
+//! ([`Runspace`]), pools that run scripts in parallel under a throttle limit
+//! ([`RunspacePool`]), invocations with PowerShell's six streams
+//! ([`Invocation`]), and parallel runs over many inputs ([`Parallel`]).
+//!
+//! ```
+//! use runspace::{RunspacePool, Script, SessionState, Status};
+//! use serde_json::json;
+//!
+//! let session = SessionState::new().variable("factor", json!(3)).unwrap();
+//! let pool = RunspacePool::builder().max(4).session(session).open().unwrap();
+//! let script = Script::new("return _ * factor").unwrap();
+//! let mut results: Vec<_> = pool.parallel(&script).run((1..=3).map(|n| json!(n))).collect();
+//! results.sort_by_key(|r| r.index);
+//! assert!(results.iter().all(|r| r.status == Status::Completed));
+//! assert_eq!(results[2].result, json!(9));
+//! ```
+//!
+//! The library never prints; the `rsp` program formats what it returns.
+
+mod capability;
+mod control;
+mod convert;
+mod error;
+mod host;
+mod invocation;
+mod parallel;
+mod pool;
+mod runspace;
+mod script;
+mod session;
+mod streams;
+
+pub use capability::{Capability, Grants};
+pub use error::{Error, Result};
+pub use invocation::{Invocation, InvocationHandle, InvocationResult};
+pub use parallel::{Input, ItemResult, Parallel, Results, RunControl};
+pub use pool::{PoolBuilder, RunspacePool};
+pub use runspace::{Runspace, Stopper};
+pub use script::Script;
+pub use session::SessionState;
+pub use streams::{ProgressRecord, Status, Streams};

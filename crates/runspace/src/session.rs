@@ -1,0 +1,225 @@
+//! What every runspace of a session starts with: PowerShell's `InitialSessionState`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::capability::{Capability, Grants};
+use crate::error::{Error, Result};
+use crate::script::compile;
+
+/// Names a script always has; a variable, parameter or module may not hide them.
+pub(crate) const RESERVED: &[&str] = &[
+    "_",
+    "_G",
+    "_VERSION",
+    "emit",
+    "print",
+    "write_error",
+    "write_warning",
+    "write_verbose",
+    "write_debug",
+    "write_information",
+    "write_progress",
+    "sleep",
+    "now",
+    "json",
+    "require",
+    "string",
+    "table",
+    "math",
+    "utf8",
+    "coroutine",
+    "buffer",
+    "bit32",
+    "vector",
+    "error",
+    "pcall",
+    "xpcall",
+    "type",
+    "typeof",
+    "tostring",
+    "tonumber",
+    "pairs",
+    "ipairs",
+    "next",
+    "select",
+    "setmetatable",
+    "getmetatable",
+    "rawget",
+    "rawset",
+    "rawequal",
+    "rawlen",
+    "assert",
+    "unpack",
+    "collectgarbage",
+    "gcinfo",
+    "newproxy",
+    "fs",
+    "proc",
+    "net",
+    "http",
+    "exec",
+    "env",
+];
+
+/// Luau keywords, which cannot be variable names either.
+const KEYWORDS: &[&str] = &[
+    "and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in", "local", "nil", "not", "or",
+    "repeat", "return", "then", "true", "until", "while", "continue",
+];
+
+/// Checks that `name` can be a global a script refers to.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric());
+    if !valid || KEYWORDS.contains(&name) {
+        return Err(Error::Session(format!(
+            "{kind} name '{name}' is not a valid identifier (letters, digits and _, not starting with a digit, not a keyword)"
+        )));
+    }
+    if RESERVED.contains(&name) {
+        return Err(Error::Session(format!("{kind} name '{name}' would hide the built-in '{name}'")));
+    }
+    Ok(())
+}
+
+/// A module: Luau source run once per runspace, its return value bound to
+/// a global named after it (and returned by `require("name")`).
+#[derive(Debug, Clone)]
+pub(crate) struct Module {
+    pub(crate) name: String,
+    pub(crate) bytecode: Vec<u8>,
+}
+
+/// Everything a runspace starts with: variables, modules, granted
+/// capabilities and limits. Cheap to clone; shared by every runspace of a
+/// pool.
+///
+/// ```
+/// use runspace::{SessionState, Capability};
+/// use serde_json::json;
+/// use std::time::Duration;
+///
+/// let state = SessionState::new()
+///     .variable("greeting", json!("hello")).unwrap()
+///     .module("util", "return { double = function(x) return 2 * x end }").unwrap()
+///     .allow(Capability::Net)
+///     .memory_limit(64 << 20)
+///     .timeout(Duration::from_secs(5));
+/// assert!(state.grants().allows(Capability::Net));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    pub(crate) variables: BTreeMap<String, Value>,
+    pub(crate) modules: Vec<Module>,
+    pub(crate) grants: Grants,
+    pub(crate) memory_limit: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl SessionState {
+    /// An empty, fully sandboxed session: no variables, modules or capabilities, no limits.
+    pub fn new() -> SessionState {
+        SessionState::default()
+    }
+
+    /// Adds a variable every script sees as a read-only global.
+    pub fn variable(mut self, name: &str, value: Value) -> Result<SessionState> {
+        check_name("variable", name)?;
+        self.variables.insert(name.to_string(), value);
+        Ok(self)
+    }
+
+    /// Adds a module from source: run once per runspace, its return value
+    /// bound to the global `name`. Compiled now, so a syntax error is
+    /// reported before any runspace opens.
+    pub fn module(mut self, name: &str, source: &str) -> Result<SessionState> {
+        check_name("module", name)?;
+        if self.modules.iter().any(|m| m.name == name) {
+            return Err(Error::Session(format!("module '{name}' is added twice")));
+        }
+        let bytecode = compile(name, source)?;
+        self.modules.push(Module { name: name.to_string(), bytecode });
+        Ok(self)
+    }
+
+    /// Adds a module from a file, named after the file's stem
+    /// (`lib/net_util.luau` binds `net_util`).
+    pub fn module_file(self, path: impl AsRef<Path>) -> Result<SessionState> {
+        let path = path.as_ref();
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let source = std::fs::read_to_string(path).map_err(|e| Error::Module {
+            name: path.display().to_string(),
+            message: format!("cannot read file: {e}"),
+        })?;
+        self.module(&name, &source)
+    }
+
+    /// Grants a capability everywhere.
+    pub fn allow(mut self, capability: Capability) -> SessionState {
+        self.grants.grant(capability);
+        self
+    }
+
+    /// Replaces the granted capabilities.
+    pub fn grants_from(mut self, grants: Grants) -> SessionState {
+        self.grants = grants;
+        self
+    }
+
+    /// The granted capabilities.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Limits each runspace's VM to `bytes` of memory. An allocation past it
+    /// fails the item that made it; the runspace stays usable.
+    pub fn memory_limit(mut self, bytes: usize) -> SessionState {
+        self.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The default timeout of every invocation and item of this session.
+    pub fn timeout(mut self, timeout: Duration) -> SessionState {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The per-runspace memory limit, if any.
+    pub fn memory_limit_bytes(&self) -> Option<usize> {
+        self.memory_limit
+    }
+
+    /// The default timeout, if any.
+    pub fn default_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bad_names_are_refused_with_a_reason() {
+        let e = SessionState::new().variable("1x", json!(1)).unwrap_err().to_string();
+        assert!(e.contains("not a valid identifier"), "{e}");
+        let e = SessionState::new().variable("end", json!(1)).unwrap_err().to_string();
+        assert!(e.contains("not a valid identifier"), "{e}");
+        let e = SessionState::new().variable("string", json!(1)).unwrap_err().to_string();
+        assert!(e.contains("hide the built-in"), "{e}");
+    }
+
+    #[test]
+    fn module_syntax_errors_surface_at_add_time() {
+        let e = SessionState::new().module("m", "return {").unwrap_err();
+        assert!(matches!(e, Error::Syntax { ref name, line: Some(1), .. } if name == "m"), "{e:?}");
+        let e = SessionState::new().module("m", "return 1").unwrap().module("m", "return 2").unwrap_err();
+        assert!(e.to_string().contains("twice"));
+    }
+}
