@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use runspace_scan::{
-    limits, scan, Counts, PortList, PortResult, ScanConfig, ScanEvent, Services, TargetSpec,
-};
+use runspace_scan::{limits, scan, Counts, PortList, PortResult, ScanConfig, ScanEvent, Services, TargetSpec};
 
 use output::{Format, Show};
 
@@ -36,12 +34,7 @@ pub struct ScanArgs {
 
     /// Ports: lists and ranges (22,80,8000-8100), '-' or '-p-' for all
     /// 65535. Default: 22,80,135,139,443,445,3389,5985,5986.
-    #[arg(
-        short = 'p',
-        long = "ports",
-        value_name = "PORTS",
-        allow_hyphen_values = true
-    )]
+    #[arg(short = 'p', long = "ports", value_name = "PORTS", allow_hyphen_values = true)]
     pub ports: Option<String>,
 
     /// Scan the N most common ports instead of -p.
@@ -54,12 +47,7 @@ pub struct ScanArgs {
 
     /// Read targets from FILE ('-' for stdin), whitespace separated, '#'
     /// comments. nmap's spelling '-iL FILE' works too.
-    #[arg(
-        short = 'L',
-        long = "input-list",
-        value_name = "FILE",
-        allow_hyphen_values = true
-    )]
+    #[arg(short = 'L', long = "input-list", value_name = "FILE", allow_hyphen_values = true)]
     pub input_list: Option<String>,
 
     /// The 'i' of nmap's '-iL FILE' (clap reads it as '-i' plus '-L FILE').
@@ -120,13 +108,10 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     let d = if let Ok(ms) = text.trim().parse::<u64>() {
         Duration::from_millis(ms)
     } else {
-        humantime::parse_duration(text.trim())
-            .map_err(|e| format!("invalid --timeout '{text}': {e}"))?
+        humantime::parse_duration(text.trim()).map_err(|e| format!("invalid --timeout '{text}': {e}"))?
     };
     if d.is_zero() {
-        return Err(format!(
-            "invalid --timeout '{text}': must be more than zero"
-        ));
+        return Err(format!("invalid --timeout '{text}': must be more than zero"));
     }
     Ok(d)
 }
@@ -135,8 +120,7 @@ fn read_target_list(path: &str) -> Result<Vec<String>, String> {
     let reader: Box<dyn BufRead> = if path == "-" {
         Box::new(io::stdin().lock())
     } else {
-        let f = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read target list '{path}': {e}"))?;
+        let f = std::fs::File::open(path).map_err(|e| format!("cannot read target list '{path}': {e}"))?;
         Box::new(io::BufReader::new(f))
     };
     let mut out = Vec::new();
@@ -243,11 +227,7 @@ pub fn run(args: ScanArgs) -> i32 {
 
     let stdout_tty = io::stdout().is_terminal();
     let stderr_tty = io::stderr().is_terminal();
-    let format = args.format.unwrap_or(if stdout_tty {
-        Format::Table
-    } else {
-        Format::Jsonl
-    });
+    let format = args.format.unwrap_or(if stdout_tty { Format::Table } else { Format::Jsonl });
     let show = show.unwrap_or(match format {
         Format::Table | Format::Grepable => Show::parse("open").expect("valid"),
         Format::Jsonl | Format::Csv => Show::parse("all").expect("valid"),
@@ -272,12 +252,7 @@ pub fn run(args: ScanArgs) -> i32 {
     // have installed a handler already; then the default behaviour stays.
     let _ = ctrlc::set_handler(move || stopper.stop());
 
-    let ctx = Ctx {
-        format,
-        show,
-        services: Services::system(),
-        colour: colour_ok(stdout_tty),
-    };
+    let ctx = Ctx { format, show, services: Services::system(), colour: colour_ok(stdout_tty) };
     let started = Instant::now();
     let mut out = BufWriter::new(io::stdout().lock());
     let mut state = RunState::default();
@@ -311,13 +286,7 @@ pub fn run(args: ScanArgs) -> i32 {
     drop(out);
     progress.finish_and_clear();
     let stopped = stream.stop_handle().is_stopped();
-    print_summary(
-        &state,
-        total_hosts,
-        started.elapsed(),
-        stopped,
-        colour_ok(stderr_tty),
-    );
+    print_summary(&state, total_hosts, started.elapsed(), stopped, colour_ok(stderr_tty));
     if bad_targets > 0 {
         2
     } else if state.unresolved > 0 {
@@ -356,27 +325,18 @@ impl RunState {
                 match ctx.format {
                     Format::Jsonl => output::write_jsonl(out, &r, &ctx.services)?,
                     Format::Csv => output::write_csv(out, &r, &ctx.services)?,
-                    Format::Table | Format::Grepable => self
-                        .pending
-                        .entry((r.host.clone(), r.address))
-                        .or_default()
-                        .push(r),
+                    Format::Table | Format::Grepable => {
+                        self.pending.entry((r.host.clone(), r.address)).or_default().push(r)
+                    }
                 }
             }
             ScanEvent::HostDone(h) => {
                 self.hosts_done += 1;
-                let mut ports = self
-                    .pending
-                    .remove(&(h.host.clone(), h.address))
-                    .unwrap_or_default();
+                let mut ports = self.pending.remove(&(h.host.clone(), h.address)).unwrap_or_default();
                 ports.sort_by_key(|r| r.port);
                 match ctx.format {
-                    Format::Table => {
-                        output::write_table(out, &h, &ports, ctx.show, &ctx.services, ctx.colour)?
-                    }
-                    Format::Grepable => {
-                        output::write_grepable(out, &h, &ports, ctx.show, &ctx.services)?
-                    }
+                    Format::Table => output::write_table(out, &h, &ports, ctx.show, &ctx.services, ctx.colour)?,
+                    Format::Grepable => output::write_grepable(out, &h, &ports, ctx.show, &ctx.services)?,
                     Format::Jsonl | Format::Csv => {}
                 }
                 out.flush()?;
@@ -390,13 +350,7 @@ impl RunState {
     }
 }
 
-fn print_summary(
-    state: &RunState,
-    total_hosts: u64,
-    elapsed: Duration,
-    stopped: bool,
-    colour: bool,
-) {
+fn print_summary(state: &RunState, total_hosts: u64, elapsed: Duration, stopped: bool, colour: bool) {
     let paint = |code: &str, text: String| {
         if colour {
             format!("{code}{text}{}", output::RESET)
@@ -406,28 +360,11 @@ fn print_summary(
     };
     let c = &state.counts;
     let mut lines = vec![
-        paint(
-            "\x1b[36m",
-            if stopped {
-                "Scan summary (stopped):"
-            } else {
-                "Scan summary:"
-            }
-            .into(),
-        ),
+        paint("\x1b[36m", if stopped { "Scan summary (stopped):" } else { "Scan summary:" }.into()),
         format!("  Hosts scanned: {}/{}", state.hosts_done, total_hosts),
-        paint(
-            output::state_colour(runspace_scan::PortState::Open),
-            format!("  Open ports:     {}", c.open),
-        ),
-        paint(
-            output::state_colour(runspace_scan::PortState::Closed),
-            format!("  Closed ports:   {}", c.closed),
-        ),
-        paint(
-            output::state_colour(runspace_scan::PortState::Filtered),
-            format!("  Filtered ports: {}", c.filtered),
-        ),
+        paint(output::state_colour(runspace_scan::PortState::Open), format!("  Open ports:     {}", c.open)),
+        paint(output::state_colour(runspace_scan::PortState::Closed), format!("  Closed ports:   {}", c.closed)),
+        paint(output::state_colour(runspace_scan::PortState::Filtered), format!("  Filtered ports: {}", c.filtered)),
         paint(
             output::state_colour(runspace_scan::PortState::Error),
             format!("  Errors:         {}", c.errors + state.unresolved),

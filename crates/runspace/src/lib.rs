@@ -34,7 +34,7 @@ mod streams;
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
 pub use invocation::{Invocation, InvocationHandle, InvocationResult};
-pub use parallel::{Input, ItemResult, Parallel, Results, RunControl};
+pub use parallel::{Input, ItemResult, Next, Parallel, Results, RunControl};
 pub use pool::{PoolBuilder, RunspacePool};
 pub use runspace::{Runspace, Stopper};
 pub use script::Script;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -332,7 +332,7 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
                     result: collapse(output),
                     status,
                     errors: streams.error,
-                    duration_ms: duration.as_secs_f64() * 1e3,
+                    duration_ms: (duration.as_micros() as f64) / 1e3,
                     batch: None,
                     batch_index: None,
                     warning: streams.warning,
@@ -505,31 +505,86 @@ impl Results {
     }
 }
 
-impl Iterator for Results {
-    type Item = ItemResult;
+/// What [`Results::next_timeout`] found.
+#[derive(Debug)]
+pub enum Next {
+    /// The next result.
+    Item(ItemResult),
+    /// Nothing arrived in time; the run goes on.
+    Idle,
+    /// The run is over: every result has been handed out.
+    Done,
+}
 
-    fn next(&mut self) -> Option<ItemResult> {
+impl Results {
+    /// Like [`Iterator::next`], but gives up after `timeout` with
+    /// [`Next::Idle`], so a caller can flush output or redraw progress while
+    /// slow items run.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Next {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
         loop {
             if self.ordered {
                 if let Some(item) = self.pending.remove(&self.next_index) {
                     self.next_index += 1;
-                    return Some(self.hand_out(item));
+                    return Next::Item(self.hand_out(item));
                 }
             } else if let Some(item) = self.current.next() {
-                return Some(self.hand_out(item));
+                return Next::Item(self.hand_out(item));
             }
-            match self.receiver.recv() {
-                Ok(chunk) if self.ordered => {
-                    self.pending.extend(chunk.into_iter().map(|r| (r.index, r)));
-                }
+            // Once stopping, nothing new is read: when nothing is left in
+            // flight the run is over, even if the feeder is still blocked in
+            // a slow input (a terminal, say).
+            let stopping = self.control.is_stopping();
+            let wait = match (deadline, stopping) {
+                (_, true) => Some(Instant::now() + Duration::from_millis(20)),
+                (d, false) => d,
+            };
+            let received = match wait {
+                Some(at) => self.receiver.recv_deadline(at),
+                None => self.receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match received {
+                Ok(chunk) if self.ordered => self.pending.extend(chunk.into_iter().map(|r| (r.index, r))),
                 Ok(chunk) => self.current = chunk.into_iter(),
-                Err(_) => {
-                    // Every sender is gone: the run is over. After a stop,
-                    // skipped items leave gaps; hand out the rest in order.
-                    let (&index, _) = self.pending.iter().next()?;
-                    self.next_index = index;
+                Err(RecvTimeoutError::Timeout) if stopping && self.counters.in_memory.load(Ordering::Relaxed) == 0 => {
+                    if !self.finish_gaps() {
+                        return Next::Done;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if stopping && deadline.is_none_or(|d| Instant::now() < d) => {}
+                Err(RecvTimeoutError::Timeout) => return Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if !self.finish_gaps() {
+                        return Next::Done;
+                    }
                 }
             }
+        }
+    }
+
+    /// After a stop, skipped items leave gaps in the order: move on to the
+    /// next result held, if any. False when none is held.
+    fn finish_gaps(&mut self) -> bool {
+        match self.pending.keys().next() {
+            Some(&index) => {
+                self.next_index = index;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Iterator for Results {
+    type Item = ItemResult;
+
+    fn next(&mut self) -> Option<ItemResult> {
+        match self.next_until(None) {
+            Next::Item(item) => Some(item),
+            Next::Idle | Next::Done => None,
         }
     }
 }

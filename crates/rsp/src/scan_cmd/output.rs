@@ -31,30 +31,16 @@ pub struct Show {
 impl Show {
     /// Parses `open,closed,filtered,error` or `all`.
     pub fn parse(spec: &str) -> Result<Show, String> {
-        let mut show = Show {
-            open: false,
-            closed: false,
-            filtered: false,
-            error: false,
-        };
+        let mut show = Show { open: false, closed: false, filtered: false, error: false };
         for part in spec.split(',').map(str::trim) {
             match part {
-                "all" => {
-                    show = Show {
-                        open: true,
-                        closed: true,
-                        filtered: true,
-                        error: true,
-                    }
-                }
+                "all" => show = Show { open: true, closed: true, filtered: true, error: true },
                 "open" => show.open = true,
                 "closed" => show.closed = true,
                 "filtered" => show.filtered = true,
                 "error" | "errors" => show.error = true,
                 other => {
-                    return Err(format!(
-                        "invalid --show value '{other}': use open, closed, filtered, error or all"
-                    ))
+                    return Err(format!("invalid --show value '{other}': use open, closed, filtered, error or all"))
                 }
             }
         }
@@ -186,24 +172,11 @@ pub fn write_table(
         writeln!(out, "Not shown: {hidden} ports")?;
     }
     if !ports.is_empty() {
-        let svc_w = ports
-            .iter()
-            .map(|r| services.get(r.port).unwrap_or("unknown").len())
-            .max()
-            .unwrap_or(0)
-            .max(7);
-        writeln!(
-            out,
-            "{:<9} {:<8} {:<svc_w$} {:<16} RTT",
-            "PORT", "STATE", "SERVICE", "REASON"
-        )?;
+        let svc_w = ports.iter().map(|r| services.get(r.port).unwrap_or("unknown").len()).max().unwrap_or(0).max(7);
+        writeln!(out, "{:<9} {:<8} {:<svc_w$} {:<16} RTT", "PORT", "STATE", "SERVICE", "REASON")?;
         for r in ports {
             let state = format!("{:<8}", r.state.as_str());
-            let state = if colour {
-                format!("{}{state}{RESET}", state_colour(r.state))
-            } else {
-                state
-            };
+            let state = if colour { format!("{}{state}{RESET}", state_colour(r.state)) } else { state };
             let mut reason = r.reason.as_str().to_string();
             if let Some(err) = &r.error {
                 reason = format!("{reason} ({err})");
@@ -230,28 +203,12 @@ pub fn write_grepable(
     show: Show,
     services: &Services,
 ) -> io::Result<()> {
-    let name = if *h.host == h.address.to_string() {
-        String::new()
-    } else {
-        h.host.to_string()
-    };
+    let name = if *h.host == h.address.to_string() { String::new() } else { h.host.to_string() };
     let list: Vec<String> = ports
         .iter()
-        .map(|r| {
-            format!(
-                "{}/{}/tcp//{}///",
-                r.port,
-                r.state,
-                services.get(r.port).unwrap_or("")
-            )
-        })
+        .map(|r| format!("{}/{}/tcp//{}///", r.port, r.state, services.get(r.port).unwrap_or("")))
         .collect();
-    write!(
-        out,
-        "Host: {} ({name})\tPorts: {}",
-        h.address,
-        list.join(", ")
-    )?;
+    write!(out, "Host: {} ({name})\tPorts: {}", h.address, list.join(", "))?;
     if let Some(hidden) = hidden_summary(h, show) {
         write!(out, "\tIgnored State: {hidden}")?;
     }
@@ -296,18 +253,11 @@ mod tests {
         assert_eq!(v["rtt_ms"], 1.5);
         buf.clear();
         write_csv(&mut buf, &r, &services).unwrap();
-        assert_eq!(
-            String::from_utf8(buf.clone()).unwrap(),
-            "localhost,127.0.0.1,22,open,syn-ack,1.5,ssh\n"
-        );
+        assert_eq!(String::from_utf8(buf.clone()).unwrap(), "localhost,127.0.0.1,22,open,syn-ack,1.5,ssh\n");
         let h = HostSummary {
             host: "localhost".into(),
             address: r.address,
-            counts: Counts {
-                open: 1,
-                closed: 9,
-                ..Counts::default()
-            },
+            counts: Counts { open: 1, closed: 9, ..Counts::default() },
             elapsed: Duration::ZERO,
         };
         buf.clear();

@@ -1,0 +1,78 @@
+//! `rsp`: run scripts in parallel over many inputs, scan ports, and run
+//! background jobs — PowerShell's runspaces for the command line.
+//!
+//! The program only parses, calls the libraries and formats; everything
+//! else lives in the `runspace` and `runspace-scan` crates.
+
+mod inputs;
+mod parse;
+mod run_cmd;
+mod run_output;
+mod scan_cmd;
+mod script_args;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run Luau scripts in parallel over many inputs, scan TCP ports, and run background jobs.
+#[derive(Parser, Debug)]
+#[command(
+    name = "rsp",
+    version,
+    about,
+    long_about = "Run Luau scripts in parallel over many inputs (like ForEach-Object -Parallel, GNU parallel \
+                  or xargs -P), scan TCP ports (like nmap -sT), and run background jobs. Scripts run in \
+                  sandboxed runspaces: they reach files, processes or the network only when you --allow it.",
+    after_help = "Examples:\n  rsp run -e 'return _ * _' --range 1..100 --throttle 10\n  \
+                  seq 1 5 | rsp run -e 'return tonumber(_) + 1' --format values\n  \
+                  rsp scan 127.0.0.1 -p-\n\nExit codes: 0 all items succeeded, 1 some did not, 2 usage or script error, 130 interrupted."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a script once per input, in parallel, and print a record per input.
+    Run(Box<run_cmd::RunArgs>),
+    /// Scan TCP ports of one or many hosts (a connect scan with nmap's port states).
+    Scan(Box<scan_cmd::ScanArgs>),
+}
+
+/// An error that ends the program with a message and an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// What went wrong, for stderr.
+    pub message: String,
+    /// The exit code.
+    pub code: u8,
+}
+
+impl CliError {
+    /// A usage error: bad options, unreadable files (exit 2).
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), code: 2 }
+    }
+
+    /// A script or module that cannot run at all (exit 2).
+    pub fn script(error: runspace::Error) -> CliError {
+        CliError { message: error.to_string(), code: 2 }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run(args) => match run_cmd::run(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("rsp: error: {}", e.message);
+                e.code
+            }
+        },
+        Command::Scan(args) => scan_cmd::run(*args).clamp(0, 255) as u8,
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,129 @@
+//! Parsers for the values options take: durations, sizes, ranges, `NAME=VALUE`.
+//! Each error says what was wrong and what was expected.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// `500ms`, `2s`, `1m30s`, or a bare number of seconds (`1.5`).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration '{text}': {e} (expected e.g. 500ms, 2s, 1m30s or seconds)"))
+}
+
+/// `64MB`, `512K`, `1GiB`, `1048576` (bytes). Units are binary: 1 MB = 1024 KB.
+pub fn size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad = || format!("invalid size '{text}' (expected e.g. 64MB, 512KB, 1GB or a number of bytes)");
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = n * scale;
+    if !(1.0..=(usize::MAX as f64)).contains(&bytes) {
+        return Err(format!("invalid size '{text}': must be at least 1 byte"));
+    }
+    Ok(bytes as usize)
+}
+
+/// An inclusive integer range, PowerShell-style: `1..100`, `-5..5`, `10..1` (counting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub start: i64,
+    pub end: i64,
+}
+
+impl Range {
+    pub fn len(&self) -> u64 {
+        self.start.abs_diff(self.end) + 1
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = i64> + Send {
+        let up = self.start <= self.end;
+        let (lo, hi) = if up { (self.start, self.end) } else { (self.end, self.start) };
+        let forward = lo..=hi;
+        let backward = (lo..=hi).rev();
+        let (a, b) = if up { (Some(forward), None) } else { (None, Some(backward)) };
+        a.into_iter().flatten().chain(b.into_iter().flatten())
+    }
+}
+
+pub fn range(text: &str) -> Result<Range, String> {
+    let bad = |why: &str| format!("invalid range '{text}': {why} (expected START..END, e.g. 1..100)");
+    let (a, b) = text.split_once("..").ok_or_else(|| bad("no '..'"))?;
+    let b = b.strip_prefix('=').unwrap_or(b);
+    let start = a.trim().parse::<i64>().map_err(|_| bad(&format!("'{a}' is not an integer")))?;
+    let end = b.trim().parse::<i64>().map_err(|_| bad(&format!("'{b}' is not an integer")))?;
+    if start.abs_diff(end) >= (1 << 53) {
+        return Err(bad("more than 2^53 items"));
+    }
+    Ok(Range { start, end })
+}
+
+/// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON, else taken as a string.
+pub fn name_value(text: &str) -> Result<(String, Value), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid '{text}': expected NAME=VALUE (e.g. limit=10 or name='\"x\"')"))?;
+    if name.is_empty() {
+        return Err(format!("invalid '{text}': the name before '=' is empty"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    Ok((name.to_string(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert!(duration("soon").unwrap_err().contains("invalid duration 'soon'"));
+        assert!(duration("-1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("64MB").unwrap(), 64 << 20);
+        assert_eq!(size("512k").unwrap(), 512 << 10);
+        assert_eq!(size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(size("100").unwrap(), 100);
+        assert!(size("12 parsecs").unwrap_err().contains("invalid size"));
+        assert!(size("0").is_err());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("1..100").unwrap().len(), 100);
+        assert_eq!(range("3..1").unwrap().iter().collect::<Vec<_>>(), vec![3, 2, 1]);
+        assert_eq!(range("-1..=1").unwrap().iter().collect::<Vec<_>>(), vec![-1, 0, 1]);
+        assert!(range("1-100").unwrap_err().contains("no '..'"));
+        assert!(range("1..x").unwrap_err().contains("'x' is not an integer"));
+    }
+
+    #[test]
+    fn name_values() {
+        assert_eq!(name_value("n=10").unwrap(), ("n".into(), json!(10)));
+        assert_eq!(name_value("s=hello").unwrap(), ("s".into(), json!("hello")));
+        assert_eq!(name_value("o={\"a\":1}").unwrap(), ("o".into(), json!({"a": 1})));
+        assert_eq!(name_value("e=").unwrap(), ("e".into(), json!("")));
+        assert!(name_value("novalue").unwrap_err().contains("expected NAME=VALUE"));
+        assert!(name_value("=1").unwrap_err().contains("empty"));
+    }
+}
