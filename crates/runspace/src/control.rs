@@ -59,7 +59,7 @@ impl Control {
     pub(crate) fn begin(&self, gen: u64, owner: u64, deadline: Option<Instant>) {
         self.owner.store(owner, Ordering::Relaxed);
         self.deadline.store(deadline.map_or(0, instant_ns), Ordering::Relaxed);
-        self.current.store(gen, Ordering::Release);
+        self.current.store(gen, Ordering::SeqCst);
     }
 
     /// Marks the runspace idle.
@@ -71,7 +71,7 @@ impl Control {
 
     /// The generation running now (0 when idle) and its owner.
     pub(crate) fn running(&self) -> (u64, u64) {
-        let gen = self.current.load(Ordering::Acquire);
+        let gen = self.current.load(Ordering::SeqCst);
         (gen, self.owner.load(Ordering::Relaxed))
     }
 
@@ -115,7 +115,9 @@ impl Control {
             let now = Instant::now();
             let deadline = self.deadline_ns().map(ns_instant);
             if deadline.is_some_and(|d| d <= now) {
-                return Err(StopReason::TimedOut);
+                // `time_out` takes the sleepers' lock to wake others.
+                drop(guard);
+                return Err(self.time_out());
             }
             if until <= now {
                 return Ok(());
@@ -125,12 +127,20 @@ impl Control {
         }
     }
 
+    /// Records that the running invocation passed its deadline. A host call
+    /// can notice the deadline before the pool's watchdog does; recording it
+    /// makes the invocation end as timed out rather than failed.
+    fn time_out(&self) -> StopReason {
+        self.request_stop(self.current.load(Ordering::Acquire), StopReason::TimedOut);
+        StopReason::TimedOut
+    }
+
     /// A host call's way to check for a stop between steps of blocking work.
     pub(crate) fn check(&self) -> Result<(), StopReason> {
         match self.stop_reason() {
             Some(r) => Err(r),
             None => match self.deadline_ns() {
-                Some(d) if d <= instant_ns(Instant::now()) => Err(StopReason::TimedOut),
+                Some(d) if d <= instant_ns(Instant::now()) => Err(self.time_out()),
                 _ => Ok(()),
             },
         }

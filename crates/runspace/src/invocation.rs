@@ -304,7 +304,7 @@ impl Pending {
         let result = match runspace.prepare(&self.script) {
             Ok(function) => {
                 let deadline = self.timeout.map(|t| Instant::now() + t);
-                runspace.execute(&function, &self.args, &self.params, generation, 0, deadline)
+                runspace.execute(&function, &self.args, &self.params, generation, 0, deadline, None)
             }
             Err(failed) => failed,
         };

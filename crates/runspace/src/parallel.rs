@@ -192,6 +192,7 @@ impl Parallel {
             params: self.params,
             timeout: self.timeout,
             cancelled: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             item_ns: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
             window: Window {
@@ -251,7 +252,10 @@ pub(crate) struct RunShared {
     script: Script,
     params: Vec<(String, Value)>,
     timeout: Option<Duration>,
+    /// No new items are taken (drain or stop).
     cancelled: AtomicBool,
+    /// Running items are stopped too.
+    aborted: AtomicBool,
     /// Smoothed cost of one item in nanoseconds (0 until measured).
     item_ns: AtomicU64,
     counters: Arc<Counters>,
@@ -324,6 +328,7 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
                     generation,
                     run.id,
                     deadline,
+                    Some(&run.aborted),
                 );
                 let (output, streams, status, duration) = r.into_parts();
                 ItemResult {
@@ -455,6 +460,7 @@ impl RunControl {
     /// reported as `Stopped`).
     pub fn stop(&self) {
         self.drain();
+        self.shared.aborted.store(true, Ordering::SeqCst);
         self.pool.stop_owner(self.shared.id);
     }
 

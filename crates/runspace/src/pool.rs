@@ -78,6 +78,7 @@ impl PoolBuilder {
             workers: Mutex::new(Vec::new()),
             controls: Arc::new(RwLock::new(Vec::new())),
             idle: Arc::new(AtomicUsize::new(0)),
+            queued: Arc::new(AtomicUsize::new(0)),
             watchdog: Mutex::new(None),
             closing: Arc::new(AtomicBool::new(false)),
         });
@@ -150,7 +151,10 @@ impl RunspacePool {
     }
 
     pub(crate) fn submit(&self, work: Work) -> Result<()> {
-        self.inner.grow_if_busy();
+        if matches!(work, Work::Invoke(_)) {
+            let queued = self.inner.queued.fetch_add(1, Ordering::AcqRel) + 1;
+            self.inner.grow_if_busy(queued);
+        }
         let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let closed = || Error::Pool("the pool is closed".into());
         sender.ok_or_else(closed)?.send(work).map_err(|_| closed())
@@ -207,14 +211,17 @@ pub(crate) struct PoolInner {
     /// Every worker's stop switch, for the watchdog and for stopping runs.
     controls: Arc<RwLock<Vec<Arc<Control>>>>,
     idle: Arc<AtomicUsize>,
+    /// Invocations submitted and not yet taken by a worker.
+    queued: Arc<AtomicUsize>,
     watchdog: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     closing: Arc<AtomicBool>,
 }
 
 impl PoolInner {
-    /// Adds a worker when every existing one is busy and the throttle allows.
-    fn grow_if_busy(&self) {
-        if self.idle.load(Ordering::Acquire) == 0 {
+    /// Adds a worker when more invocations wait than workers are idle and
+    /// the throttle allows.
+    fn grow_if_busy(&self, queued: usize) {
+        if queued > self.idle.load(Ordering::Acquire) {
             let have = self.workers.lock().unwrap_or_else(|e| e.into_inner()).len();
             if have < self.max {
                 let _ = self.spawn_workers(1, false);
@@ -238,6 +245,7 @@ impl PoolInner {
                 control,
                 receiver: self.receiver.clone(),
                 idle: self.idle.clone(),
+                queued: self.queued.clone(),
                 closing: self.closing.clone(),
             };
             let ready = ready_tx.clone();
@@ -259,11 +267,16 @@ impl PoolInner {
     fn shutdown(&self) {
         self.closing.store(true, Ordering::Release);
         drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
-        for control in self.controls.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            let (generation, _) = control.running();
-            control.request_stop(generation, StopReason::Stopped);
-        }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        // A worker may take its last piece of work just after a stop request
+        // went out, so keep asking until every worker has left.
+        while !workers.iter().all(JoinHandle::is_finished) {
+            for control in self.controls.read().unwrap_or_else(|e| e.into_inner()).iter() {
+                let (generation, _) = control.running();
+                control.request_stop(generation, StopReason::Stopped);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
         for handle in workers {
             let _ = handle.join();
         }
@@ -292,6 +305,7 @@ struct Worker {
     control: Arc<Control>,
     receiver: Receiver<Work>,
     idle: Arc<AtomicUsize>,
+    queued: Arc<AtomicUsize>,
     closing: Arc<AtomicBool>,
 }
 
@@ -303,6 +317,9 @@ impl Worker {
         self.idle.fetch_add(1, Ordering::AcqRel);
         while let Ok(work) = self.receiver.recv() {
             self.idle.fetch_sub(1, Ordering::AcqRel);
+            if matches!(work, Work::Invoke(_)) {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+            }
             if self.closing.load(Ordering::Acquire) {
                 abandon(work);
                 continue;

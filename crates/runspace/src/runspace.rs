@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +141,7 @@ impl Runspace {
     pub fn invoke(&mut self, script: &Script, args: &[Value], params: &[(String, Value)]) -> InvocationResult {
         let generation = self.next_generation();
         match self.prepare(script) {
-            Ok(function) => self.execute(&function, args, params, generation, 0, None),
+            Ok(function) => self.execute(&function, args, params, generation, 0, None, None),
             Err(failed) => failed,
         }
     }
@@ -173,7 +174,8 @@ impl Runspace {
     }
 
     /// Runs one invocation of a prepared script as generation `generation`,
-    /// on behalf of `owner`.
+    /// on behalf of `owner`; stops at once if `abort` is set.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn execute(
         &mut self,
         function: &Function,
@@ -182,9 +184,15 @@ impl Runspace {
         generation: u64,
         owner: u64,
         deadline: Option<Instant>,
+        abort: Option<&AtomicBool>,
     ) -> InvocationResult {
         let started = Instant::now();
         self.control.begin(generation, owner, deadline);
+        // Whoever sets `abort` then looks for running items (SeqCst on both
+        // sides): either it sees this item running, or this sees the flag.
+        if abort.is_some_and(|a| a.load(Ordering::SeqCst)) {
+            self.control.request_stop(generation, StopReason::Stopped);
+        }
         let outcome = {
             let _active = ActiveGuard::new(&self.control);
             self.call(function, args, params)
@@ -229,7 +237,7 @@ impl Runspace {
         let (status, failure) = match failure {
             Ok(()) if streams.error.is_empty() => (Status::Completed, None),
             Ok(()) => (Status::CompletedWithErrors, None),
-            Err(e) => match stop.or_else(|| stop_in(&e)) {
+            Err(e) => match stop {
                 Some(StopReason::TimedOut) => (Status::TimedOut, Some("timed out".to_string())),
                 Some(StopReason::Stopped) => (Status::Stopped, Some("stopped".to_string())),
                 None => (Status::Failed, Some(self.describe(&e))),
@@ -343,14 +351,6 @@ fn is_memory_error(e: &mlua::Error) -> bool {
         mlua::Error::CallbackError { cause, .. } => is_memory_error(cause),
         mlua::Error::WithContext { cause, .. } => is_memory_error(cause),
         _ => false,
-    }
-}
-
-/// A stop raised inside a host call arrives as that call's error.
-fn stop_in(e: &mlua::Error) -> Option<StopReason> {
-    match e {
-        mlua::Error::CallbackError { cause, .. } => stop_in(cause),
-        _ => None,
     }
 }
 
