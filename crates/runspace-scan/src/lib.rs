@@ -57,10 +57,12 @@ pub mod result;
 mod scanner;
 mod scheduler;
 pub mod services;
+mod single;
 pub mod target;
 
 pub use ports::{PortList, PortSpecError, DEFAULT_PORTS};
 pub use result::{Counts, HostSummary, PortResult, PortState, Reason, ScanEvent};
 pub use scanner::{scan, scan_blocking, ScanConfig, ScanReport, ScanStream, StopHandle};
 pub use services::Services;
+pub use single::{probe_one, Cancelled, ProbeOutcome};
 pub use target::{Exclusions, Target, TargetError, TargetSpec};

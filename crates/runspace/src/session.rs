@@ -26,6 +26,7 @@ pub(crate) const RESERVED: &[&str] = &[
     "sleep",
     "now",
     "json",
+    "measure",
     "require",
     "string",
     "table",

@@ -17,6 +17,16 @@ use crate::control::{Control, StopReason};
 use crate::convert::{display, from_lua, to_lua};
 use crate::streams::{ProgressRecord, Streams};
 
+mod env;
+mod exec;
+mod fs;
+mod gate;
+mod http;
+mod measure;
+mod net;
+mod paths;
+mod proc;
+
 /// What one invocation has produced so far.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
@@ -29,7 +39,6 @@ pub(crate) struct Capture {
 pub(crate) struct HostContext {
     pub(crate) capture: Rc<RefCell<Capture>>,
     pub(crate) control: Arc<Control>,
-    #[allow(dead_code)] // read by the capability-gated libraries
     pub(crate) grants: Grants,
 }
 
@@ -115,6 +124,16 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     )?;
 
     globals.raw_set("json", json_library(lua)?)?;
+    globals.raw_set("measure", measure::function(lua)?)?;
+
+    // The capability-gated libraries are always there, so a script without
+    // the grant gets an error naming the flag, not "attempt to index nil".
+    fs::install(lua, globals, ctx)?;
+    proc::install(lua, globals, ctx)?;
+    net::install(lua, globals, ctx)?;
+    http::install(lua, globals, ctx)?;
+    exec::install(lua, globals, ctx)?;
+    env::install(lua, globals, ctx)?;
     Ok(())
 }
 

@@ -1,0 +1,98 @@
+//! What every capability-gated host function does first and while it waits:
+//! check its grant, read its options, and wait for blocking work without
+//! outliving a stop.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use mlua::{Lua, Table, Value as LuaValue};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::HostContext;
+use crate::capability::Capability;
+use crate::control::Control;
+use crate::convert::from_lua;
+
+/// How often a host call that waits on another thread looks at its stop switch.
+pub(crate) const POLL: Duration = Duration::from_millis(10);
+
+/// Fails with the message that names the capability and its flag.
+pub(crate) fn require(ctx: &HostContext, capability: Capability, what: &str) -> mlua::Result<()> {
+    ctx.grants.require(capability, what).map_err(mlua::Error::runtime)
+}
+
+/// Fails with the stop's error when the invocation has been stopped or timed out.
+pub(crate) fn check(control: &Control) -> mlua::Result<()> {
+    control.check().map_err(HostContext::stopped)
+}
+
+/// A runtime error prefixed with the function's name.
+pub(crate) fn fail(what: &str, message: impl std::fmt::Display) -> mlua::Error {
+    mlua::Error::runtime(format!("{what}: {message}"))
+}
+
+/// Reads an options table into `T` through JSON, so unknown or mistyped
+/// options are reported by name instead of being silently ignored.
+pub(crate) fn options<T: DeserializeOwned + Default>(what: &str, value: Option<LuaValue>) -> mlua::Result<T> {
+    let json = match value {
+        None | Some(LuaValue::Nil) => return Ok(T::default()),
+        Some(v @ LuaValue::Table(_)) => from_lua(&v)?,
+        Some(other) => return Err(fail(what, format!("options must be a table, not {}", other.type_name()))),
+    };
+    // An empty Luau table converts to `[]`.
+    let json = match json {
+        Value::Array(a) if a.is_empty() => Value::Object(Default::default()),
+        v => v,
+    };
+    serde_json::from_value(json).map_err(|e| fail(what, format!("bad options: {e}")))
+}
+
+/// A timeout given in seconds (like `sleep`), checked.
+pub(crate) fn seconds(what: &str, value: f64) -> mlua::Result<Duration> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(Duration::from_secs_f64(value.min(1e9)))
+    } else {
+        Err(fail(what, format!("timeout must be a non-negative number of seconds, not {value}")))
+    }
+}
+
+/// Waits for another thread's answer on `rx`, giving up when the invocation
+/// is stopped or `until` passes (then `Ok(None)`).
+///
+/// The worker thread is not joined: callers make sure it ends soon on its
+/// own (by a timeout of its own, or by shutting its socket down).
+pub(crate) fn wait<T>(control: &Control, rx: &Receiver<T>, until: Option<Instant>) -> mlua::Result<Option<T>> {
+    loop {
+        check(control)?;
+        let now = Instant::now();
+        if until.is_some_and(|u| u <= now) {
+            return Ok(None);
+        }
+        let slice = until.map_or(POLL, |u| (u - now).min(POLL));
+        match rx.recv_timeout(slice) {
+            Ok(v) => return Ok(Some(v)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(mlua::Error::runtime("host worker thread failed")),
+        }
+    }
+}
+
+/// A Luau table from `(key, value)` pairs.
+pub(crate) fn record<'a>(lua: &Lua, fields: impl IntoIterator<Item = (&'a str, LuaValue)>) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    for (k, v) in fields {
+        t.raw_set(k, v)?;
+    }
+    Ok(t)
+}
+
+/// Bytes from a Luau string or buffer (what the write functions accept).
+pub(crate) fn bytes(what: &str, value: &LuaValue) -> mlua::Result<Vec<u8>> {
+    match value {
+        LuaValue::String(s) => Ok(s.as_bytes().to_vec()),
+        LuaValue::Buffer(b) => Ok(b.to_vec()),
+        LuaValue::Number(_) | LuaValue::Integer(_) => Ok(crate::convert::display(value).into_bytes()),
+        other => Err(fail(what, format!("expected a string or buffer, not {}", other.type_name()))),
+    }
+}
