@@ -24,6 +24,7 @@ mod convert;
 mod error;
 mod host;
 mod invocation;
+mod jobs;
 mod parallel;
 mod pool;
 mod runspace;
@@ -34,6 +35,10 @@ mod streams;
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
 pub use invocation::{Invocation, InvocationHandle, InvocationResult};
+pub use jobs::{
+    auto_job_name, check_job_name, JobError, JobEvent, JobInfo, JobManager, JobManagerBuilder, JobSpec, JobState,
+    Progress,
+};
 pub use parallel::{Input, ItemResult, Next, Parallel, Results, RunControl};
 pub use pool::{PoolBuilder, RunspacePool};
 pub use runspace::{Runspace, Stopper};

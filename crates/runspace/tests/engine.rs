@@ -46,7 +46,8 @@ fn variables_parameters_and_modules_reach_the_script() {
         .module("mathx", "local M = {} function M.triple(x) return 3 * x end return M")
         .unwrap();
     let pool = RunspacePool::builder().max(2).session(session).open().unwrap();
-    let s = script("local m = require('mathx') return mathx.triple(_) + config.factor + offset + #config.tags, m == mathx");
+    let s =
+        script("local m = require('mathx') return mathx.triple(_) + config.factor + offset + #config.tags, m == mathx");
     let r = pool.invocation(&s).arg(json!(2)).param("offset", json!(100)).invoke().unwrap();
     assert_eq!(r.status(), Status::Completed, "{:?}", r.error());
     assert_eq!(r.output(), &[json!(6 + 3 + 100 + 2), json!(true)]);
@@ -68,7 +69,10 @@ fn streams_are_captured_and_every_final_state_is_reached() {
     assert_eq!(r.status(), Status::Completed);
     assert_eq!(r.output(), &[json!("a"), json!("b")]);
     let s = r.streams();
-    assert_eq!((s.warning.as_slice(), s.verbose.as_slice(), s.debug.as_slice()), (&["w".to_string()][..], &["v".to_string()][..], &["d".to_string()][..]));
+    assert_eq!(
+        (s.warning.as_slice(), s.verbose.as_slice(), s.debug.as_slice()),
+        (&["w".to_string()][..], &["v".to_string()][..], &["d".to_string()][..])
+    );
     assert_eq!(s.information, vec!["i".to_string(), "p\t1".to_string()]);
     assert_eq!(s.progress.len(), 2);
     assert_eq!(s.progress[0].percent, Some(50.0));
