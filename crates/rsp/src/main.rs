@@ -5,11 +5,13 @@
 //! else lives in the `runspace` and `runspace-scan` crates.
 
 mod inputs;
+mod job_cmd;
 mod parse;
 mod run_cmd;
 mod run_output;
 mod scan_cmd;
 mod script_args;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -39,6 +41,11 @@ enum Command {
     Run(Box<run_cmd::RunArgs>),
     /// Scan TCP ports of one or many hosts (a connect scan with nmap's port states).
     Scan(Box<scan_cmd::ScanArgs>),
+    /// Start, list, inspect, wait for, stop and remove background jobs (a client of `rsp serve`).
+    #[command(subcommand)]
+    Job(job_cmd::JobCommand),
+    /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// An error that ends the program with a message and an exit code.
@@ -73,6 +80,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Scan(args) => scan_cmd::run(*args).clamp(0, 255) as u8,
+        Command::Job(cmd) => job_cmd::run(cmd).clamp(0, 255) as u8,
+        Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
     };
     ExitCode::from(code)
 }

@@ -1,0 +1,386 @@
+//! `rsp job`: the client of `rsp serve` — Start-, Get-, Receive-, Wait-,
+//! Stop- and Remove-Job for the command line.
+
+mod client;
+mod show;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::inputs::InputFormat;
+use crate::parse;
+use crate::script_args::ScriptArgs;
+use crate::serve::StatePaths;
+use client::{Client, ClientError};
+
+/// Exit code when a wait ran out of time.
+const EXIT_TIMEOUT: i32 = 3;
+
+/// Options every `rsp job` command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// The server's state directory (token, address) [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].
+    #[arg(long, env = "RSP_STATE_DIR", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+
+    /// Output: a table on a terminal, JSON otherwise.
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    pub format: Option<Format>,
+}
+
+/// How results are printed.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns.
+    Table,
+    /// JSON.
+    Json,
+}
+
+impl Common {
+    fn format(&self) -> Format {
+        self.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Json })
+    }
+}
+
+/// Background jobs held by `rsp serve` (started on demand by `rsp job start`).
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Start a job: one run of a script, or a parallel run over --range/--input (Start-Job).
+    Start(Box<StartArgs>),
+    /// List jobs, oldest first (Get-Job).
+    List(ListArgs),
+    /// Show one job: state, times, progress, streams (Get-Job NAME).
+    Get(NameArgs),
+    /// Print a job's output records (Receive-Job).
+    Output(OutputArgs),
+    /// Wait for jobs to finish (Wait-Job); exit 3 on timeout.
+    Wait(WaitArgs),
+    /// Stop a job (Stop-Job).
+    Stop(NameArgs),
+    /// Stop if running, then delete a job and its output (Remove-Job).
+    Remove(NameArgs),
+}
+
+/// `rsp job start`.
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// The job's name (default: Job_ and 8 hex digits).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub script: ScriptArgs,
+    /// Run once per integer START..END, inclusive, in parallel.
+    #[arg(long, value_name = "START..END", value_parser = parse::range, conflicts_with = "input")]
+    pub range: Option<parse::Range>,
+    /// Run once per item of FILE (read now, sent with the job), in parallel.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// How --input is split into items.
+    #[arg(long, value_enum, default_value_t = InputFormat::Lines, value_name = "FORMAT")]
+    pub input_format: InputFormat,
+    /// Runspaces for a run over inputs.
+    #[arg(long, value_name = "N")]
+    pub throttle: Option<usize>,
+    /// Fail the run (or each item) after this long, e.g. 30s.
+    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Wait for the job to finish and print it.
+    #[arg(long)]
+    pub wait: bool,
+    /// Do not start a server when none runs.
+    #[arg(long)]
+    pub no_autostart: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `rsp job list`.
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// Only jobs in this state (Queued, Running, Completed, CompletedWithErrors, Failed, Stopped, Interrupted).
+    #[arg(long, value_parser = |s: &str| s.parse::<runspace::JobState>())]
+    pub state: Option<runspace::JobState>,
+    /// The most jobs to show.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// Skip this many jobs first.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// A command on one job.
+#[derive(clap::Args, Debug)]
+pub struct NameArgs {
+    /// The job's name.
+    pub name: String,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `rsp job output`.
+#[derive(clap::Args, Debug)]
+pub struct OutputArgs {
+    /// The job's name.
+    pub name: String,
+    /// Skip this many records first.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// The most records to print (default: all).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `rsp job wait`.
+#[derive(clap::Args, Debug)]
+pub struct WaitArgs {
+    /// The jobs to wait for.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub names: Vec<String>,
+    /// Wait for every job.
+    #[arg(long)]
+    pub all: bool,
+    /// Give up after this long (exit 3).
+    #[arg(long, default_value = "30s", value_parser = parse::duration, value_name = "DURATION")]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// Runs an `rsp job` command; returns the exit code.
+pub fn run(cmd: JobCommand) -> i32 {
+    let result = match cmd {
+        JobCommand::Start(a) => start(*a),
+        JobCommand::List(a) => list(a),
+        JobCommand::Get(a) => get(a),
+        JobCommand::Output(a) => output(a),
+        JobCommand::Wait(a) => wait(a),
+        JobCommand::Stop(a) => simple(a, "stop"),
+        JobCommand::Remove(a) => simple(a, "remove"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("rsp job: error: {}", e.message);
+            e.code
+        }
+    }
+}
+
+fn connect(common: &Common) -> Result<Client, ClientError> {
+    Client::connect(&StatePaths::new(common.state_dir.as_deref()))
+}
+
+fn start(a: StartArgs) -> Result<i32, ClientError> {
+    let usage = |e: crate::CliError| ClientError::usage(e.message);
+    let (script_name, source) = a.script.source().map_err(usage)?;
+    let mut body = Map::new();
+    body.insert("script".into(), json!(source));
+    body.insert("script_name".into(), json!(script_name));
+    if let Some(name) = &a.name {
+        runspace::check_job_name(name).map_err(|e| ClientError::usage(e.to_string()))?;
+        body.insert("name".into(), json!(name));
+    }
+    let params: Map<String, Value> = a.script.params().map_err(usage)?.into_iter().collect();
+    body.insert("params".into(), Value::Object(params));
+    let mut vars = Map::new();
+    for var in &a.script.vars {
+        let (k, v) = parse::name_value(var).map_err(|e| ClientError::usage(format!("--var: {e}")))?;
+        vars.insert(k, v);
+    }
+    body.insert("variables".into(), Value::Object(vars));
+    let mut modules = Vec::new();
+    for path in &a.script.modules {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ClientError::usage(format!("cannot read module {}: {e}", path.display())))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        modules.push(json!({"name": name, "source": source}));
+    }
+    body.insert("modules".into(), Value::Array(modules));
+    a.script.grants().map_err(usage)?;
+    body.insert("allow".into(), json!(a.script.allow));
+    if let Some(limit) = &a.script.memory_limit {
+        let bytes = parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))?;
+        body.insert("memory_limit".into(), json!(bytes));
+    }
+    if let Some(t) = a.timeout {
+        body.insert("timeout_ms".into(), json!(t.as_millis() as u64));
+    }
+    if let Some(t) = a.throttle {
+        body.insert("throttle".into(), json!(t));
+    }
+    if let Some(r) = a.range {
+        body.insert("range".into(), json!({"start": r.start, "end": r.end}));
+    }
+    if let Some(path) = &a.input {
+        body.insert("inputs".into(), Value::Array(read_inputs(path, a.input_format)?));
+    }
+    let paths = StatePaths::new(a.common.state_dir.as_deref());
+    let client = match Client::connect(&paths) {
+        Ok(c) => c,
+        Err(e) if e.server_down && !a.no_autostart => {
+            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
+            eprintln!(
+                "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
+            );
+            Client::connect(&paths)?
+        }
+        Err(e) => return Err(e),
+    };
+    let created = client.post("/v1/jobs", &Value::Object(body))?;
+    let name = created["name"].as_str().unwrap_or_default().to_string();
+    if !a.wait {
+        match a.common.format() {
+            Format::Json => show::json(&created),
+            Format::Table => println!("{name}"),
+        }
+        return Ok(0);
+    }
+    wait_names(&client, &[name], Duration::from_secs(3600), a.common.format())
+}
+
+/// Reads `--input` items now: the server runs them later, maybe after the file is gone.
+fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, ClientError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| ClientError::usage(format!("cannot read input {}: {e}", path.display())))?;
+    let inputs = crate::inputs::read(Box::new(file), format, &path.display().to_string())
+        .map_err(|e| ClientError::usage(e.message))?;
+    inputs
+        .items
+        .map(|item| match item {
+            runspace::Input::Value(v) => Ok(v),
+            runspace::Input::Invalid { text, error } => {
+                Err(ClientError::usage(format!("{}: bad input '{text}': {error}", path.display())))
+            }
+        })
+        .collect()
+}
+
+fn list(a: ListArgs) -> Result<i32, ClientError> {
+    let client = connect(&a.common)?;
+    let mut path = format!("/v1/jobs?offset={}&limit={}", a.offset, a.limit);
+    if let Some(state) = a.state {
+        path.push_str(&format!("&state={state}"));
+    }
+    let page = client.get(&path)?;
+    match a.common.format() {
+        Format::Json => show::json(&page),
+        Format::Table => {
+            show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), page["total"].as_u64())
+        }
+    }
+    Ok(0)
+}
+
+fn get(a: NameArgs) -> Result<i32, ClientError> {
+    let job = connect(&a.common)?.get(&format!("/v1/jobs/{}", a.name))?;
+    match a.common.format() {
+        Format::Json => show::json(&job),
+        Format::Table => show::job_detail(&job),
+    }
+    Ok(0)
+}
+
+fn output(a: OutputArgs) -> Result<i32, ClientError> {
+    let client = connect(&a.common)?;
+    let format = a.common.format();
+    let mut offset = a.offset;
+    let mut left = a.limit.unwrap_or(u64::MAX);
+    let mut all = Vec::new();
+    loop {
+        let want = left.min(1000);
+        let page = client.get(&format!("/v1/jobs/{}/output?offset={offset}&limit={want}", a.name))?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        let got = records.len() as u64;
+        match format {
+            Format::Table => records.iter().for_each(show::output_line),
+            Format::Json => all.extend(records),
+        }
+        offset += got;
+        left -= got.min(left);
+        if got < want || left == 0 || offset >= page["total"].as_u64().unwrap_or(0) {
+            break;
+        }
+    }
+    if format == Format::Json {
+        show::json(&Value::Array(all));
+    }
+    Ok(0)
+}
+
+fn wait(a: WaitArgs) -> Result<i32, ClientError> {
+    let client = connect(&a.common)?;
+    if a.all {
+        let r = client.post_timeout(&format!("/v1/wait?timeout={}ms", a.timeout.as_millis()), &json!({}), a.timeout)?;
+        let pending: Vec<String> =
+            r["pending"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        if !pending.is_empty() {
+            eprintln!("rsp job: timed out after {:?}: still unfinished: {}", a.timeout, pending.join(", "));
+            return Ok(EXIT_TIMEOUT);
+        }
+        let page = client.get("/v1/jobs?limit=10000")?;
+        match a.common.format() {
+            Format::Json => show::json(&page["jobs"]),
+            Format::Table => show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), None),
+        }
+        return Ok(0);
+    }
+    wait_names(&client, &a.names, a.timeout, a.common.format())
+}
+
+/// Waits for each job in turn within one overall timeout; prints them.
+/// Exit 0 when all completed, 1 when some did not, 3 on timeout.
+fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Format) -> Result<i32, ClientError> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut jobs = Vec::new();
+    let mut code = 0;
+    for name in names {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let r =
+            client.post_timeout(&format!("/v1/jobs/{name}/wait?timeout={}ms", left.as_millis()), &json!({}), left)?;
+        if r["finished"] != json!(true) {
+            eprintln!("rsp job: timed out after {:?} waiting for job '{name}' ({})", timeout, r["job"]["state"]);
+            return Ok(EXIT_TIMEOUT);
+        }
+        if r["job"]["state"] != json!("Completed") {
+            code = 1;
+        }
+        jobs.push(r["job"].clone());
+    }
+    match format {
+        Format::Json if jobs.len() == 1 => show::json(&jobs[0]),
+        Format::Json => show::json(&Value::Array(jobs)),
+        Format::Table => show::job_table(&jobs, None),
+    }
+    Ok(code)
+}
+
+fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
+    let client = connect(&a.common)?;
+    let path = format!("/v1/jobs/{}", a.name);
+    match verb {
+        "stop" => {
+            let job = client.post(&format!("{path}/stop"), &json!({}))?;
+            match a.common.format() {
+                Format::Json => show::json(&job),
+                Format::Table => show::job_table(std::slice::from_ref(&job), None),
+            }
+        }
+        _ => {
+            client.delete(&path)?;
+            if a.common.format() == Format::Json {
+                show::json(&json!({"removed": a.name}));
+            } else {
+                eprintln!("rsp job: removed '{}'", a.name);
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,126 @@
+//! Talking to `rsp serve`: finds it through the state directory, sends the
+//! token, and turns every failure into a message that says what to do.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use ureq::Agent;
+
+use crate::serve::StatePaths;
+
+/// How long an ordinary request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed client operation: the message, the exit code, and whether the
+/// server is simply not running (so `rsp job start` may start one).
+#[derive(Debug)]
+pub struct ClientError {
+    pub message: String,
+    pub code: i32,
+    pub server_down: bool,
+}
+
+impl ClientError {
+    pub fn usage(message: impl Into<String>) -> ClientError {
+        ClientError { message: message.into(), code: 2, server_down: false }
+    }
+
+    pub fn other(message: impl Into<String>) -> ClientError {
+        ClientError { message: message.into(), code: 1, server_down: false }
+    }
+
+    fn down(message: String) -> ClientError {
+        ClientError { message, code: 1, server_down: true }
+    }
+}
+
+/// A connection to one server.
+pub struct Client {
+    base: String,
+    token: String,
+    agent: Agent,
+    dir: String,
+}
+
+impl Client {
+    /// Finds the server of `paths`: its lock must be held, its address and
+    /// token readable.
+    pub fn connect(paths: &StatePaths) -> Result<Client, ClientError> {
+        let dir = paths.dir.display().to_string();
+        let hint = "start one with 'rsp serve --detach' (or 'rsp job start', which starts one)";
+        if !paths.server_running() {
+            return Err(ClientError::down(format!("no job server is running for {dir}; {hint}")));
+        }
+        let (addr, _) = paths.address().ok_or_else(|| {
+            ClientError::down(format!("the job server for {dir} has not written its address yet; {hint}"))
+        })?;
+        let token = std::fs::read_to_string(&paths.token)
+            .map_err(|e| ClientError::other(format!("cannot read the token {}: {e}", paths.token.display())))?
+            .trim()
+            .to_string();
+        let agent: Agent =
+            Agent::config_builder().http_status_as_error(false).timeout_global(Some(REQUEST_TIMEOUT)).build().into();
+        Ok(Client { base: format!("http://{addr}"), token, agent, dir })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, ClientError> {
+        let r = self.agent.get(format!("{}{path}", self.base)).header("Authorization", self.bearer()).call();
+        self.answer(r)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let r = self.agent.post(format!("{}{path}", self.base)).header("Authorization", self.bearer()).send_json(body);
+        self.answer(r)
+    }
+
+    /// A POST that may legitimately block for `wait` (a wait request).
+    pub fn post_timeout(&self, path: &str, body: &Value, wait: Duration) -> Result<Value, ClientError> {
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(wait + REQUEST_TIMEOUT))
+            .build()
+            .header("Authorization", self.bearer())
+            .send_json(body);
+        self.answer(r)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
+        let r = self.agent.delete(format!("{}{path}", self.base)).header("Authorization", self.bearer()).call();
+        self.answer(r)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    fn answer(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Value, ClientError> {
+        let mut response = match r {
+            Ok(r) => r,
+            Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(ClientError::down(format!(
+                    "the job server for {} does not answer at {} (it may have died; start it with 'rsp serve --detach')",
+                    self.dir, self.base
+                )))
+            }
+            Err(e) => return Err(ClientError::other(format!("cannot reach the job server at {}: {e}", self.base))),
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let body: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let message = || body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+        match status {
+            200..=299 => Ok(body),
+            401 => Err(ClientError::other(format!(
+                "the job server refused our token ({}); is {} the token of the server at {}?",
+                message(),
+                self.dir,
+                self.base
+            ))),
+            400 | 409 => Err(ClientError::usage(message())),
+            _ => Err(ClientError::other(message())),
+        }
+    }
+}
