@@ -168,6 +168,9 @@ impl Runspace {
     }
 
     /// Loads `script` into this VM (once; later calls hit a cache).
+    // The error is the finished (failed) result itself, built once per
+    // script load at most: boxing it would only add an allocation.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn prepare(&mut self, script: &Script) -> Result<Function, InvocationResult> {
         self.function(script)
             .map_err(|e| InvocationResult::failed(format!("cannot load script: {}", clean_message(&e)), Duration::ZERO))
