@@ -266,7 +266,7 @@ fn no_input_on_a_terminal_or_empty_stdin() {
 
 #[test]
 fn ctrl_c_prints_finished_results_and_the_summary_and_exits_130() {
-    let mut child = rsp()
+    let child = rsp()
         .args([
             "run",
             "-e",
