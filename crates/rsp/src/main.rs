@@ -6,7 +6,9 @@
 
 mod inputs;
 mod job_cmd;
+mod joblog;
 mod parse;
+mod progress;
 mod run_cmd;
 mod run_output;
 mod scan_cmd;

@@ -2,15 +2,18 @@
 //! record per input as items finish.
 
 use std::io::{self, BufWriter, IsTerminal, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use runspace::{Next, RunControl, RunspacePool};
+use indicatif::ProgressBar;
+use runspace::{Halt, HaltRule, Input, Next, RunControl, RunspacePool};
 
 use crate::inputs::InputArgs;
+use crate::joblog::{self, JobLog, ResultsDir, Resume, ResumeFilter};
 use crate::parse;
+use crate::progress::Progress;
 use crate::run_output::{Format, Printer, Tally};
 use crate::script_args::ScriptArgs;
 use crate::CliError;
@@ -27,7 +30,10 @@ fill the other streams; error(...) fails the item.
 Examples:
   rsp run -e 'return _ * _' --range 1..100 --throttle 10
   rsp run job.luau --input hosts.txt --timeout 2s --allow net
-  cat items.jsonl | rsp run -e 'return _.size * factor' --input-format jsonl --var factor=2 --format values")]
+  cat items.jsonl | rsp run -e 'return _.size * factor' --input-format jsonl --var factor=2 --format values
+  rsp run job.luau --input big.txt --batch-size 100 --max-concurrent-batches 4 --retries 2 --joblog run.log
+  rsp run job.luau --input big.txt --joblog run.log --resume        # after an interruption
+  rsp run job.luau --input big.txt --halt soon,fail=5% --results out/")]
 pub struct RunArgs {
     #[command(flatten)]
     pub script: ScriptArgs,
@@ -67,6 +73,54 @@ pub struct RunArgs {
     /// Never show a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+
+    #[command(flatten)]
+    pub large: LargeRunArgs,
+}
+
+/// Options for long runs over huge inputs: batches, retries, halt rules, job log and resume.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Large runs (see docs/batch.md)")]
+pub struct LargeRunArgs {
+    /// Batch mode: cut the input into batches of N items; each batch runs in order on one
+    /// runspace, and records carry `batch` and `batch_index`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: Option<u32>,
+
+    /// Batches running at once (the throttle of batch mode; default 4).
+    #[arg(long, value_name = "N", requires = "batch_size", conflicts_with = "throttle",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_batches: Option<u32>,
+
+    /// Re-run a Failed or TimedOut item up to N more times; records then carry `attempts`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub retries: Option<u32>,
+
+    /// Wait before the first retry; it doubles for each further one (at most 1m).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse::duration)]
+    pub retry_delay: Duration,
+
+    /// Stop early: now|soon[,fail=N|fail=P%|success=N]. `soon` lets running items finish,
+    /// `now` stops them. A failure is a Failed or TimedOut item (after retries).
+    #[arg(long, value_name = "RULE", value_parser = clap::value_parser!(Halt))]
+    pub halt: Option<Halt>,
+
+    /// Append one line per finished item to FILE (TSV: Seq, Index, Starttime, JobRuntime,
+    /// Status, Attempts, Digest); started afresh unless --resume or --resume-failed.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
+
+    /// Skip the inputs the job log records as finished (same inputs, same order).
+    #[arg(long, requires = "joblog")]
+    pub resume: bool,
+
+    /// Like --resume, but run again the items the job log records as Failed or TimedOut.
+    #[arg(long, requires = "joblog", conflicts_with = "resume")]
+    pub resume_failed: bool,
+
+    /// Also write each item's full record to DIR/<index>.json.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
 }
 
 /// Runs `rsp run`; returns the exit code.
@@ -76,7 +130,36 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let session = args.script.session()?;
     let params = args.script.params()?;
     let inputs = args.input.open()?;
-    let throttle = args.throttle.map_or_else(default_throttle, |n| n as usize);
+    let throttle = match args.large.batch_size {
+        Some(_) => args.large.max_concurrent_batches.or(args.throttle).map_or(4, |n| n as usize),
+        None => args.throttle.map_or_else(default_throttle, |n| n as usize),
+    };
+    let resume = match (args.large.resume, args.large.resume_failed) {
+        (_, true) => Some(Resume::Failed),
+        (true, false) => Some(Resume::Finished),
+        _ => None,
+    };
+    let mut joblog = None;
+    let mut skip_estimate = 0;
+    let mismatch = Arc::new(OnceLock::new());
+    let skipped = Arc::new(AtomicU64::new(0));
+    let items: Box<dyn Iterator<Item = (u64, Input)> + Send> = match (&args.large.joblog, resume) {
+        (Some(path), Some(mode)) => {
+            let (log, recorded) = JobLog::resume(path)?;
+            joblog = Some(log);
+            skip_estimate = match mode {
+                Resume::Finished => recorded.finished,
+                Resume::Failed => recorded.finished - recorded.failed,
+            };
+            Box::new(ResumeFilter::new(inputs.items, recorded, mode, mismatch.clone(), skipped.clone()))
+        }
+        (Some(path), None) => {
+            joblog = Some(JobLog::create(path)?);
+            Box::new(inputs.items.enumerate().map(|(i, input)| (i as u64, input)))
+        }
+        (None, _) => Box::new(inputs.items.enumerate().map(|(i, input)| (i as u64, input))),
+    };
+    let mut results_dir = args.large.results.as_deref().map(ResultsDir::create).transpose()?;
 
     let stdout_tty = io::stdout().is_terminal();
     let stderr_tty = io::stderr().is_terminal();
@@ -93,63 +176,128 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(timeout) = args.timeout {
         parallel = parallel.timeout(timeout);
     }
-    let mut results = parallel.run(inputs.items);
+    if let Some(size) = args.large.batch_size {
+        parallel = parallel.batch_size(size as usize);
+    }
+    if let Some(retries) = args.large.retries {
+        parallel = parallel.retries(retries, args.large.retry_delay);
+    }
+    if let Some(halt) = args.large.halt {
+        parallel = parallel.halt(halt);
+    }
+    let total = inputs.total.map(|t| t.saturating_sub(skip_estimate));
+    if let Some(total) = total {
+        parallel = parallel.total(total);
+    }
+    let mut results = parallel.run_indexed(items);
     let interrupts = install_ctrl_c(results.control());
 
-    let progress = progress_bar(&args, stderr_tty, inputs.total);
+    let mut progress = match total {
+        _ if args.no_progress || !(args.progress || stderr_tty) => Progress::Hidden,
+        Some(n) if n <= 1 => Progress::Hidden,
+        _ => Progress::new(stderr_tty, total),
+    };
     let stdout = io::stdout();
     let mut sink = Sink {
         printer: Printer::new(format, BufWriter::with_capacity(1 << 16, stdout.lock()), colour_out),
         // Keep the bar from garbling a table written to the same terminal.
-        bar: progress.clone().filter(|_| format == Format::Table && stdout_tty),
+        bar: progress.bar().cloned().filter(|_| format == Format::Table && stdout_tty),
         control: results.control(),
         closed: false,
     };
     let started = Instant::now();
-    let mut tally = Tally::default();
     let mut last_flush = Instant::now();
+    let mut failure: Option<String> = None;
     sink.write(|p| p.begin());
     loop {
         match results.next_timeout(FLUSH_EVERY) {
             Next::Item(item) => {
-                tally.add(item.status);
                 sink.write(|p| p.item(&item));
-                if let Some(bar) = &progress {
-                    bar.inc(1);
-                    let failures = tally.total - tally.completed - tally.stopped;
-                    if failures > 0 {
-                        bar.set_message(format!("{failures} failed"));
-                    }
-                    if let Some(p) = item.progress.last() {
-                        bar.set_prefix(p.activity.clone());
+                if let Some(dir) = &mut results_dir {
+                    if let Err(e) = dir.write(&item) {
+                        stop_with(&mut failure, &sink.control, format!("cannot write --results: {e}"));
                     }
                 }
-                if last_flush.elapsed() >= FLUSH_EVERY {
+                let log_full = match &mut joblog {
+                    Some(log) => {
+                        log.record(&item);
+                        log.pending() >= joblog::FLUSH_BYTES
+                    }
+                    None => false,
+                };
+                if log_full || last_flush.elapsed() >= FLUSH_EVERY {
                     last_flush = Instant::now();
-                    sink.write(|p| p.flush());
+                    flush(&mut sink, &mut joblog, &mut failure);
+                    progress.update(&results.progress());
                 }
             }
-            Next::Idle => sink.write(|p| p.flush()),
+            Next::Idle => {
+                flush(&mut sink, &mut joblog, &mut failure);
+                progress.update(&results.progress());
+            }
             Next::Done => break,
         }
     }
     sink.write(|p| p.end());
-    if let Some(bar) = &progress {
-        bar.finish_and_clear();
-    }
+    flush(&mut sink, &mut joblog, &mut failure);
+    let snapshot = results.progress();
+    progress.update(&snapshot);
+    progress.finish();
     let interrupted = interrupts.load(Ordering::Relaxed) > 0;
+    let mut tally = Tally::from_progress(&snapshot);
+    tally.batch_size = args.large.batch_size.map(|n| n as usize);
+    tally.skipped = skipped.load(Ordering::Relaxed);
+    if inputs.total.is_some() {
+        tally.inputs = inputs.total.unwrap_or_default();
+    } else {
+        tally.inputs = snapshot.read + tally.skipped;
+    }
     if show_summary {
         eprintln!("{}", tally.summary(started.elapsed(), interrupted, colour_err));
     }
+    let halted = results.halted();
+    if let Some(halt) = halted {
+        eprintln!(
+            "rsp: halted by --halt {halt} after {} failures and {} successes",
+            snapshot.failures(),
+            snapshot.completed
+        );
+    }
     drop(results);
     pool.close();
+    if let Some(message) = mismatch.get() {
+        return Err(CliError::usage(message.clone()));
+    }
+    if let Some(message) = failure {
+        return Err(CliError { message, code: 1 });
+    }
     Ok(if interrupted {
         130
-    } else if tally.all_completed() {
+    } else if matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_))) || tally.all_completed() {
         0
     } else {
         1
     })
+}
+
+/// Flushes stdout, then the job log: a line in the log always means the
+/// item's record already left the process, so a crash between the two can
+/// repeat a record on resume but never lose one.
+fn flush<W: Write>(sink: &mut Sink<W>, joblog: &mut Option<JobLog>, failure: &mut Option<String>) {
+    sink.write(|p| p.flush());
+    if let Some(log) = joblog {
+        if let Err(e) = log.flush() {
+            stop_with(failure, &sink.control, format!("cannot write the job log: {e}"));
+        }
+    }
+}
+
+/// Stops the run after an error writing a file, keeping the first message.
+fn stop_with(failure: &mut Option<String>, control: &RunControl, message: String) {
+    if failure.is_none() {
+        *failure = Some(message);
+        control.stop();
+    }
 }
 
 /// Where records go, and what to do when that fails.
@@ -207,25 +355,4 @@ fn install_ctrl_c(control: RunControl) -> Arc<AtomicUsize> {
         });
     }
     count
-}
-
-fn progress_bar(args: &RunArgs, stderr_tty: bool, total: Option<u64>) -> Option<ProgressBar> {
-    if args.no_progress || !(args.progress || stderr_tty) {
-        return None;
-    }
-    let bar = match total {
-        Some(n) if n > 1 => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr_with_hz(10)),
-        Some(_) => return None,
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(10)),
-    };
-    let template = if total.is_some() {
-        "{prefix} [{bar:30}] {human_pos}/{human_len} {per_sec} ETA {eta} {msg}"
-    } else {
-        "{prefix} {spinner} {human_pos} items {per_sec} {elapsed} {msg}"
-    };
-    bar.set_style(
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
-    );
-    let _ = io::stderr().flush();
-    Some(bar)
 }

@@ -39,7 +39,9 @@ pub use jobs::{
     auto_job_name, check_job_name, JobError, JobEvent, JobInfo, JobManager, JobManagerBuilder, JobSpec, JobState,
     Progress,
 };
-pub use parallel::{Input, ItemResult, Next, Parallel, Results, RunControl};
+pub use parallel::{
+    Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
+};
 pub use pool::{PoolBuilder, RunspacePool};
 pub use runspace::{Runspace, Stopper};
 pub use script::Script;

@@ -1,36 +1,41 @@
 //! Running one script over many inputs: `ForEach-Object -Parallel` and the
-//! original's `Invoke-ParallelProcessing`, with results streamed as they
-//! finish and memory bounded by the window, not the input.
+//! original's `Invoke-ParallelProcessing` / `Invoke-OptimizedParallelProcessing`,
+//! with results streamed as they finish and memory bounded by the window,
+//! not the input.
 //!
 //! A feeder thread reads the inputs and hands them to the pool's workers in
 //! chunks. Chunk size adapts to the measured cost of an item: trivial items
 //! travel hundreds at a time so the per-item cost stays near one Lua call,
-//! slow items travel one at a time so every runspace is kept busy.
+//! slow items travel one at a time so every runspace is kept busy. In batch
+//! mode a chunk is exactly one batch, run in order on one runspace.
+//!
+//! The optional features (batches, retries, halt rules, progress events)
+//! cost nothing per item when they are off: retries and batches are decided
+//! per chunk on the worker, halt rules and progress per item on the
+//! caller's thread with plain (non-atomic) counters.
 
-use std::collections::BTreeMap;
+mod policy;
+mod results;
+mod worker;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::bounded;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::invocation::collapse;
-use crate::pool::{RunspacePool, Work};
-use crate::runspace::Runspace;
+use crate::pool::RunspacePool;
 use crate::script::Script;
 use crate::session::check_name;
 use crate::streams::{ProgressRecord, Status};
 
-/// A chunk aims to take about this long, so trivial items are batched.
-const TARGET_CHUNK: Duration = Duration::from_micros(500);
-/// The most items in one chunk.
-const MAX_CHUNK: usize = 256;
-/// A worker running slow items hands over what it has at least this often.
-const FLUSH_EVERY: Duration = Duration::from_millis(20);
+pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
+pub use results::{Next, Results, RunControl};
+pub(crate) use worker::{run_chunk, Chunk};
 
 /// One input of a parallel run.
 ///
@@ -70,10 +75,11 @@ impl From<Value> for Input {
 /// let pool = RunspacePool::builder().max(2).open().unwrap();
 /// let item = pool.parallel(&Script::new("return _ + 1").unwrap()).run(vec![json!(1)]).next().unwrap();
 /// assert_eq!((item.index, item.result, item.status), (0, json!(2), Status::Completed));
+/// assert_eq!(item.attempts, 1);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemResult {
-    /// Position of the input, from 0.
+    /// Position of the input, from 0 (or the index given to [`Parallel::run_indexed`]).
     pub index: u64,
     /// The input itself.
     pub input: Value,
@@ -83,7 +89,7 @@ pub struct ItemResult {
     pub status: Status,
     /// `write_error` records, then the terminating error if there was one.
     pub errors: Vec<String>,
-    /// Wall time of the item, in milliseconds.
+    /// Wall time of the item's last attempt, in milliseconds.
     pub duration_ms: f64,
     /// The batch the item ran in (batch mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +97,10 @@ pub struct ItemResult {
     /// The item's position within its batch (batch mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_index: Option<u64>,
+    /// How many times the item ran: 1, or more when [`Parallel::retries`]
+    /// re-ran it (serialized only when more than 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub attempts: u32,
     /// `write_warning` records.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warning: Vec<String>,
@@ -108,6 +118,14 @@ pub struct ItemResult {
     pub progress: Vec<ProgressRecord>,
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
 impl ItemResult {
     fn ended(index: u64, input: Value, status: Status, error: String) -> ItemResult {
         ItemResult {
@@ -119,6 +137,7 @@ impl ItemResult {
             duration_ms: 0.0,
             batch: None,
             batch_index: None,
+            attempts: 1,
             warning: Vec::new(),
             verbose: Vec::new(),
             debug: Vec::new(),
@@ -127,6 +146,9 @@ impl ItemResult {
         }
     }
 }
+
+/// Called with a progress snapshot; see [`Parallel::on_progress`].
+type ProgressFn = Box<dyn FnMut(&RunProgress) + Send>;
 
 /// A parallel run being configured. Made by [`RunspacePool::parallel`].
 #[must_use = "a parallel run does nothing until run()"]
@@ -137,12 +159,29 @@ pub struct Parallel {
     ordered: bool,
     timeout: Option<Duration>,
     window: Option<usize>,
+    batch_size: Option<usize>,
+    retry: Option<Retry>,
+    halt: Option<Halt>,
+    total: Option<u64>,
+    progress: Option<(Duration, ProgressFn)>,
 }
 
 impl Parallel {
     pub(crate) fn new(pool: RunspacePool, script: &Script) -> Parallel {
         let timeout = pool.session().timeout;
-        Parallel { pool, script: script.clone(), params: Vec::new(), ordered: false, timeout, window: None }
+        Parallel {
+            pool,
+            script: script.clone(),
+            params: Vec::new(),
+            ordered: false,
+            timeout,
+            window: None,
+            batch_size: None,
+            retry: None,
+            halt: None,
+            total: None,
+            progress: None,
+        }
     }
 
     /// Adds a named parameter every item sees as a global.
@@ -166,10 +205,106 @@ impl Parallel {
         self
     }
 
-    /// The most items read but not yet handed to the caller (default:
-    /// 4096, or 64 per runspace when more).
+    /// The most items read but not yet handed to the caller in ordered mode
+    /// (default: 4096, or 64 per runspace when more; in batch mode at least
+    /// one batch, by default two per runspace).
     pub fn window(mut self, items: usize) -> Self {
         self.window = Some(items.max(1));
+        self
+    }
+
+    /// Batch mode: the input is cut into batches of exactly `size` items
+    /// (the last may be shorter); each batch runs on one runspace, its items
+    /// in order, and every result carries `batch` and `batch_index`. At most
+    /// the pool's `max` batches run at once.
+    ///
+    /// ```
+    /// use runspace::{RunspacePool, Script};
+    /// use serde_json::json;
+    /// let pool = RunspacePool::builder().max(2).open().unwrap();
+    /// let mut items: Vec<_> = pool.parallel(&Script::new("return _").unwrap())
+    ///     .batch_size(3)
+    ///     .run((0..7).map(|n| json!(n)))
+    ///     .collect();
+    /// items.sort_by_key(|r| r.index);
+    /// assert_eq!((items[4].batch, items[4].batch_index), (Some(1), Some(1)));
+    /// assert_eq!(items[6].batch, Some(2));
+    /// ```
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = Some(size.max(1));
+        self
+    }
+
+    /// Re-runs an item that ended `Failed` or `TimedOut` up to `retries`
+    /// more times, waiting `backoff`, then twice that, and so on (at most a
+    /// minute) between attempts. The result's `attempts` tells how many runs
+    /// it took. A drained or stopped run makes no new attempts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use runspace::{RunspacePool, Script, Status};
+    /// use serde_json::json;
+    /// let pool = RunspacePool::builder().max(1).open().unwrap();
+    /// let item = pool.parallel(&Script::new("error('no')").unwrap())
+    ///     .retries(2, Duration::from_millis(1))
+    ///     .run(vec![json!(1)])
+    ///     .next()
+    ///     .unwrap();
+    /// assert_eq!((item.status, item.attempts), (Status::Failed, 3));
+    /// ```
+    pub fn retries(mut self, retries: u32, backoff: Duration) -> Self {
+        self.retry = (retries > 0).then_some(Retry { retries, backoff });
+        self
+    }
+
+    /// Stops the run early by a rule (GNU parallel's `--halt`): see
+    /// [`Halt`]. [`Results::halted`] tells whether and why it fired.
+    ///
+    /// ```
+    /// use runspace::{Halt, RunspacePool, Script};
+    /// use serde_json::json;
+    /// let pool = RunspacePool::builder().max(1).open().unwrap();
+    /// let mut results = pool.parallel(&Script::new("if _ == 3 then error('bad') end").unwrap())
+    ///     .halt("soon,fail=1".parse::<Halt>().unwrap())
+    ///     .run((0..1000).map(|n| json!(n)));
+    /// let seen = results.by_ref().count();
+    /// assert!(seen < 1000);
+    /// assert!(results.halted().is_some());
+    /// ```
+    pub fn halt(mut self, halt: Halt) -> Self {
+        self.halt = Some(halt);
+        self
+    }
+
+    /// The number of inputs, when the caller knows it: progress snapshots
+    /// then carry a total and an ETA, and `fail=P%` can be judged sooner.
+    pub fn total(mut self, total: u64) -> Self {
+        self.total = Some(total);
+        self
+    }
+
+    /// Calls `callback` with a [`RunProgress`] snapshot at most every
+    /// `every` while results are taken, and once more when the run is over
+    /// (with `finished` set). The callback runs on the thread that iterates
+    /// [`Results`], so it never sees counts that do not add up.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    /// use runspace::{RunspacePool, Script};
+    /// use serde_json::json;
+    /// let last = Arc::new(Mutex::new(None));
+    /// let seen = last.clone();
+    /// let pool = RunspacePool::builder().max(2).open().unwrap();
+    /// let n = pool.parallel(&Script::new("return _").unwrap())
+    ///     .on_progress(Duration::from_millis(50), move |p| *seen.lock().unwrap() = Some(p.clone()))
+    ///     .run((0..100).map(|n| json!(n)))
+    ///     .count();
+    /// let last = last.lock().unwrap().clone().unwrap();
+    /// assert!(last.finished && last.done == 100 && last.completed == 100 && n == 100);
+    /// ```
+    pub fn on_progress(mut self, every: Duration, callback: impl FnMut(&RunProgress) + Send + 'static) -> Self {
+        self.progress = Some((every, Box::new(callback)));
         self
     }
 
@@ -182,15 +317,50 @@ impl Parallel {
         I::IntoIter: Send,
         I::Item: Into<Input>,
     {
+        self.run_indexed(inputs.into_iter().enumerate().map(|(i, item)| (i as u64, item)))
+    }
+
+    /// Like [`run`](Self::run), but each input comes with its own index,
+    /// which its result carries: a resumed run skips some inputs and keeps
+    /// the others' original positions. Indices need not be contiguous;
+    /// `ordered` keeps the order in which inputs were given.
+    ///
+    /// ```
+    /// use runspace::{RunspacePool, Script};
+    /// use serde_json::json;
+    /// let pool = RunspacePool::builder().max(2).open().unwrap();
+    /// let got: Vec<u64> = pool.parallel(&Script::new("return _").unwrap())
+    ///     .ordered(true)
+    ///     .run_indexed(vec![(5, json!("a")), (9, json!("b"))])
+    ///     .map(|r| r.index)
+    ///     .collect();
+    /// assert_eq!(got, vec![5, 9]);
+    /// ```
+    pub fn run_indexed<I, T>(self, inputs: I) -> Results
+    where
+        I: IntoIterator<Item = (u64, T)> + Send + 'static,
+        I::IntoIter: Send,
+        T: Into<Input>,
+    {
         static NEXT_RUN: AtomicU64 = AtomicU64::new(1);
         let throttle = self.pool.max();
-        let window = self.window.unwrap_or_else(|| (throttle * 64).max(4096));
+        let mut window = self.window.unwrap_or_else(|| (throttle * 64).max(4096));
+        if let Some(batch) = self.batch_size {
+            // A batch is handed out whole, so the window must hold one; by
+            // default, one running and one queued per runspace.
+            window = match self.window {
+                Some(_) => window.max(batch),
+                None => window.max(batch * throttle * 2),
+            };
+        }
         let (results_tx, results_rx) = bounded(throttle * 4 + 4);
         let shared = Arc::new(RunShared {
             id: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
             script: self.script,
             params: self.params,
             timeout: self.timeout,
+            retry: self.retry,
+            batch_size: self.batch_size,
             cancelled: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             item_ns: AtomicU64::new(0),
@@ -210,19 +380,16 @@ impl Parallel {
             let inputs = inputs.into_iter();
             thread::Builder::new()
                 .name("runspace-feeder".into())
-                .spawn(move || feed(inputs, &shared, &sender, &results_tx, throttle))
+                .spawn(move || worker::feed(inputs, &shared, &sender, &results_tx, throttle))
                 .expect("cannot start the feeder thread")
         });
-        Results {
-            control: RunControl { pool: self.pool, shared: shared.clone() },
-            receiver: results_rx,
-            current: Vec::new().into_iter(),
-            ordered: self.ordered,
-            pending: BTreeMap::new(),
-            next_index: 0,
+        results::Results::new(
+            RunControl::new(self.pool, shared),
+            results_rx,
+            self.ordered,
             feeder,
-            counters: shared.counters.clone(),
-        }
+            results::Extras { halt: self.halt, total: self.total, progress: self.progress },
+        )
     }
 }
 
@@ -235,6 +402,8 @@ pub(crate) struct Counters {
     in_memory: AtomicU64,
     /// The most `in_memory` has been.
     peak: AtomicU64,
+    /// Batches formed so far (batch mode).
+    batches: AtomicU64,
     /// True once the input is exhausted.
     input_done: AtomicBool,
 }
@@ -242,6 +411,7 @@ pub(crate) struct Counters {
 /// Limits how far the feeder runs ahead of the caller in ordered mode.
 struct Window {
     limit: u64,
+    /// Inputs (in the order given) handed to the caller so far.
     emitted: Mutex<u64>,
     room: Condvar,
 }
@@ -252,6 +422,8 @@ pub(crate) struct RunShared {
     script: Script,
     params: Vec<(String, Value)>,
     timeout: Option<Duration>,
+    retry: Option<Retry>,
+    batch_size: Option<usize>,
     /// No new items are taken (drain or stop).
     cancelled: AtomicBool,
     /// Running items are stopped too.
@@ -260,350 +432,4 @@ pub(crate) struct RunShared {
     item_ns: AtomicU64,
     counters: Arc<Counters>,
     window: Window,
-}
-
-/// Inputs handed to one worker at once.
-///
-/// The results sender travels with the chunk, not in [`RunShared`] (which
-/// the caller's iterator also holds): the channel closes, and iteration
-/// ends, exactly when the feeder and every chunk are done.
-pub(crate) struct Chunk {
-    run: Arc<RunShared>,
-    results: Sender<Vec<ItemResult>>,
-    items: Vec<(u64, Input)>,
-}
-
-impl Chunk {
-    /// Fails every item (the worker could not open a runspace).
-    pub(crate) fn fail_all(self, message: &str) {
-        let results = self
-            .items
-            .into_iter()
-            .map(|(index, input)| ItemResult::ended(index, input_value(input), Status::Failed, message.to_string()))
-            .collect();
-        let _ = self.results.send(results);
-    }
-
-    /// Drops the chunk unrun (the run or the pool is being stopped).
-    pub(crate) fn skip(self) {
-        self.run.counters.in_memory.fetch_sub(self.items.len() as u64, Ordering::Relaxed);
-    }
-}
-
-fn input_value(input: Input) -> Value {
-    match input {
-        Input::Value(v) => v,
-        Input::Invalid { text, .. } => Value::String(text),
-    }
-}
-
-/// Runs a chunk on a worker's runspace (called by the pool).
-pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
-    let function = match runspace.prepare(&chunk.run.script) {
-        Ok(f) => f,
-        Err(failed) => {
-            let message = failed.error().unwrap_or("cannot load script").to_string();
-            return chunk.fail_all(&message);
-        }
-    };
-    let Chunk { run, results, items } = chunk;
-    let total = items.len();
-    let mut out = Vec::with_capacity(total);
-    let started = Instant::now();
-    let mut last_flush = started;
-    let mut ran = 0usize;
-    for (index, input) in items {
-        if run.cancelled.load(Ordering::Relaxed) {
-            break;
-        }
-        ran += 1;
-        let item = match input {
-            Input::Value(value) => {
-                let generation = runspace.next_generation();
-                let deadline = run.timeout.map(|t| Instant::now() + t);
-                let r = runspace.execute(
-                    &function,
-                    std::slice::from_ref(&value),
-                    &run.params,
-                    generation,
-                    run.id,
-                    deadline,
-                    Some(&run.aborted),
-                );
-                let (output, streams, status, duration) = r.into_parts();
-                ItemResult {
-                    index,
-                    input: value,
-                    result: collapse(output),
-                    status,
-                    errors: streams.error,
-                    duration_ms: (duration.as_micros() as f64) / 1e3,
-                    batch: None,
-                    batch_index: None,
-                    warning: streams.warning,
-                    verbose: streams.verbose,
-                    debug: streams.debug,
-                    information: streams.information,
-                    progress: streams.progress,
-                }
-            }
-            Input::Invalid { text, error } => {
-                ItemResult::ended(index, Value::String(text), Status::Failed, format!("invalid input: {error}"))
-            }
-        };
-        out.push(item);
-        if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
-            last_flush = Instant::now();
-            let _ = results.send(std::mem::take(&mut out));
-        }
-    }
-    if ran > 0 {
-        let per_item = started.elapsed().as_nanos() as u64 / ran as u64;
-        let old = run.item_ns.load(Ordering::Relaxed);
-        let smoothed = if old == 0 { per_item } else { (old * 3 + per_item) / 4 };
-        run.item_ns.store(smoothed.max(1), Ordering::Relaxed);
-    }
-    let skipped = (total - ran) as u64;
-    if skipped > 0 {
-        run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
-    }
-    if !out.is_empty() {
-        let _ = results.send(out);
-    }
-}
-
-/// The feeder loop: reads inputs, forms chunks, hands them to the pool.
-fn feed<I>(inputs: I, run: &Arc<RunShared>, sender: &Sender<Work>, results: &Sender<Vec<ItemResult>>, throttle: usize)
-where
-    I: Iterator,
-    I::Item: Into<Input>,
-{
-    let mut inputs = inputs.peekable();
-    let mut index = 0u64;
-    while !run.cancelled.load(Ordering::Relaxed) && inputs.peek().is_some() {
-        let item_ns = run.item_ns.load(Ordering::Relaxed);
-        // Until an item has been measured, go one at a time: the first
-        // items may be slow, and every runspace should get one.
-        let size = if item_ns == 0 {
-            1
-        } else {
-            (TARGET_CHUNK.as_nanos() as u64 / item_ns).clamp(1, MAX_CHUNK as u64) as usize
-        };
-        let size = if run.window.limit == u64::MAX {
-            size
-        } else {
-            // Leave room in the window for every runspace to have work.
-            size.min((run.window.limit as usize / (throttle * 2)).max(1))
-        };
-        if !wait_for_room(run, index + size as u64) {
-            break;
-        }
-        let mut items = Vec::with_capacity(size);
-        for item in inputs.by_ref().take(size) {
-            items.push((index, item.into()));
-            index += 1;
-        }
-        let n = items.len() as u64;
-        let counters = &run.counters;
-        counters.read.fetch_add(n, Ordering::Relaxed);
-        let held = counters.in_memory.fetch_add(n, Ordering::Relaxed) + n;
-        counters.peak.fetch_max(held, Ordering::Relaxed);
-        let chunk = Chunk { run: run.clone(), results: results.clone(), items };
-        if sender.send(Work::Chunk(chunk)).is_err() {
-            break;
-        }
-    }
-    run.counters.input_done.store(true, Ordering::Release);
-}
-
-/// In ordered mode, waits until items below `upto` fit in the window.
-/// False if the run was cancelled meanwhile.
-fn wait_for_room(run: &RunShared, upto: u64) -> bool {
-    let window = &run.window;
-    if window.limit == u64::MAX {
-        return true;
-    }
-    let mut emitted = window.emitted.lock().unwrap_or_else(|e| e.into_inner());
-    while upto.saturating_sub(*emitted) > window.limit {
-        if run.cancelled.load(Ordering::Relaxed) {
-            return false;
-        }
-        emitted = window.room.wait_timeout(emitted, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
-    }
-    true
-}
-
-/// Stops a parallel run from any thread (a Ctrl-C handler, say).
-///
-/// ```
-/// use runspace::{RunspacePool, Script, Status};
-/// use serde_json::json;
-/// let pool = RunspacePool::builder().max(2).open().unwrap();
-/// let mut results = pool.parallel(&Script::new("sleep(3600)").unwrap()).run((0..10).map(|n| json!(n)));
-/// results.control().stop();
-/// assert!(results.all(|r| r.status == Status::Stopped));
-/// ```
-#[derive(Clone)]
-pub struct RunControl {
-    pool: RunspacePool,
-    shared: Arc<RunShared>,
-}
-
-impl RunControl {
-    /// Takes no new items; running ones finish (or time out) and are reported.
-    pub fn drain(&self) {
-        self.shared.cancelled.store(true, Ordering::Release);
-        self.shared.window.room.notify_all();
-    }
-
-    /// Takes no new items and stops the running ones at once (they are
-    /// reported as `Stopped`).
-    pub fn stop(&self) {
-        self.drain();
-        self.shared.aborted.store(true, Ordering::SeqCst);
-        self.pool.stop_owner(self.shared.id);
-    }
-
-    /// Whether [`drain`](Self::drain) or [`stop`](Self::stop) was called.
-    pub fn is_stopping(&self) -> bool {
-        self.shared.cancelled.load(Ordering::Acquire)
-    }
-}
-
-/// Results of a parallel run, as items finish (or in input order with
-/// [`Parallel::ordered`]). Dropping it stops the run.
-pub struct Results {
-    control: RunControl,
-    receiver: Receiver<Vec<ItemResult>>,
-    current: std::vec::IntoIter<ItemResult>,
-    ordered: bool,
-    pending: BTreeMap<u64, ItemResult>,
-    next_index: u64,
-    feeder: Option<thread::JoinHandle<()>>,
-    counters: Arc<Counters>,
-}
-
-impl Results {
-    /// A handle that stops this run from another thread.
-    pub fn control(&self) -> RunControl {
-        self.control.clone()
-    }
-
-    /// Inputs read so far, and whether the input is exhausted.
-    pub fn inputs_read(&self) -> (u64, bool) {
-        (self.counters.read.load(Ordering::Relaxed), self.counters.input_done.load(Ordering::Acquire))
-    }
-
-    /// The most items this run has held in memory at once (read but not yet
-    /// returned): bounded by the window, never by the input's length.
-    pub fn peak_in_memory(&self) -> u64 {
-        self.counters.peak.load(Ordering::Relaxed)
-    }
-
-    fn hand_out(&mut self, item: ItemResult) -> ItemResult {
-        self.counters.in_memory.fetch_sub(1, Ordering::Relaxed);
-        if self.ordered {
-            let window = &self.control.shared.window;
-            *window.emitted.lock().unwrap_or_else(|e| e.into_inner()) = item.index + 1;
-            window.room.notify_one();
-        }
-        item
-    }
-}
-
-/// What [`Results::next_timeout`] found.
-#[derive(Debug)]
-pub enum Next {
-    /// The next result.
-    Item(ItemResult),
-    /// Nothing arrived in time; the run goes on.
-    Idle,
-    /// The run is over: every result has been handed out.
-    Done,
-}
-
-impl Results {
-    /// Like [`Iterator::next`], but gives up after `timeout` with
-    /// [`Next::Idle`], so a caller can flush output or redraw progress while
-    /// slow items run.
-    pub fn next_timeout(&mut self, timeout: Duration) -> Next {
-        self.next_until(Some(Instant::now() + timeout))
-    }
-
-    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
-        loop {
-            if self.ordered {
-                if let Some(item) = self.pending.remove(&self.next_index) {
-                    self.next_index += 1;
-                    return Next::Item(self.hand_out(item));
-                }
-            } else if let Some(item) = self.current.next() {
-                return Next::Item(self.hand_out(item));
-            }
-            // Once stopping, nothing new is read: when nothing is left in
-            // flight the run is over, even if the feeder is still blocked in
-            // a slow input (a terminal, say).
-            let stopping = self.control.is_stopping();
-            let wait = match (deadline, stopping) {
-                (_, true) => Some(Instant::now() + Duration::from_millis(20)),
-                (d, false) => d,
-            };
-            let received = match wait {
-                Some(at) => self.receiver.recv_deadline(at),
-                None => self.receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
-                Ok(chunk) if self.ordered => self.pending.extend(chunk.into_iter().map(|r| (r.index, r))),
-                Ok(chunk) => self.current = chunk.into_iter(),
-                Err(RecvTimeoutError::Timeout) if stopping && self.counters.in_memory.load(Ordering::Relaxed) == 0 => {
-                    if !self.finish_gaps() {
-                        return Next::Done;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if stopping && deadline.is_none_or(|d| Instant::now() < d) => {}
-                Err(RecvTimeoutError::Timeout) => return Next::Idle,
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !self.finish_gaps() {
-                        return Next::Done;
-                    }
-                }
-            }
-        }
-    }
-
-    /// After a stop, skipped items leave gaps in the order: move on to the
-    /// next result held, if any. False when none is held.
-    fn finish_gaps(&mut self) -> bool {
-        match self.pending.keys().next() {
-            Some(&index) => {
-                self.next_index = index;
-                true
-            }
-            None => false,
-        }
-    }
-}
-
-impl Iterator for Results {
-    type Item = ItemResult;
-
-    fn next(&mut self) -> Option<ItemResult> {
-        match self.next_until(None) {
-            Next::Item(item) => Some(item),
-            Next::Idle | Next::Done => None,
-        }
-    }
-}
-
-impl Drop for Results {
-    fn drop(&mut self) {
-        self.control.stop();
-        if let Some(feeder) = self.feeder.take() {
-            // The feeder exits at its next step; it is only left to finish on
-            // its own if it is blocked inside the caller's input iterator.
-            if feeder.is_finished() {
-                let _ = feeder.join();
-            }
-        }
-    }
 }

@@ -1,0 +1,283 @@
+//! The two halves of a run that are not the caller: the feeder, which reads
+//! inputs and forms chunks (or batches), and the worker side, which runs a
+//! chunk on one runspace, retrying failed items when asked.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use serde_json::Value;
+
+use super::{Input, ItemResult, RunShared};
+use crate::invocation::collapse;
+use crate::pool::Work;
+use crate::runspace::Runspace;
+use crate::streams::Status;
+
+/// A chunk aims to take about this long, so trivial items are batched.
+const TARGET_CHUNK: Duration = Duration::from_micros(500);
+/// The most items in one adaptive chunk.
+const MAX_CHUNK: usize = 256;
+/// A worker running slow items hands over what it has at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often a back-off wait looks at the run's stop flags.
+const BACKOFF_TICK: Duration = Duration::from_millis(10);
+
+/// Results of consecutive inputs of one chunk, on their way to the caller.
+///
+/// `first_seq` is the position (in the order inputs were given) of the
+/// first item: a chunk's items are consecutive and run in order, so one
+/// number per delivery lets an ordered run restore the order without a
+/// per-item field, even when indices have gaps (a resumed run).
+pub(crate) struct Delivery {
+    pub(crate) first_seq: u64,
+    pub(crate) items: Vec<ItemResult>,
+}
+
+/// Inputs handed to one worker at once.
+///
+/// The results sender travels with the chunk, not in [`RunShared`] (which
+/// the caller's iterator also holds): the channel closes, and iteration
+/// ends, exactly when the feeder and every chunk are done.
+pub(crate) struct Chunk {
+    run: Arc<RunShared>,
+    results: Sender<Delivery>,
+    first_seq: u64,
+    /// The batch id, in batch mode.
+    batch: Option<u64>,
+    items: Vec<(u64, Input)>,
+}
+
+impl Chunk {
+    /// Fails every item (the worker could not open a runspace).
+    pub(crate) fn fail_all(self, message: &str) {
+        let batch = self.batch;
+        let items = self
+            .items
+            .into_iter()
+            .enumerate()
+            .map(|(position, (index, input))| {
+                let mut item = ItemResult::ended(index, input_value(input), Status::Failed, message.to_string());
+                item.batch = batch;
+                item.batch_index = batch.map(|_| position as u64);
+                item
+            })
+            .collect();
+        let _ = self.results.send(Delivery { first_seq: self.first_seq, items });
+    }
+
+    /// Drops the chunk unrun (the run or the pool is being stopped).
+    pub(crate) fn skip(self) {
+        self.run.counters.in_memory.fetch_sub(self.items.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn input_value(input: Input) -> Value {
+    match input {
+        Input::Value(v) => v,
+        Input::Invalid { text, .. } => Value::String(text),
+    }
+}
+
+/// Runs a chunk on a worker's runspace (called by the pool).
+pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
+    let function = match runspace.prepare(&chunk.run.script) {
+        Ok(f) => f,
+        Err(failed) => {
+            let message = failed.error().unwrap_or("cannot load script").to_string();
+            return chunk.fail_all(&message);
+        }
+    };
+    let Chunk { run, results, first_seq, batch, items } = chunk;
+    let total = items.len();
+    let mut out = Vec::with_capacity(total);
+    let mut sent_seq = first_seq;
+    let started = Instant::now();
+    let mut last_flush = started;
+    let mut ran = 0usize;
+    for (index, input) in items {
+        if run.cancelled.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut item = match input {
+            Input::Value(value) => run_item(runspace, &function, &run, index, value),
+            Input::Invalid { text, error } => {
+                ItemResult::ended(index, Value::String(text), Status::Failed, format!("invalid input: {error}"))
+            }
+        };
+        if batch.is_some() {
+            item.batch = batch;
+            item.batch_index = Some(ran as u64);
+        }
+        ran += 1;
+        out.push(item);
+        if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
+            last_flush = Instant::now();
+            let items = std::mem::take(&mut out);
+            let next = sent_seq + items.len() as u64;
+            let _ = results.send(Delivery { first_seq: sent_seq, items });
+            sent_seq = next;
+        }
+    }
+    if ran > 0 {
+        let per_item = started.elapsed().as_nanos() as u64 / ran as u64;
+        let old = run.item_ns.load(Ordering::Relaxed);
+        let smoothed = if old == 0 { per_item } else { (old * 3 + per_item) / 4 };
+        run.item_ns.store(smoothed.max(1), Ordering::Relaxed);
+    }
+    let skipped = (total - ran) as u64;
+    if skipped > 0 {
+        run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
+    }
+    if !out.is_empty() {
+        let _ = results.send(Delivery { first_seq: sent_seq, items: out });
+    }
+}
+
+/// Runs one input, and again after a back-off while it fails or times out
+/// and retries are left.
+fn run_item(
+    runspace: &mut Runspace,
+    function: &mlua::Function,
+    run: &RunShared,
+    index: u64,
+    value: Value,
+) -> ItemResult {
+    let mut attempts = 1u32;
+    loop {
+        let generation = runspace.next_generation();
+        let deadline = run.timeout.map(|t| Instant::now() + t);
+        let r = runspace.execute(
+            function,
+            std::slice::from_ref(&value),
+            &run.params,
+            generation,
+            run.id,
+            deadline,
+            Some(&run.aborted),
+        );
+        let (output, streams, status, duration) = r.into_parts();
+        let retry = match &run.retry {
+            Some(retry) if attempts <= retry.retries && matches!(status, Status::Failed | Status::TimedOut) => {
+                Some(retry.delay(attempts))
+            }
+            _ => None,
+        };
+        if let Some(delay) = retry {
+            if back_off(run, delay) {
+                attempts += 1;
+                continue;
+            }
+        }
+        return ItemResult {
+            index,
+            input: value,
+            result: collapse(output),
+            status,
+            errors: streams.error,
+            duration_ms: (duration.as_micros() as f64) / 1e3,
+            batch: None,
+            batch_index: None,
+            attempts,
+            warning: streams.warning,
+            verbose: streams.verbose,
+            debug: streams.debug,
+            information: streams.information,
+            progress: streams.progress,
+        };
+    }
+}
+
+/// Waits `delay` before another attempt. False if the run was drained or
+/// stopped meanwhile: then the last attempt's result stands.
+fn back_off(run: &RunShared, delay: Duration) -> bool {
+    let until = Instant::now() + delay;
+    loop {
+        if run.cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(BACKOFF_TICK));
+    }
+}
+
+/// The feeder loop: reads inputs, forms chunks, hands them to the pool.
+pub(super) fn feed<I, T>(
+    inputs: I,
+    run: &Arc<RunShared>,
+    sender: &Sender<Work>,
+    results: &Sender<Delivery>,
+    throttle: usize,
+) where
+    I: Iterator<Item = (u64, T)>,
+    T: Into<Input>,
+{
+    let mut inputs = inputs.peekable();
+    let mut seq = 0u64;
+    let mut batch_id = 0u64;
+    while !run.cancelled.load(Ordering::Relaxed) && inputs.peek().is_some() {
+        let size = match run.batch_size {
+            Some(size) => size,
+            None => chunk_size(run, throttle),
+        };
+        if !wait_for_room(run, seq + size as u64) {
+            break;
+        }
+        let mut items = Vec::with_capacity(size);
+        for (index, item) in inputs.by_ref().take(size) {
+            items.push((index, item.into()));
+        }
+        let n = items.len() as u64;
+        let counters = &run.counters;
+        counters.read.fetch_add(n, Ordering::Relaxed);
+        let held = counters.in_memory.fetch_add(n, Ordering::Relaxed) + n;
+        counters.peak.fetch_max(held, Ordering::Relaxed);
+        let batch = run.batch_size.map(|_| {
+            batch_id += 1;
+            counters.batches.store(batch_id, Ordering::Relaxed);
+            batch_id - 1
+        });
+        let chunk = Chunk { run: run.clone(), results: results.clone(), first_seq: seq, batch, items };
+        seq += n;
+        if sender.send(Work::Chunk(chunk)).is_err() {
+            break;
+        }
+    }
+    run.counters.input_done.store(true, Ordering::Release);
+}
+
+/// The size of the next adaptive chunk.
+fn chunk_size(run: &RunShared, throttle: usize) -> usize {
+    let item_ns = run.item_ns.load(Ordering::Relaxed);
+    // Until an item has been measured, go one at a time: the first items
+    // may be slow, and every runspace should get one.
+    let size =
+        (TARGET_CHUNK.as_nanos() as u64).checked_div(item_ns).map_or(1, |n| n.clamp(1, MAX_CHUNK as u64) as usize);
+    if run.window.limit == u64::MAX {
+        size
+    } else {
+        // Leave room in the window for every runspace to have work.
+        size.min((run.window.limit as usize / (throttle * 2)).max(1))
+    }
+}
+
+/// In ordered mode, waits until inputs before position `upto` fit in the
+/// window. False if the run was cancelled meanwhile.
+fn wait_for_room(run: &RunShared, upto: u64) -> bool {
+    let window = &run.window;
+    if window.limit == u64::MAX {
+        return true;
+    }
+    let mut emitted = window.emitted.lock().unwrap_or_else(|e| e.into_inner());
+    while upto.saturating_sub(*emitted) > window.limit {
+        if run.cancelled.load(Ordering::Relaxed) {
+            return false;
+        }
+        emitted = window.room.wait_timeout(emitted, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+    }
+    true
+}
