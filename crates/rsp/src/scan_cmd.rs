@@ -101,7 +101,7 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
 }
 
 fn colour_ok(stream_is_tty: bool) -> bool {
-    stream_is_tty && !std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+    stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {

@@ -387,7 +387,7 @@ pub(crate) fn clean_message(e: &mlua::Error) -> String {
 fn human_bytes(n: usize) -> String {
     const UNITS: [(&str, usize); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
     for (unit, size) in UNITS {
-        if n >= size && n % size == 0 {
+        if n >= size && n.is_multiple_of(size) {
             return format!("{} {unit}", n / size);
         }
     }

@@ -186,7 +186,7 @@ fn list(lua: &Lua, ctx: &HostContext, dir: &Path, shown: &Path, recursive: bool)
         let mut subdirs = Vec::new();
         for e in entries {
             seen += 1;
-            if seen % CHECK_EVERY == 0 {
+            if seen.is_multiple_of(CHECK_EVERY) {
                 gate::check(&ctx.control)?;
             }
             // Entries can vanish while we list; skip them.
