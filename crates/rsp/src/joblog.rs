@@ -231,6 +231,28 @@ impl<I: Iterator<Item = Input>> Iterator for ResumeFilter<I> {
     }
 }
 
+/// The inputs of a run with their indices: all of them, or what a resumed
+/// run must still do. An enum, not a second boxed iterator, to keep the
+/// plain path free of another dynamic call per item.
+pub enum Feed<I> {
+    /// Every input.
+    Plain(std::iter::Enumerate<I>),
+    /// Inputs not yet logged.
+    Resume(ResumeFilter<I>),
+}
+
+impl<I: Iterator<Item = Input>> Iterator for Feed<I> {
+    type Item = (u64, Input);
+
+    #[inline]
+    fn next(&mut self) -> Option<(u64, Input)> {
+        match self {
+            Feed::Plain(inputs) => inputs.next().map(|(i, input)| (i as u64, input)),
+            Feed::Resume(filter) => filter.next(),
+        }
+    }
+}
+
 /// Appends lines to a job log. Lines are kept in a buffer until
 /// [`flush`](Self::flush), which the caller calls after flushing stdout.
 pub struct JobLog {

@@ -32,8 +32,8 @@ impl Progress {
         }
         let target = ProgressDrawTarget::stderr_with_hz(10);
         let (bar, template) = match total {
-            Some(n) => (ProgressBar::with_draw_target(Some(n), target), "[{bar:30}] {msg}"),
-            None => (ProgressBar::with_draw_target(None, target), "{spinner} {msg}"),
+            Some(n) => (ProgressBar::with_draw_target(Some(n), target), "[{bar:30}] {wide_msg}"),
+            None => (ProgressBar::with_draw_target(None, target), "{spinner} {wide_msg}"),
         };
         bar.set_style(
             ProgressStyle::with_template(template)
@@ -57,8 +57,9 @@ impl Progress {
         match self {
             Progress::Hidden => {}
             Progress::Bar(bar) => {
-                bar.set_position(p.done);
+                // The message first: setting the position may draw.
                 bar.set_message(describe(p));
+                bar.set_position(p.done);
             }
             Progress::Plain { last } => {
                 if p.finished || last.elapsed() >= PLAIN_EVERY {

@@ -8,10 +8,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
-use runspace::{Halt, HaltRule, Input, Next, RunControl, RunspacePool};
+use runspace::{Halt, HaltRule, Next, RunControl, RunspacePool};
 
 use crate::inputs::InputArgs;
-use crate::joblog::{self, JobLog, ResultsDir, Resume, ResumeFilter};
+use crate::joblog::{self, Feed, JobLog, ResultsDir, Resume, ResumeFilter};
 use crate::parse;
 use crate::progress::Progress;
 use crate::run_output::{Format, Printer, Tally};
@@ -143,7 +143,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut skip_estimate = 0;
     let mismatch = Arc::new(OnceLock::new());
     let skipped = Arc::new(AtomicU64::new(0));
-    let items: Box<dyn Iterator<Item = (u64, Input)> + Send> = match (&args.large.joblog, resume) {
+    let items = match (&args.large.joblog, resume) {
         (Some(path), Some(mode)) => {
             let (log, recorded) = JobLog::resume(path)?;
             joblog = Some(log);
@@ -151,13 +151,13 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
                 Resume::Finished => recorded.finished,
                 Resume::Failed => recorded.finished - recorded.failed,
             };
-            Box::new(ResumeFilter::new(inputs.items, recorded, mode, mismatch.clone(), skipped.clone()))
+            Feed::Resume(ResumeFilter::new(inputs.items, recorded, mode, mismatch.clone(), skipped.clone()))
         }
         (Some(path), None) => {
             joblog = Some(JobLog::create(path)?);
-            Box::new(inputs.items.enumerate().map(|(i, input)| (i as u64, input)))
+            Feed::Plain(inputs.items.enumerate())
         }
-        (None, _) => Box::new(inputs.items.enumerate().map(|(i, input)| (i as u64, input))),
+        (None, _) => Feed::Plain(inputs.items.enumerate()),
     };
     let mut results_dir = args.large.results.as_deref().map(ResultsDir::create).transpose()?;
 

@@ -147,6 +147,10 @@ impl ItemResult {
     }
 }
 
+/// The least items an unordered run may hold in flight (read, not yet
+/// handed out); with many runspaces, 64 per runspace.
+const UNORDERED_IN_FLIGHT: usize = 16_384;
+
 /// Called with a progress snapshot; see [`Parallel::on_progress`].
 type ProgressFn = Box<dyn FnMut(&RunProgress) + Send>;
 
@@ -207,7 +211,8 @@ impl Parallel {
 
     /// The most items read but not yet handed to the caller in ordered mode
     /// (default: 4096, or 64 per runspace when more; in batch mode at least
-    /// one batch, by default two per runspace).
+    /// one batch, by default two per runspace). Unordered runs hold at most
+    /// this or 16,384 items, whichever is more.
     pub fn window(mut self, items: usize) -> Self {
         self.window = Some(items.max(1));
         self
@@ -361,6 +366,10 @@ impl Parallel {
             timeout: self.timeout,
             retry: self.retry,
             batch_size: self.batch_size,
+            // Unordered runs have no reorder window, but the queues scale with
+            // the throttle: cap what is in flight so that 200 runspaces of
+            // trivial items do not hold 100 MB of queued chunks.
+            in_flight_cap: window.max(UNORDERED_IN_FLIGHT) as u64,
             cancelled: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             item_ns: AtomicU64::new(0),
@@ -424,6 +433,8 @@ pub(crate) struct RunShared {
     timeout: Option<Duration>,
     retry: Option<Retry>,
     batch_size: Option<usize>,
+    /// Unordered mode: the most items read and not yet handed out.
+    in_flight_cap: u64,
     /// No new items are taken (drain or stop).
     cancelled: AtomicBool,
     /// Running items are stopped too.

@@ -145,6 +145,7 @@ impl Results {
         self.halted
     }
 
+    #[inline]
     fn hand_out(&mut self, item: ItemResult) -> ItemResult {
         self.counters.in_memory.fetch_sub(1, Ordering::Relaxed);
         self.tally.count(item.status, item.attempts);
@@ -199,22 +200,17 @@ impl Results {
         self.next_until(Some(Instant::now() + timeout))
     }
 
-    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
-        match self.next_inner(deadline) {
-            Next::Done => {
-                self.finished = true;
-                if self.on_progress.is_some() {
-                    self.emit_progress(true);
-                    // The final snapshot goes out once only.
-                    self.on_progress = None;
-                }
-                Next::Done
-            }
-            other => other,
+    /// The run is over: sends the final progress event, once.
+    fn done(&mut self) -> Next {
+        self.finished = true;
+        if self.on_progress.is_some() {
+            self.emit_progress(true);
+            self.on_progress = None;
         }
+        Next::Done
     }
 
-    fn next_inner(&mut self, deadline: Option<Instant>) -> Next {
+    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
         loop {
             if self.ordered {
                 if let Some(item) = self.pending.remove(&self.next_seq) {
@@ -251,7 +247,7 @@ impl Results {
                 }
                 Err(RecvTimeoutError::Timeout) if stopping && self.counters.in_memory.load(Ordering::Relaxed) == 0 => {
                     if !self.finish_gaps() {
-                        return Next::Done;
+                        return self.done();
                     }
                 }
                 Err(RecvTimeoutError::Timeout) if stopping && deadline.is_none_or(|d| Instant::now() < d) => {}
@@ -261,7 +257,7 @@ impl Results {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.finish_gaps() {
-                        return Next::Done;
+                        return self.done();
                     }
                 }
             }

@@ -224,7 +224,7 @@ pub(super) fn feed<I, T>(
             Some(size) => size,
             None => chunk_size(run, throttle),
         };
-        if !wait_for_room(run, seq + size as u64) {
+        if !wait_for_room(run, seq + size as u64, size as u64) {
             break;
         }
         let mut items = Vec::with_capacity(size);
@@ -265,11 +265,20 @@ fn chunk_size(run: &RunShared, throttle: usize) -> usize {
     }
 }
 
-/// In ordered mode, waits until inputs before position `upto` fit in the
-/// window. False if the run was cancelled meanwhile.
-fn wait_for_room(run: &RunShared, upto: u64) -> bool {
+/// Waits until `upto` (a position) fits in the ordered window, or in
+/// unordered mode until `size` more items fit under the in-flight cap.
+/// False if the run was cancelled meanwhile.
+fn wait_for_room(run: &RunShared, upto: u64, size: u64) -> bool {
     let window = &run.window;
     if window.limit == u64::MAX {
+        // Rarely reached (the queues fill first at low throttles), so a
+        // short poll is cheaper than signalling on every item handed out.
+        while run.counters.in_memory.load(Ordering::Relaxed) + size > run.in_flight_cap {
+            if run.cancelled.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
         return true;
     }
     let mut emitted = window.emitted.lock().unwrap_or_else(|e| e.into_inner());
