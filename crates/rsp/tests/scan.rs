@@ -31,10 +31,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn jsonl(o: &Output) -> Vec<Value> {
-    stdout(o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect()
+    stdout(o).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
 }
 
 fn plant(addr: &str) -> (TcpListener, u16) {
@@ -52,15 +49,10 @@ fn jsonl_schema_one_record_per_port() {
     let recs = jsonl(&o);
     assert_eq!(recs.len(), 5);
     // Fields in the documented order.
-    assert!(stdout(&o)
-        .lines()
-        .all(|l| l.starts_with("{\"host\":\"127.0.0.1\",\"address\":")));
+    assert!(stdout(&o).lines().all(|l| l.starts_with("{\"host\":\"127.0.0.1\",\"address\":")));
     for r in &recs {
         let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(
-            keys,
-            BTreeSet::from(["host", "address", "port", "state", "reason", "rtt_ms", "service"])
-        );
+        assert_eq!(keys, BTreeSet::from(["host", "address", "port", "state", "reason", "rtt_ms", "service"]));
         assert_eq!(r["host"], "127.0.0.1");
         assert_eq!(r["address"], "127.0.0.1");
         assert!(r["port"].is_u64());
@@ -83,22 +75,13 @@ fn full_scan_table_shows_exactly_the_planted_ports() {
     let planted: Vec<_> = (0..3).map(|_| plant("127.0.0.1")).collect();
     let o = run(&["127.0.0.1", "-p-", "--format", "jsonl", "--show", "open"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let open: BTreeSet<u64> = jsonl(&o)
-        .iter()
-        .map(|r| r["port"].as_u64().unwrap())
-        .collect();
+    let open: BTreeSet<u64> = jsonl(&o).iter().map(|r| r["port"].as_u64().unwrap()).collect();
     for (_, p) in &planted {
         assert!(open.contains(&u64::from(*p)), "planted {p} missing");
     }
     assert!(stderr(&o).contains(&format!("Closed ports:   {}", 65535 - open.len())));
     // Table format, not a terminal: no colour codes.
-    let t = run(&[
-        "127.0.0.1",
-        "-p",
-        &planted[0].1.to_string(),
-        "--format",
-        "table",
-    ]);
+    let t = run(&["127.0.0.1", "-p", &planted[0].1.to_string(), "--format", "table"]);
     let text = stdout(&t);
     assert!(text.contains("Scan report for 127.0.0.1"), "{text}");
     assert!(text.contains(&format!("{}/tcp", planted[0].1)));
@@ -113,25 +96,13 @@ fn several_hosts_csv_and_grepable() {
     let o = run(&["127.0.0.2-3", "-p", &spec, "--format", "csv"]);
     let text = stdout(&o);
     let mut lines = text.lines();
-    assert_eq!(
-        lines.next(),
-        Some("host,address,port,state,reason,rtt_ms,service")
-    );
-    let rows: BTreeSet<String> = lines
-        .map(|l| l.split(',').take(5).collect::<Vec<_>>().join(","))
-        .collect();
+    assert_eq!(lines.next(), Some("host,address,port,state,reason,rtt_ms,service"));
+    let rows: BTreeSet<String> = lines.map(|l| l.split(',').take(5).collect::<Vec<_>>().join(",")).collect();
     assert!(rows.contains(&format!("127.0.0.2,127.0.0.2,{pa},open,syn-ack")));
     assert!(rows.contains(&format!("127.0.0.3,127.0.0.3,{pb},open,syn-ack")));
     assert_eq!(rows.len(), 4);
 
-    let o = run(&[
-        "127.0.0.2",
-        "127.0.0.3",
-        "-p",
-        &spec,
-        "--format",
-        "grepable",
-    ]);
+    let o = run(&["127.0.0.2", "127.0.0.3", "-p", &spec, "--format", "grepable"]);
     let text = stdout(&o);
     assert_eq!(text.lines().count(), 2, "{text}");
     assert!(text.contains(&format!("Host: 127.0.0.2 ()\tPorts: {pa}/open/tcp//")));
@@ -171,34 +142,16 @@ fn bad_port_specs_are_usage_errors_naming_the_problem() {
 fn bad_targets_are_named_and_the_rest_is_scanned() {
     let (_l, port) = plant("127.0.0.1");
     let p = port.to_string();
-    let o = run(&[
-        "127.0.0.300",
-        "127.0.0.1",
-        "127.0.0.9/33",
-        "-p",
-        &p,
-        "--format",
-        "jsonl",
-    ]);
+    let o = run(&["127.0.0.300", "127.0.0.1", "127.0.0.9/33", "-p", &p, "--format", "jsonl"]);
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
-    assert!(
-        err.contains("'127.0.0.300'") && err.contains("out of range"),
-        "{err}"
-    );
+    assert!(err.contains("'127.0.0.300'") && err.contains("out of range"), "{err}");
     assert!(err.contains("'127.0.0.9/33'"), "{err}");
     let recs = jsonl(&o);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["state"], "open");
 
-    let o = run(&[
-        "no-such-host.invalid",
-        "localhost",
-        "-p",
-        &p,
-        "--format",
-        "jsonl",
-    ]);
+    let o = run(&["no-such-host.invalid", "localhost", "-p", &p, "--format", "jsonl"]);
     assert_eq!(o.status.code(), Some(1), "unresolvable host: exit 1");
     assert!(stderr(&o).contains("'no-such-host.invalid'"));
     let recs = jsonl(&o);
@@ -219,25 +172,10 @@ fn target_lists_and_exclusions() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("targets.txt");
     std::fs::write(&file, "# lab\n127.0.0.1 127.0.0.2\n127.0.0.3-5 # more\n").unwrap();
-    let o = run(&[
-        "-iL",
-        file.to_str().unwrap(),
-        "--exclude",
-        "127.0.0.2,127.0.0.5",
-        "-p",
-        "1",
-        "--format",
-        "jsonl",
-    ]);
+    let o = run(&["-iL", file.to_str().unwrap(), "--exclude", "127.0.0.2,127.0.0.5", "-p", "1", "--format", "jsonl"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let hosts: BTreeSet<String> = jsonl(&o)
-        .iter()
-        .map(|r| r["address"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        hosts,
-        BTreeSet::from(["127.0.0.1".into(), "127.0.0.3".into(), "127.0.0.4".into()])
-    );
+    let hosts: BTreeSet<String> = jsonl(&o).iter().map(|r| r["address"].as_str().unwrap().to_string()).collect();
+    assert_eq!(hosts, BTreeSet::from(["127.0.0.1".into(), "127.0.0.3".into(), "127.0.0.4".into()]));
 
     let mut child = rsp()
         .args(["-iL", "-", "-p", "1", "--format", "jsonl"])
@@ -246,12 +184,7 @@ fn target_lists_and_exclusions() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"127.0.0.7\n::1\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"127.0.0.7\n::1\n").unwrap();
     let o = child.wait_with_output().unwrap();
     assert_eq!(jsonl(&o).len(), 2, "{}", stderr(&o));
 }
@@ -265,8 +198,5 @@ fn ipv6_loopback_target() {
     let p = l.local_addr().unwrap().port().to_string();
     let o = run(&["::1", "-p", &p, "--format", "jsonl"]);
     let recs = jsonl(&o);
-    assert_eq!(
-        (recs[0]["address"].as_str(), recs[0]["state"].as_str()),
-        (Some("::1"), Some("open"))
-    );
+    assert_eq!((recs[0]["address"].as_str(), recs[0]["state"].as_str()), (Some("::1"), Some("open")));
 }

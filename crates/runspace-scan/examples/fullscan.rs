@@ -3,15 +3,11 @@
 use runspace_scan::{limits, scan_blocking, PortList, ScanConfig};
 
 fn main() {
-    let target = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1".into());
+    let target = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1".into());
     let workers: Option<usize> = std::env::args().nth(2).and_then(|s| s.parse().ok());
     let conc: Option<usize> = std::env::args().nth(3).and_then(|s| s.parse().ok());
     limits::raise_nofile_limit().expect("read the open-file limit");
-    let mut config = ScanConfig::parse([target])
-        .expect("valid target")
-        .ports(PortList::all());
+    let mut config = ScanConfig::parse([target]).expect("valid target").ports(PortList::all());
     if let Some(w) = workers {
         config = config.workers(w);
     }
@@ -19,16 +15,8 @@ fn main() {
         config = config.concurrency(c);
     }
     let report = scan_blocking(config);
-    let open: Vec<u16> = report
-        .results
-        .iter()
-        .filter(|r| r.state == runspace_scan::PortState::Open)
-        .map(|r| r.port)
-        .collect();
+    let open: Vec<u16> =
+        report.results.iter().filter(|r| r.state == runspace_scan::PortState::Open).map(|r| r.port).collect();
     println!("open {open:?}");
-    println!(
-        "{:?} in {:.3}s",
-        report.counts,
-        report.elapsed.as_secs_f64()
-    );
+    println!("{:?} in {:.3}s", report.counts, report.elapsed.as_secs_f64());
 }

@@ -66,16 +66,11 @@ impl Epoll {
     }
 
     fn add(&self, fd: RawFd, token: u64) -> Result<(), i32> {
-        let mut ev = libc::epoll_event {
-            events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32,
-            u64: token,
-        };
+        let mut ev = libc::epoll_event { events: (libc::EPOLLOUT | libc::EPOLLONESHOT) as u32, u64: token };
         // SAFETY: both fds are open; ev is a valid event.
         let r = unsafe { libc::epoll_ctl(self.0, libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r < 0 {
-            Err(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::ENOMEM))
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(libc::ENOMEM))
         } else {
             Ok(())
         }
@@ -136,11 +131,7 @@ impl Worker {
             };
             let local = matches!(answer, Answer::Local(_));
             self.answered(answer);
-            done.push(Done {
-                probe: p,
-                answer: Some(answer),
-                rtt: start.elapsed(),
-            });
+            done.push(Done { probe: p, answer: Some(answer), rtt: start.elapsed() });
             if local {
                 break;
             }
@@ -152,13 +143,7 @@ impl Worker {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot {
-                    fd: -1,
-                    probe,
-                    start,
-                    gen: 0,
-                    live: false,
-                });
+                self.slots.push(Slot { fd: -1, probe, start, gen: 0, live: false });
                 (self.slots.len() - 1) as u32
             }
         };
@@ -174,8 +159,7 @@ impl Worker {
         slot.start = start;
         slot.live = true;
         self.in_flight += 1;
-        self.deadlines
-            .push_back((start + self.timeout, idx, slot.gen));
+        self.deadlines.push_back((start + self.timeout, idx, slot.gen));
         Ok(())
     }
 
@@ -204,9 +188,7 @@ impl Worker {
     /// Waits for answers and expired deadlines, up to `max_wait`.
     fn poll(&mut self, events: &mut [libc::epoll_event], max_wait: Duration, done: &mut Vec<Done>) {
         let wait = match self.deadlines.front() {
-            Some(&(deadline, _, _)) => {
-                max_wait.min(deadline.saturating_duration_since(Instant::now()))
-            }
+            Some(&(deadline, _, _)) => max_wait.min(deadline.saturating_duration_since(Instant::now())),
             None => max_wait,
         };
         let n = self.epoll.wait(events, wait);
@@ -218,14 +200,9 @@ impl Worker {
                 continue;
             }
             let slot = self.retire(idx);
-            let answer =
-                probe::finish(slot.fd, &SockAddr::new(slot.probe.address, slot.probe.port));
+            let answer = probe::finish(slot.fd, &SockAddr::new(slot.probe.address, slot.probe.port));
             self.answered(answer);
-            done.push(Done {
-                probe: slot.probe,
-                answer: Some(answer),
-                rtt: now.saturating_duration_since(slot.start),
-            });
+            done.push(Done { probe: slot.probe, answer: Some(answer), rtt: now.saturating_duration_since(slot.start) });
         }
         // Answers read above win over deadlines that passed meanwhile.
         while let Some(&(deadline, idx, gen)) = self.deadlines.front() {
@@ -236,11 +213,7 @@ impl Worker {
                 }
                 let slot = self.retire(idx);
                 probe::close(slot.fd, false);
-                done.push(Done {
-                    probe: slot.probe,
-                    answer: None,
-                    rtt: now.saturating_duration_since(slot.start),
-                });
+                done.push(Done { probe: slot.probe, answer: None, rtt: now.saturating_duration_since(slot.start) });
             }
             self.deadlines.pop_front();
         }
@@ -297,11 +270,7 @@ pub(crate) fn run_worker(shared: Arc<Shared>, cap: usize) {
                 false
             }
         };
-        let free = if paused {
-            0
-        } else {
-            w.window.saturating_sub(w.in_flight)
-        };
+        let free = if paused { 0 } else { w.window.saturating_sub(w.in_flight) };
         let finished = {
             let mut sched = shared.sched.lock().unwrap_or_else(|e| e.into_inner());
             sched.give_back(&mut unsent);
@@ -328,8 +297,7 @@ pub(crate) fn run_worker(shared: Arc<Shared>, cap: usize) {
         let max_wait = if !done.is_empty() || (launched && w.in_flight < w.window && !paused) {
             Duration::ZERO
         } else if let Some(t) = w.paused_until {
-            t.saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1))
+            t.saturating_duration_since(Instant::now()).max(Duration::from_millis(1))
         } else if w.in_flight == 0 {
             IDLE_POLL
         } else {

@@ -35,20 +35,14 @@ pub struct NofileLimit {
 /// assert!(runspace_scan::limits::nofile_limit().unwrap().soft > 0);
 /// ```
 pub fn nofile_limit() -> io::Result<NofileLimit> {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: rl is valid for writes.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
         return Err(io::Error::last_os_error());
     }
     // rlim_t is not u64 on every platform.
     #[allow(clippy::unnecessary_cast)]
-    Ok(NofileLimit {
-        soft: rl.rlim_cur as u64,
-        hard: rl.rlim_max as u64,
-    })
+    Ok(NofileLimit { soft: rl.rlim_cur as u64, hard: rl.rlim_max as u64 })
 }
 
 /// Raises the soft open-file limit toward the hard limit (capped at
@@ -63,10 +57,7 @@ pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let cur = nofile_limit()?;
     let want = cur.hard.min(1 << 20);
     if want > cur.soft {
-        let rl = libc::rlimit {
-            rlim_cur: want as libc::rlim_t,
-            rlim_max: cur.hard as libc::rlim_t,
-        };
+        let rl = libc::rlimit { rlim_cur: want as libc::rlim_t, rlim_max: cur.hard as libc::rlim_t };
         // SAFETY: rl is a valid rlimit.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
     }
@@ -93,7 +84,5 @@ pub fn default_concurrency(soft_limit: u64) -> usize {
 /// assert!(runspace_scan::limits::current_default_concurrency() >= 1);
 /// ```
 pub fn current_default_concurrency() -> usize {
-    nofile_limit()
-        .map(|l| default_concurrency(l.soft))
-        .unwrap_or(256)
+    nofile_limit().map(|l| default_concurrency(l.soft)).unwrap_or(256)
 }

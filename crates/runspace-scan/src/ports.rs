@@ -49,11 +49,7 @@ impl fmt::Display for PortSpecError {
         if self.part.is_empty() {
             write!(f, "invalid port specification: {}", self.problem)
         } else {
-            write!(
-                f,
-                "invalid port specification '{}': {}",
-                self.part, self.problem
-            )
+            write!(f, "invalid port specification '{}': {}", self.part, self.problem)
         }
     }
 }
@@ -61,10 +57,7 @@ impl fmt::Display for PortSpecError {
 impl std::error::Error for PortSpecError {}
 
 fn spec_err(part: &str, problem: impl Into<String>) -> PortSpecError {
-    PortSpecError {
-        part: part.to_string(),
-        problem: problem.into(),
-    }
+    PortSpecError { part: part.to_string(), problem: problem.into() }
 }
 
 /// Parses one port number, 1–65535, naming the problem otherwise.
@@ -77,15 +70,9 @@ fn parse_port(text: &str, part: &str) -> Result<u16, PortSpecError> {
         return Err(spec_err(part, format!("'{text}' is not a port number")));
     }
     match text.parse::<u32>() {
-        Ok(0) => Err(spec_err(
-            part,
-            "port 0 cannot be scanned (ports are 1-65535)",
-        )),
+        Ok(0) => Err(spec_err(part, "port 0 cannot be scanned (ports are 1-65535)")),
         Ok(n) if n <= 65535 => Ok(n as u16),
-        _ => Err(spec_err(
-            part,
-            format!("port {text} is out of range (ports are 1-65535)"),
-        )),
+        _ => Err(spec_err(part, format!("port {text} is out of range (ports are 1-65535)"))),
     }
 }
 
@@ -123,21 +110,10 @@ impl PortList {
                     (p, p)
                 }
                 Some((a, b)) => {
-                    let lo = if a.trim().is_empty() {
-                        1
-                    } else {
-                        parse_port(a, part)?
-                    };
-                    let hi = if b.trim().is_empty() {
-                        65535
-                    } else {
-                        parse_port(b, part)?
-                    };
+                    let lo = if a.trim().is_empty() { 1 } else { parse_port(a, part)? };
+                    let hi = if b.trim().is_empty() { 65535 } else { parse_port(b, part)? };
                     if lo > hi {
-                        return Err(spec_err(
-                            part,
-                            format!("range is reversed ({lo} is greater than {hi})"),
-                        ));
+                        return Err(spec_err(part, format!("range is reversed ({lo} is greater than {hi})")));
                     }
                     (lo, hi)
                 }
@@ -146,9 +122,7 @@ impl PortList {
                 seen[p as usize] = true;
             }
         }
-        Ok(PortList {
-            ports: (1..=65535u16).filter(|&p| seen[p as usize]).collect(),
-        })
+        Ok(PortList { ports: (1..=65535u16).filter(|&p| seen[p as usize]).collect() })
     }
 
     /// All ports, 1–65535 (nmap's `-p-`).
@@ -157,9 +131,7 @@ impl PortList {
     /// assert_eq!(runspace_scan::PortList::all().len(), 65535);
     /// ```
     pub fn all() -> PortList {
-        PortList {
-            ports: (1..=65535).collect(),
-        }
+        PortList { ports: (1..=65535).collect() }
     }
 
     /// The PowerShell original's default list, [`DEFAULT_PORTS`].
@@ -168,9 +140,7 @@ impl PortList {
     /// assert_eq!(runspace_scan::PortList::default_ports().as_slice()[0], 22);
     /// ```
     pub fn default_ports() -> PortList {
-        PortList {
-            ports: DEFAULT_PORTS.to_vec(),
-        }
+        PortList { ports: DEFAULT_PORTS.to_vec() }
     }
 
     /// The `n` most common ports: the shipped top-100 tier first, then the
@@ -242,10 +212,7 @@ impl PortList {
     pub fn from_ports(ports: impl IntoIterator<Item = u16>) -> PortList {
         let mut seen = vec![false; 65536];
         seen[0] = true;
-        let ports = ports
-            .into_iter()
-            .filter(|&p| !std::mem::replace(&mut seen[p as usize], true))
-            .collect();
+        let ports = ports.into_iter().filter(|&p| !std::mem::replace(&mut seen[p as usize], true)).collect();
         PortList { ports }
     }
 

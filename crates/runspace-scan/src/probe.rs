@@ -34,9 +34,7 @@ impl SockAddr {
                 let sin = libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: port.to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(v4.octets()),
-                    },
+                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
                     sin_zero: [0; 8],
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
@@ -48,9 +46,7 @@ impl SockAddr {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: port.to_be(),
                     sin6_flowinfo: 0,
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: v6.octets(),
-                    },
+                    sin6_addr: libc::in6_addr { s6_addr: v6.octets() },
                     sin6_scope_id: 0,
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
@@ -58,10 +54,7 @@ impl SockAddr {
                 mem::size_of::<libc::sockaddr_in6>()
             }
         };
-        SockAddr {
-            storage,
-            len: len as libc::socklen_t,
-        }
+        SockAddr { storage, len: len as libc::socklen_t }
     }
 
     fn family(&self) -> libc::c_int {
@@ -117,9 +110,7 @@ pub(crate) enum Launch {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
 /// Maps a connect error to an answer.
@@ -150,10 +141,7 @@ pub(crate) fn classify(err: i32) -> Answer {
 /// ephemeral ports.
 pub(crate) fn close(fd: RawFd, reset: bool) {
     if reset {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
         // SAFETY: fd is an open socket owned by us; linger is a valid option value.
         unsafe {
             libc::setsockopt(
@@ -174,13 +162,7 @@ fn so_error(fd: RawFd) -> i32 {
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd is an open socket; err and len are valid for writes.
     let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut libc::c_void, &mut len)
     };
     if r < 0 {
         errno()
@@ -197,23 +179,13 @@ fn is_self_connect(fd: RawFd, target: &SockAddr) -> bool {
         len: mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
     };
     // SAFETY: fd is an open socket; the buffer and its length are valid.
-    let r = unsafe {
-        libc::getsockname(
-            fd,
-            &mut local.storage as *mut _ as *mut libc::sockaddr,
-            &mut local.len,
-        )
-    };
+    let r = unsafe { libc::getsockname(fd, &mut local.storage as *mut _ as *mut libc::sockaddr, &mut local.len) };
     r == 0 && local.family() == target.family() && local.key() == target.key()
 }
 
 /// The socket is connected: open, unless it is connected to itself.
 fn connected(fd: RawFd, target: &SockAddr) -> Answer {
-    let answer = if is_self_connect(fd, target) {
-        Answer::SelfConnect
-    } else {
-        Answer::Final(Reason::SynAck)
-    };
+    let answer = if is_self_connect(fd, target) { Answer::SelfConnect } else { Answer::Final(Reason::SynAck) };
     close(fd, true);
     answer
 }
@@ -268,13 +240,7 @@ pub(crate) fn start(target: &SockAddr, spares: &mut Spares) -> Launch {
         Some(fd) => (fd, true),
         None => {
             // SAFETY: plain socket(2) call.
-            let fd = unsafe {
-                libc::socket(
-                    family,
-                    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                    0,
-                )
-            };
+            let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
             if fd < 0 {
                 return Launch::Done(classify(errno()));
             }
@@ -343,23 +309,14 @@ mod tests {
     /// when a scan of the ephemeral range picks P as its own source port.
     #[test]
     fn self_connect_is_not_open() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let target = SockAddr::new("127.0.0.1".parse().unwrap(), port);
         // SAFETY: plain socket calls on a socket we own.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
             assert!(fd >= 0);
             assert_eq!(libc::bind(fd, target.as_ptr(), target.len), 0);
-            assert_eq!(
-                libc::connect(fd, target.as_ptr(), target.len),
-                0,
-                "{}",
-                describe(errno())
-            );
+            assert_eq!(libc::connect(fd, target.as_ptr(), target.len), 0, "{}", describe(errno()));
             assert_eq!(connected(fd, &target), Answer::SelfConnect);
         }
     }
@@ -372,11 +329,7 @@ mod tests {
         let mut answer = |t: &SockAddr| match start(t, &mut spares) {
             Launch::Done(a) => a,
             Launch::Pending(fd) => {
-                let mut p = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
+                let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
                 // SAFETY: p is a valid pollfd.
                 unsafe { libc::poll(&mut p, 1, 1000) };
                 finish(fd, t)
@@ -396,17 +349,8 @@ mod tests {
     #[test]
     fn local_errors_are_not_port_states() {
         assert_eq!(classify(libc::EMFILE), Answer::Local(libc::EMFILE));
-        assert_eq!(
-            classify(libc::EADDRNOTAVAIL),
-            Answer::Local(libc::EADDRNOTAVAIL)
-        );
-        assert_eq!(
-            classify(libc::EHOSTUNREACH),
-            Answer::Final(Reason::HostUnreach)
-        );
-        assert_eq!(
-            classify(libc::EAFNOSUPPORT),
-            Answer::Fatal(libc::EAFNOSUPPORT)
-        );
+        assert_eq!(classify(libc::EADDRNOTAVAIL), Answer::Local(libc::EADDRNOTAVAIL));
+        assert_eq!(classify(libc::EHOSTUNREACH), Answer::Final(Reason::HostUnreach));
+        assert_eq!(classify(libc::EAFNOSUPPORT), Answer::Fatal(libc::EAFNOSUPPORT));
     }
 }

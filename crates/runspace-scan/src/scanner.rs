@@ -81,10 +81,7 @@ impl ScanConfig {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let specs = targets
-            .into_iter()
-            .map(|t| t.as_ref().parse())
-            .collect::<Result<Vec<TargetSpec>, _>>()?;
+        let specs = targets.into_iter().map(|t| t.as_ref().parse()).collect::<Result<Vec<TargetSpec>, _>>()?;
         Ok(ScanConfig::new(specs))
     }
 
@@ -169,14 +166,7 @@ impl ScanConfig {
     /// assert_eq!(runspace_scan::ScanConfig::parse(["127.0.0.0/24"]).unwrap().host_count(), 256);
     /// ```
     pub fn host_count(&self) -> u64 {
-        let (ex, _) = Exclusions::new(
-            &self
-                .exclude
-                .iter()
-                .filter(|s| !s.is_name())
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        let (ex, _) = Exclusions::new(&self.exclude.iter().filter(|s| !s.is_name()).cloned().collect::<Vec<_>>());
         self.targets
             .iter()
             .map(|spec| match spec.address_count() {
@@ -199,9 +189,7 @@ impl ScanConfig {
     }
 
     fn effective_concurrency(&self) -> usize {
-        self.concurrency
-            .unwrap_or_else(limits::current_default_concurrency)
-            .max(1)
+        self.concurrency.unwrap_or_else(limits::current_default_concurrency).max(1)
     }
 }
 
@@ -357,11 +345,7 @@ pub fn scan(config: ScanConfig) -> ScanStream {
     let concurrency = config.effective_concurrency();
     let workers = config
         .workers
-        .unwrap_or_else(|| {
-            thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .min(4)
-        })
+        .unwrap_or_else(|| thread::available_parallelism().map_or(2, |n| n.get()).min(4))
         .clamp(1, concurrency);
     let (target_tx, target_rx) = sync_channel::<Target>(config.throttle.max(1));
     let ports: Arc<[u16]> = config.ports.as_slice().into();
@@ -375,13 +359,7 @@ pub fn scan(config: ScanConfig) -> ScanStream {
         .expect("spawn target feeder thread");
 
     let shared = Arc::new(Shared {
-        sched: Mutex::new(Scheduler::new(
-            ports,
-            config.retries,
-            config.throttle,
-            concurrency,
-            target_rx,
-        )),
+        sched: Mutex::new(Scheduler::new(ports, config.retries, config.throttle, concurrency, target_rx)),
         stop: stop.0.clone(),
         events: tx,
         timeout: config.timeout,
@@ -394,11 +372,7 @@ pub fn scan(config: ScanConfig) -> ScanStream {
             .spawn(move || engine::run_worker(shared, per_worker))
             .expect("spawn scan worker thread");
     }
-    ScanStream {
-        rx,
-        buffer: VecDeque::new(),
-        stop,
-    }
+    ScanStream { rx, buffer: VecDeque::new(), stop }
 }
 
 /// Expands, resolves and filters the targets, feeding them to the scheduler
@@ -410,11 +384,7 @@ fn feed_targets(
     events: mpsc::Sender<Vec<ScanEvent>>,
     stop: Arc<AtomicBool>,
 ) {
-    let report = |e: TargetError| {
-        events
-            .blocking_send(vec![ScanEvent::TargetError(e)])
-            .is_ok()
-    };
+    let report = |e: TargetError| events.blocking_send(vec![ScanEvent::TargetError(e)]).is_ok();
     let (ex, errors) = Exclusions::new(&exclude);
     if !errors.is_empty() {
         // An exclusion that cannot be resolved would silently widen the
@@ -513,9 +483,7 @@ pub fn scan_blocking(config: ScanConfig) -> ScanReport {
             ScanEvent::TargetError(e) => report.errors.push(e),
         }
     }
-    report
-        .results
-        .sort_by(|a, b| (a.address, &a.host, a.port).cmp(&(b.address, &b.host, b.port)));
+    report.results.sort_by(|a, b| (a.address, &a.host, a.port).cmp(&(b.address, &b.host, b.port)));
     report.elapsed = started.elapsed();
     report
 }

@@ -153,11 +153,7 @@ impl Scheduler {
         let with_work = self
             .active
             .iter()
-            .filter(|&&i| {
-                self.hosts[i as usize]
-                    .as_ref()
-                    .is_some_and(|h| h.has_work(nports))
-            })
+            .filter(|&&i| self.hosts[i as usize].as_ref().is_some_and(|h| h.has_work(nports)))
             .count();
         if with_work == 0 {
             return;
@@ -172,9 +168,7 @@ impl Scheduler {
                 }
                 self.cursor = (self.cursor + 1) % self.active.len();
                 let idx = self.active[self.cursor];
-                let h = self.hosts[idx as usize]
-                    .as_mut()
-                    .expect("active host exists");
+                let h = self.hosts[idx as usize].as_mut().expect("active host exists");
                 if h.in_flight >= cap {
                     continue;
                 }
@@ -206,9 +200,7 @@ impl Scheduler {
     /// first); they go out again first, with no failure counted.
     pub(crate) fn give_back(&mut self, probes: &mut Vec<Probe>) {
         for p in probes.drain(..).rev() {
-            let h = self.hosts[p.host as usize]
-                .as_mut()
-                .expect("probe belongs to a live host");
+            let h = self.hosts[p.host as usize].as_mut().expect("probe belongs to a live host");
             h.in_flight -= 1;
             h.again.push_front(p);
         }
@@ -219,9 +211,7 @@ impl Scheduler {
     pub(crate) fn complete(&mut self, done: &mut Vec<Done>) {
         for d in done.drain(..) {
             let mut p = d.probe;
-            let h = self.hosts[p.host as usize]
-                .as_mut()
-                .expect("probe belongs to a live host");
+            let h = self.hosts[p.host as usize].as_mut().expect("probe belongs to a live host");
             h.in_flight -= 1;
             let (reason, rtt, error) = match d.answer {
                 Some(Answer::Final(reason)) => (reason, Some(d.rtt), None),
@@ -231,21 +221,15 @@ impl Scheduler {
                     continue;
                 }
                 None => (Reason::NoResponse, None, None),
-                Some(Answer::Local(_) | Answer::SelfConnect)
-                    if p.local_fails < MAX_LOCAL_RETRIES =>
-                {
+                Some(Answer::Local(_) | Answer::SelfConnect) if p.local_fails < MAX_LOCAL_RETRIES => {
                     p.local_fails += 1;
                     h.again.push_front(p);
                     continue;
                 }
-                Some(Answer::Local(err) | Answer::Fatal(err)) => {
-                    (Reason::LocalError, None, Some(probe::describe(err)))
+                Some(Answer::Local(err) | Answer::Fatal(err)) => (Reason::LocalError, None, Some(probe::describe(err))),
+                Some(Answer::SelfConnect) => {
+                    (Reason::LocalError, None, Some("every attempt connected the socket to itself".to_string()))
                 }
-                Some(Answer::SelfConnect) => (
-                    Reason::LocalError,
-                    None,
-                    Some("every attempt connected the socket to itself".to_string()),
-                ),
             };
             let state = reason.state();
             h.counts.add(state);
@@ -296,8 +280,7 @@ mod tests {
     fn sched(hosts: usize, ports: &[u16], conc: usize) -> Scheduler {
         let (tx, rx) = sync_channel(hosts);
         for i in 0..hosts {
-            tx.send(Target::new(IpAddr::from([127, 0, 0, i as u8 + 1])))
-                .unwrap();
+            tx.send(Target::new(IpAddr::from([127, 0, 0, i as u8 + 1]))).unwrap();
         }
         drop(tx);
         Scheduler::new(ports.into(), 1, 10, conc, rx)
@@ -322,16 +305,8 @@ mod tests {
         s.take(10, &mut out);
         assert_eq!(out.len(), 2);
         let mut done = vec![
-            Done {
-                probe: out[0],
-                answer: Some(Answer::Final(Reason::ConnRefused)),
-                rtt: Duration::ZERO,
-            },
-            Done {
-                probe: out[1],
-                answer: None,
-                rtt: Duration::ZERO,
-            },
+            Done { probe: out[0], answer: Some(Answer::Final(Reason::ConnRefused)), rtt: Duration::ZERO },
+            Done { probe: out[1], answer: None, rtt: Duration::ZERO },
         ];
         s.complete(&mut done);
         assert_eq!(s.events.len(), 1);
@@ -339,18 +314,11 @@ mod tests {
         s.take(10, &mut out);
         assert_eq!(out.len(), 1, "only the unanswered port is probed again");
         assert_eq!((out[0].port, out[0].attempt), (11, 1));
-        let mut done = vec![Done {
-            probe: out[0],
-            answer: None,
-            rtt: Duration::ZERO,
-        }];
+        let mut done = vec![Done { probe: out[0], answer: None, rtt: Duration::ZERO }];
         s.complete(&mut done);
         match &s.events[1] {
             ScanEvent::Port(r) => {
-                assert_eq!(
-                    (r.state, r.reason, r.attempts),
-                    (PortState::Filtered, Reason::NoResponse, 2)
-                );
+                assert_eq!((r.state, r.reason, r.attempts), (PortState::Filtered, Reason::NoResponse, 2));
                 assert_eq!(r.rtt, None);
             }
             e => panic!("{e:?}"),
@@ -365,18 +333,11 @@ mod tests {
         let mut s = sched(1, &[10], 10);
         let mut out = Vec::new();
         s.take(10, &mut out);
-        let mut done = vec![Done {
-            probe: out[0],
-            answer: Some(Answer::Local(libc::EMFILE)),
-            rtt: Duration::ZERO,
-        }];
+        let mut done = vec![Done { probe: out[0], answer: Some(Answer::Local(libc::EMFILE)), rtt: Duration::ZERO }];
         s.complete(&mut done);
         assert!(s.events.is_empty());
         out.clear();
         s.take(10, &mut out);
-        assert_eq!(
-            (out[0].port, out[0].local_fails, out[0].attempt),
-            (10, 1, 0)
-        );
+        assert_eq!((out[0].port, out[0].local_fails, out[0].attempt), (10, 1, 0));
     }
 }

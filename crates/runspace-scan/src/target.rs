@@ -65,10 +65,7 @@ impl fmt::Display for TargetError {
 impl std::error::Error for TargetError {}
 
 fn terr(target: &str, problem: impl Into<String>) -> TargetError {
-    TargetError {
-        target: target.to_string(),
-        problem: problem.into(),
-    }
+    TargetError { target: target.to_string(), problem: problem.into() }
 }
 
 /// A resolved address to scan, with the name the user gave for it.
@@ -94,10 +91,7 @@ impl Target {
     /// assert_eq!(t.host, "::1");
     /// ```
     pub fn new(address: IpAddr) -> Target {
-        Target {
-            host: address.to_string(),
-            address,
-        }
+        Target { host: address.to_string(), address }
     }
 }
 
@@ -105,13 +99,11 @@ fn parse_octet(text: &str, whole: &str) -> Result<u8, TargetError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(terr(whole, format!("'{text}' is not an address octet")));
     }
-    text.parse::<u8>()
-        .map_err(|_| terr(whole, format!("octet {text} is out of range (0-255)")))
+    text.parse::<u8>().map_err(|_| terr(whole, format!("octet {text} is out of range (0-255)")))
 }
 
 fn looks_numeric(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'*')
+    s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'*')
 }
 
 fn valid_hostname(s: &str) -> bool {
@@ -120,9 +112,7 @@ fn valid_hostname(s: &str) -> bool {
             // A trailing dot (fully qualified name) leaves one empty label.
             (!label.is_empty() || i > 0 && s.ends_with('.'))
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !label.starts_with('-')
         })
 }
@@ -136,18 +126,12 @@ impl std::str::FromStr for TargetSpec {
     fn from_str(text: &str) -> Result<TargetSpec, TargetError> {
         let t = text.trim();
         let kind = parse_kind(t)?;
-        Ok(TargetSpec {
-            text: t.to_string(),
-            kind,
-        })
+        Ok(TargetSpec { text: t.to_string(), kind })
     }
 }
 
 fn parse_addr(s: &str) -> Option<IpAddr> {
-    let s = s
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(s);
+    let s = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
     s.parse().ok()
 }
 
@@ -163,24 +147,15 @@ fn parse_kind(t: &str) -> Result<Kind, TargetError> {
     }
     if let Some((addr, prefix)) = t.split_once('/') {
         let Some(addr) = parse_addr(addr) else {
-            return Err(terr(
-                t,
-                format!("'{addr}' is not an IP address (CIDR blocks need one)"),
-            ));
+            return Err(terr(t, format!("'{addr}' is not an IP address (CIDR blocks need one)")));
         };
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| terr(t, format!("'{prefix}' is not a prefix length")))?;
+        let prefix: u8 = prefix.parse().map_err(|_| terr(t, format!("'{prefix}' is not a prefix length")))?;
         return match addr {
             IpAddr::V4(a) => {
                 if prefix > 32 {
                     return Err(terr(t, format!("prefix /{prefix} is longer than 32")));
                 }
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - prefix)
-                };
+                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
                 let base = u32::from(a) & mask;
                 Ok(Kind::V4Span(base, base | !mask))
             }
@@ -189,16 +164,9 @@ fn parse_kind(t: &str) -> Result<Kind, TargetError> {
                     return Err(terr(t, format!("prefix /{prefix} is longer than 128")));
                 }
                 if prefix < MIN_V6_PREFIX {
-                    return Err(terr(
-                        t,
-                        format!("IPv6 blocks larger than /{MIN_V6_PREFIX} are too big to scan"),
-                    ));
+                    return Err(terr(t, format!("IPv6 blocks larger than /{MIN_V6_PREFIX} are too big to scan")));
                 }
-                let mask = if prefix == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - prefix)
-                };
+                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
                 let base = u128::from(a) & mask;
                 Ok(Kind::V6Span(base, base | !mask))
             }
@@ -216,10 +184,9 @@ fn parse_kind(t: &str) -> Result<Kind, TargetError> {
                     }
                     Ok(Kind::V6Span(a, b))
                 }
-                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => Err(terr(
-                    t,
-                    "range is reversed (first address is after the last)",
-                )),
+                (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
+                    Err(terr(t, "range is reversed (first address is after the last)"))
+                }
                 _ => Err(terr(t, "range mixes IPv4 and IPv6")),
             };
         }
@@ -247,11 +214,7 @@ fn parse_octets(t: &str) -> Result<Kind, TargetError> {
             (0, 255)
         } else if let Some((a, b)) = part.split_once('-') {
             let lo = if a.is_empty() { 0 } else { parse_octet(a, t)? };
-            let hi = if b.is_empty() {
-                255
-            } else {
-                parse_octet(b, t)?
-            };
+            let hi = if b.is_empty() { 255 } else { parse_octet(b, t)? };
             if lo > hi {
                 return Err(terr(t, format!("octet range {part} is reversed")));
             }
@@ -330,9 +293,8 @@ impl TargetSpec {
             Kind::V6Span(a, b) => Box::new((*a..=*b).map(|x| IpAddr::V6(Ipv6Addr::from(x)))),
             Kind::V4Octets(o) => Box::new((o[0].0..=o[0].1).flat_map(move |a| {
                 (o[1].0..=o[1].1).flat_map(move |b| {
-                    (o[2].0..=o[2].1).flat_map(move |c| {
-                        (o[3].0..=o[3].1).map(move |d| IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
-                    })
+                    (o[2].0..=o[2].1)
+                        .flat_map(move |c| (o[3].0..=o[3].1).map(move |d| IpAddr::V4(Ipv4Addr::new(a, b, c, d))))
                 })
             })),
             Kind::Name(_) => Box::new(std::iter::empty()),
@@ -352,11 +314,7 @@ impl TargetSpec {
         match (&self.kind, addr) {
             (Kind::V4Span(a, b), IpAddr::V4(x)) => (*a..=*b).contains(&u32::from(x)),
             (Kind::V6Span(a, b), IpAddr::V6(x)) => (*a..=*b).contains(&u128::from(x)),
-            (Kind::V4Octets(o), IpAddr::V4(x)) => x
-                .octets()
-                .iter()
-                .zip(o)
-                .all(|(v, (lo, hi))| (*lo..=*hi).contains(v)),
+            (Kind::V4Octets(o), IpAddr::V4(x)) => x.octets().iter().zip(o).all(|(v, (lo, hi))| (*lo..=*hi).contains(v)),
             _ => false,
         }
     }
@@ -371,10 +329,7 @@ impl TargetSpec {
     /// ```
     pub fn resolve(&self) -> Result<Vec<Target>, TargetError> {
         match &self.kind {
-            Kind::Name(name) => Ok(vec![Target {
-                host: name.clone(),
-                address: resolve_name(name)?,
-            }]),
+            Kind::Name(name) => Ok(vec![Target { host: name.clone(), address: resolve_name(name)? }]),
             _ => Ok(self.addresses().map(Target::new).collect()),
         }
     }
@@ -452,32 +407,19 @@ mod tests {
     use super::*;
 
     fn addrs(s: &str) -> Vec<String> {
-        TargetSpec::parse(s)
-            .unwrap()
-            .addresses()
-            .map(|a| a.to_string())
-            .collect()
+        TargetSpec::parse(s).unwrap().addresses().map(|a| a.to_string()).collect()
     }
 
     #[test]
     fn parses_forms() {
         assert_eq!(addrs("127.0.0.1"), ["127.0.0.1"]);
         assert_eq!(addrs("[::1]"), ["::1"]);
-        assert_eq!(
-            addrs("127.0.0.1-3"),
-            ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
-        );
+        assert_eq!(addrs("127.0.0.1-3"), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
         assert_eq!(addrs("127.0.0.1/31"), ["127.0.0.0", "127.0.0.1"]);
-        assert_eq!(
-            addrs("127.0.0.254-127.0.1.0"),
-            ["127.0.0.254", "127.0.0.255", "127.0.1.0"]
-        );
+        assert_eq!(addrs("127.0.0.254-127.0.1.0"), ["127.0.0.254", "127.0.0.255", "127.0.1.0"]);
         assert_eq!(addrs("::1/127"), ["::", "::1"]);
         assert_eq!(addrs("127.0.0.*").len(), 256);
-        assert_eq!(
-            TargetSpec::parse("0.0.0.0/0").unwrap().address_count(),
-            Some(1 << 32)
-        );
+        assert_eq!(TargetSpec::parse("0.0.0.0/0").unwrap().address_count(), Some(1 << 32));
         assert!(TargetSpec::parse("localhost").unwrap().is_name());
         assert!(TargetSpec::parse("example.com.").unwrap().is_name());
     }

@@ -12,9 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener};
 use std::time::{Duration, Instant};
 
-use runspace_scan::{
-    scan, scan_blocking, PortList, PortState, Reason, ScanConfig, ScanEvent, ScanReport,
-};
+use runspace_scan::{scan, scan_blocking, PortList, PortState, Reason, ScanConfig, ScanEvent, ScanReport};
 
 fn plant(addr: &str) -> (TcpListener, u16) {
     let l = TcpListener::bind((addr, 0)).expect("bind a loopback listener");
@@ -59,31 +57,17 @@ fn system_listeners(addr: IpAddr) -> BTreeSet<u16> {
 /// Asserts the report for `addr` over `ports`: planted open, the rest
 /// closed (conn-refused, with a measured rtt), one result per port.
 fn assert_exact(report: &ScanReport, addr: IpAddr, ports: &PortList, planted: &[u16]) {
-    let results: Vec<_> = report
-        .results
-        .iter()
-        .filter(|r| r.address == addr)
-        .collect();
+    let results: Vec<_> = report.results.iter().filter(|r| r.address == addr).collect();
     assert_eq!(results.len(), ports.len(), "one result per port for {addr}");
     let seen: BTreeSet<u16> = results.iter().map(|r| r.port).collect();
     assert_eq!(seen.len(), ports.len(), "no duplicate results for {addr}");
-    let open: BTreeSet<u16> = results
-        .iter()
-        .filter(|r| r.state == PortState::Open)
-        .map(|r| r.port)
-        .collect();
+    let open: BTreeSet<u16> = results.iter().filter(|r| r.state == PortState::Open).map(|r| r.port).collect();
     for p in planted {
-        assert!(
-            open.contains(p),
-            "planted port {addr}:{p} not reported open"
-        );
+        assert!(open.contains(p), "planted port {addr}:{p} not reported open");
     }
     let others = system_listeners(addr);
     for p in &open {
-        assert!(
-            planted.contains(p) || others.contains(p),
-            "{addr}:{p} reported open but nothing listens there"
-        );
+        assert!(planted.contains(p) || others.contains(p), "{addr}:{p} reported open but nothing listens there");
     }
     for r in results.iter().filter(|r| r.state != PortState::Open) {
         assert_eq!(
@@ -103,19 +87,12 @@ fn assert_exact(report: &ScanReport, addr: IpAddr, ports: &PortList, planted: &[
 fn full_range_scan_of_one_address_is_exact() {
     let planted: Vec<_> = (0..4).map(|_| plant("127.0.0.1")).collect();
     let ports: Vec<u16> = planted.iter().map(|p| p.1).collect();
-    let config = ScanConfig::parse(["127.0.0.1"])
-        .unwrap()
-        .ports(PortList::all());
+    let config = ScanConfig::parse(["127.0.0.1"]).unwrap().ports(PortList::all());
     let report = scan_blocking(config);
     assert_eq!(report.hosts.len(), 1);
     assert_eq!(report.counts.total(), 65535);
     assert_eq!(report.counts.errors, 0);
-    assert_exact(
-        &report,
-        "127.0.0.1".parse().unwrap(),
-        &PortList::all(),
-        &ports,
-    );
+    assert_exact(&report, "127.0.0.1".parse().unwrap(), &PortList::all(), &ports);
 }
 
 #[test]
@@ -154,12 +131,8 @@ fn sixteen_hosts_fairly_under_a_small_budget() {
     let mut list = PortList::top(100).unwrap().as_slice().to_vec();
     list.extend([pa, pb]);
     let ports = PortList::from_ports(list);
-    let config = ScanConfig::parse(["127.0.0.1-16"])
-        .unwrap()
-        .ports(ports.clone())
-        .throttle(4)
-        .concurrency(8)
-        .workers(2);
+    let config =
+        ScanConfig::parse(["127.0.0.1-16"]).unwrap().ports(ports.clone()).throttle(4).concurrency(8).workers(2);
     let report = scan_blocking(config);
     assert_eq!(report.hosts.len(), 16);
     for i in 1..=16u8 {
@@ -189,9 +162,7 @@ fn ipv6_loopback() {
 fn host_names_report_the_scanned_address() {
     let (_l, port) = plant("127.0.0.1");
     let report = scan_blocking(
-        ScanConfig::parse(["localhost", "no-such-host.invalid"])
-            .unwrap()
-            .ports(PortList::from_ports([port])),
+        ScanConfig::parse(["localhost", "no-such-host.invalid"]).unwrap().ports(PortList::from_ports([port])),
     );
     assert_eq!(report.errors.len(), 1);
     assert_eq!(report.errors[0].target, "no-such-host.invalid");
@@ -204,35 +175,19 @@ fn host_names_report_the_scanned_address() {
 fn exclusions_are_not_scanned() {
     let config = ScanConfig::parse(["127.0.0.1-4"])
         .unwrap()
-        .exclude(vec![
-            "127.0.0.2".parse().unwrap(),
-            "127.0.0.4/32".parse().unwrap(),
-        ])
+        .exclude(vec!["127.0.0.2".parse().unwrap(), "127.0.0.4/32".parse().unwrap()])
         .ports(PortList::parse("1-10").unwrap());
     assert_eq!(config.host_count(), 2);
     let report = scan_blocking(config);
-    let hosts: BTreeSet<String> = report
-        .results
-        .iter()
-        .map(|r| r.address.to_string())
-        .collect();
-    assert_eq!(
-        hosts,
-        BTreeSet::from(["127.0.0.1".into(), "127.0.0.3".into()])
-    );
+    let hosts: BTreeSet<String> = report.results.iter().map(|r| r.address.to_string()).collect();
+    assert_eq!(hosts, BTreeSet::from(["127.0.0.1".into(), "127.0.0.3".into()]));
 }
 
 #[test]
 fn stream_orders_ports_before_host_done() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let config = ScanConfig::parse(["127.0.0.1-6"])
-            .unwrap()
-            .ports(PortList::parse("1-300").unwrap())
-            .throttle(3);
+        let config = ScanConfig::parse(["127.0.0.1-6"]).unwrap().ports(PortList::parse("1-300").unwrap()).throttle(3);
         let mut stream = scan(config);
         let mut ports: HashMap<IpAddr, usize> = HashMap::new();
         let mut done = 0;
@@ -240,11 +195,7 @@ fn stream_orders_ports_before_host_done() {
             match ev {
                 ScanEvent::Port(r) => *ports.entry(r.address).or_default() += 1,
                 ScanEvent::HostDone(h) => {
-                    assert_eq!(
-                        ports.get(&h.address),
-                        Some(&300),
-                        "all ports before HostDone"
-                    );
+                    assert_eq!(ports.get(&h.address), Some(&300), "all ports before HostDone");
                     assert_eq!(h.counts.total(), 300);
                     done += 1;
                 }
@@ -257,9 +208,7 @@ fn stream_orders_ports_before_host_done() {
 
 #[test]
 fn stop_ends_the_stream_promptly() {
-    let config = ScanConfig::parse(["127.0.0.0/24"])
-        .unwrap()
-        .ports(PortList::all());
+    let config = ScanConfig::parse(["127.0.0.0/24"]).unwrap().ports(PortList::all());
     let mut stream = scan(config);
     let stop = stream.stop_handle();
     let started = Instant::now();
