@@ -36,17 +36,21 @@ def timed(cmd):
 
 
 def peak_rss_kb(cmd):
-    proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, _, usage = os.wait4(proc.pid, 0)
-    return usage.ru_maxrss
+    """Peak RSS of the command itself, by GNU time (a forked child's own
+    ru_maxrss would start from this Python process's size)."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", "/bin/sh", "-c", cmd + " > /dev/null"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+    return int(out.stderr.strip().splitlines()[-1])
 
 
-def ensure_parallel():
-    if shutil.which("parallel"):
-        return True
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run("apt-get update -qq && apt-get install -y -qq parallel", shell=True,
+def ensure_tools():
+    """GNU parallel (a peer) and GNU time (for peak RSS), from Debian."""
+    missing = [pkg for pkg, path in (("parallel", "parallel"), ("time", "/usr/bin/time")) if not shutil.which(path)]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run("apt-get update -qq && apt-get install -y -qq " + " ".join(missing), shell=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not shutil.which("/usr/bin/time"):
+        sys.exit("GNU time (/usr/bin/time) is needed: apt-get install time")
     return shutil.which("parallel") is not None
 
 
@@ -58,10 +62,12 @@ def squares_ok(out, n, parse):
 def main():
     rsp = os.environ.get("RSP")
     if not rsp:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "rsp", "-p", "runspace", "--example", "engine_bench"],
+        # Two builds: target-selection flags like --example would skip the binary.
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "rsp"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "runspace", "--example", "engine_bench"],
                        cwd=ROOT, check=True)
         rsp = os.path.join(ROOT, "target", "release", "rsp")
-    have_parallel = ensure_parallel()
+    have_parallel = ensure_tools()
     py = sys.executable
 
     # (name, items, command, parser of one output line)
@@ -99,13 +105,14 @@ def main():
     print(f"Versions: {sh(f'{rsp} --version').strip()}; Python {platform.python_version()}"
           + (f"; {sh('parallel --version').splitlines()[0]}" if have_parallel else "; GNU parallel not installed"))
     print()
-    print("| Tool (trivial map n -> n*n, 2 workers) | Items | Median time | Items/s | rsp is faster by |")
+    print("| Tool (trivial map n -> n*n, 2 workers) | Items | Median time | Items/s | rsp (JSON Lines) is faster by |")
     print("|---|---:|---:|---:|---:|")
     rsp_rate = 1_000_000 / statistics.median(times[tools[0][0]])
     for name, n, _, _ in tools:
         med = statistics.median(times[name])
         rate = n / med
-        print(f"| {name} | {n:,} | {med:.3f} s | {rate:,.0f} | {rsp_rate / rate:,.1f}x |")
+        ratio = "—" if name.startswith("rsp") else f"{rsp_rate / rate:,.1f}x"
+        print(f"| {name} | {n:,} | {med:.3f} s | {rate:,.0f} | {ratio} |")
 
     # I/O-bound: 2,000 items sleeping 50 ms at throttle 200 (ideal 0.5 s).
     sleeps = [timed(f"{rsp} run -e 'sleep(0.05)' --range 1..2000 --throttle 200")[0] for _ in range(RUNS)]
