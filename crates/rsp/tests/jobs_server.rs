@@ -94,7 +94,7 @@ fn api_needs_the_token_and_serves_every_route() {
     let t = Instant::now();
     let (status, waited) = server.call("POST", &format!("/v1/jobs/{sleeper}/wait?timeout=200ms"), None);
     assert_eq!((status, waited["finished"].clone()), (200, json!(false)));
-    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(t.elapsed() < Duration::from_secs(8));
 
     // List: filtered by state and paginated.
     let (_, running) = server.call("GET", "/v1/jobs?state=Running", None);
@@ -109,7 +109,7 @@ fn api_needs_the_token_and_serves_every_route() {
     // Stop, then remove.
     let t = Instant::now();
     let (status, stopped) = server.call("POST", &format!("/v1/jobs/{sleeper}/stop"), None);
-    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(t.elapsed() < Duration::from_secs(8));
     assert_eq!((status, stopped["state"].clone()), (200, json!("Stopped")));
     assert_eq!(server.call("DELETE", "/v1/jobs/one", None).0, 204);
     assert_eq!(server.call("GET", "/v1/jobs/one", None).0, 404);

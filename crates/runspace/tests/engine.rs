@@ -314,3 +314,23 @@ fn json_helpers_round_trip_and_big_integers_survive() {
     let r = run_once("local t0 = now() sleep(0.01) return now() - t0 >= 0.009");
     assert_eq!(r.result(), json!(true));
 }
+
+#[test]
+fn fast_results_are_not_held_back_by_a_slow_item_in_the_same_chunk() {
+    // One runspace: fast items make chunks grow, so item 500 shares a chunk
+    // with fast items before it, and sleeps for an hour.
+    let pool = pool(1);
+    let mut results =
+        pool.parallel(&script("if _ == 500 then sleep(3600) end return _")).run((0..1000).map(|n| json!(n)));
+    let deadline = Instant::now() + PROMPT;
+    let mut got = HashSet::new();
+    while got.len() < 500 && Instant::now() < deadline {
+        if let runspace::Next::Item(item) = results.next_timeout(Duration::from_millis(50)) {
+            got.insert(item.index);
+        }
+    }
+    assert_eq!(got.len(), 500, "only {} of the 500 finished items arrived", got.len());
+    assert!(got.iter().all(|&i| i < 500));
+    results.control().stop();
+    assert!(results.any(|r| r.status == Status::Stopped));
+}

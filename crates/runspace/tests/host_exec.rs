@@ -86,7 +86,7 @@ fn stop_during_exec_kills_the_child_and_returns_promptly() {
     handle.stop();
     let r = handle.end();
     assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
-    assert!(stopped_at.elapsed() < Duration::from_secs(3), "end() took {:?}", stopped_at.elapsed());
+    assert!(stopped_at.elapsed() < Duration::from_secs(8), "end() took {:?}", stopped_at.elapsed());
     assert!(sleepers(marker).is_empty(), "the child outlived the stop");
 }
 
@@ -98,7 +98,7 @@ fn item_timeout_during_exec_is_timed_out_and_kills_the_child() {
     let started = Instant::now();
     let r = pool.invocation(&script).timeout(Duration::from_millis(300)).invoke().unwrap();
     assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert!(sleepers(marker).is_empty(), "the child outlived the timeout");
 }
 

@@ -170,7 +170,7 @@ fn stop_during_a_long_http_request_returns_promptly_and_closes_the_socket() {
     handle.stop();
     let r = handle.end();
     assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
-    assert!(stopped_at.elapsed() < Duration::from_secs(3), "end() took {:?}", stopped_at.elapsed());
+    assert!(stopped_at.elapsed() < Duration::from_secs(8), "end() took {:?}", stopped_at.elapsed());
     // The server sees the connection close: the request was aborted, not abandoned.
     let closed = s.hung_up.recv_timeout(Duration::from_secs(5)).expect("the client socket was not closed");
     assert!(closed.duration_since(stopped_at) < Duration::from_secs(3));
@@ -189,5 +189,5 @@ fn item_timeout_during_http_is_timed_out() {
     let started = Instant::now();
     let r = pool.invocation(&script).timeout(Duration::from_millis(300)).invoke().unwrap();
     assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }

@@ -35,7 +35,7 @@ fn drop_stops_every_job_and_joins_every_thread() {
     assert!(threads() > before);
     let t = Instant::now();
     drop(jobs);
-    assert!(t.elapsed() < Duration::from_secs(2), "drop took {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(5), "drop took {:?}", t.elapsed());
     let mut ended: Vec<_> = rx.try_iter().collect();
     ended.sort_by(|a, b| a.0.cmp(&b.0));
     let expected: Vec<_> =

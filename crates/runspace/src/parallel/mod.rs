@@ -35,6 +35,7 @@ use crate::streams::{ProgressRecord, Status};
 
 pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
 pub use results::{Next, Results, RunControl};
+use worker::Staging;
 pub(crate) use worker::{run_chunk, Chunk};
 
 /// One input of a parallel run.
@@ -374,6 +375,7 @@ impl Parallel {
             aborted: AtomicBool::new(false),
             item_ns: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
+            staging: Mutex::new(Vec::new()),
             window: Window {
                 limit: if self.ordered { window as u64 } else { u64::MAX },
                 emitted: Mutex::new(0),
@@ -443,4 +445,6 @@ pub(crate) struct RunShared {
     item_ns: AtomicU64,
     counters: Arc<Counters>,
     window: Window,
+    /// Results of the chunks running now that are not yet delivered.
+    staging: Mutex<Vec<Arc<Staging>>>,
 }

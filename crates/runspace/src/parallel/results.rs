@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::worker::Delivery;
+
+/// How long the caller's iterator waits before taking results that a slow
+/// item holds back in its chunk.
+const STEAL_AFTER: Duration = Duration::from_millis(20);
 use super::{Counters, Halt, HaltWhen, ItemResult, ProgressFn, RunProgress, RunShared};
 use crate::pool::RunspacePool;
 
@@ -223,37 +227,25 @@ impl Results {
             } else if let Some(item) = self.current.next() {
                 return Next::Item(self.hand_out(item));
             }
-            // Once stopping, nothing new is read: when nothing is left in
-            // flight the run is over, even if the feeder is still blocked in
-            // a slow input (a terminal, say).
-            let stopping = self.control.is_stopping();
-            let wait = match (deadline, stopping) {
-                (_, true) => Some(Instant::now() + Duration::from_millis(20)),
-                (d, false) => d,
-            };
-            let received = match wait {
-                Some(at) => self.receiver.recv_deadline(at),
-                None => self.receiver.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
-            match received {
-                Ok(delivery) if self.ordered => {
-                    let first = delivery.first_seq;
-                    self.pending.extend(delivery.items.into_iter().enumerate().map(|(i, r)| (first + i as u64, r)));
-                    self.emit_progress(false);
-                }
-                Ok(delivery) => {
-                    self.current = delivery.items.into_iter();
-                    self.emit_progress(false);
-                }
-                Err(RecvTimeoutError::Timeout) if stopping && self.counters.in_memory.load(Ordering::Relaxed) == 0 => {
-                    if !self.finish_gaps() {
-                        return self.done();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) if stopping && deadline.is_none_or(|d| Instant::now() < d) => {}
+            // Wake up at least every STEAL_AFTER to take results a slow item
+            // holds back in its chunk. Once stopping, nothing new is read:
+            // when nothing is left in flight the run is over, even if the
+            // feeder is still blocked in a slow input (a terminal, say).
+            let poll = Instant::now() + STEAL_AFTER;
+            match self.receiver.recv_deadline(deadline.map_or(poll, |d| d.min(poll))) {
+                Ok(delivery) => self.accept(delivery),
                 Err(RecvTimeoutError::Timeout) => {
-                    self.emit_progress(false);
-                    return Next::Idle;
+                    if self.steal() {
+                        continue;
+                    }
+                    if self.control.is_stopping() && self.counters.in_memory.load(Ordering::Relaxed) == 0 {
+                        if !self.finish_gaps() {
+                            return self.done();
+                        }
+                    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.emit_progress(false);
+                        return Next::Idle;
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     if !self.finish_gaps() {
@@ -262,6 +254,38 @@ impl Results {
                 }
             }
         }
+    }
+
+    fn accept(&mut self, delivery: Delivery) {
+        if self.ordered {
+            let first = delivery.first_seq;
+            self.pending.extend(delivery.items.into_iter().enumerate().map(|(i, r)| (first + i as u64, r)));
+        } else {
+            self.current = delivery.items.into_iter();
+        }
+        self.emit_progress(false);
+    }
+
+    /// Takes the results that running chunks have finished but not yet
+    /// delivered. True if there were any.
+    fn steal(&mut self) -> bool {
+        let staged: Vec<_> = self.control.shared.staging.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut stole = false;
+        for staging in staged {
+            if let Some(delivery) = staging.take() {
+                stole = true;
+                if self.ordered {
+                    self.accept(delivery);
+                } else {
+                    // Unordered: queue behind what is being handed out now.
+                    let mut items: Vec<_> = std::mem::take(&mut self.current).collect();
+                    items.extend(delivery.items);
+                    self.current = items.into_iter();
+                    self.emit_progress(false);
+                }
+            }
+        }
+        stole
     }
 
     /// After a stop, skipped items leave gaps in the order: move on to the

@@ -3,7 +3,7 @@
 //! chunk on one runspace, retrying failed items when asked.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -33,6 +33,35 @@ const BACKOFF_TICK: Duration = Duration::from_millis(10);
 pub(crate) struct Delivery {
     pub(crate) first_seq: u64,
     pub(crate) items: Vec<ItemResult>,
+}
+
+/// Finished results of a running chunk that are not yet delivered, with the
+/// sequence number of the first. The caller's iterator takes them when it
+/// has waited a while, so a fast item's result is never held back by a slow
+/// item later in the same chunk; the worker's own lock is uncontended.
+#[derive(Debug)]
+pub(crate) struct Staging(Mutex<(u64, Vec<ItemResult>)>);
+
+impl Staging {
+    fn new(first_seq: u64, capacity: usize) -> Staging {
+        Staging(Mutex::new((first_seq, Vec::with_capacity(capacity))))
+    }
+
+    fn push(&self, item: ItemResult) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).1.push(item);
+    }
+
+    /// Everything staged, as one delivery; `None` when nothing is.
+    pub(crate) fn take(&self) -> Option<Delivery> {
+        let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if staged.1.is_empty() {
+            return None;
+        }
+        let items = std::mem::take(&mut staged.1);
+        let first_seq = staged.0;
+        staged.0 += items.len() as u64;
+        Some(Delivery { first_seq, items })
+    }
 }
 
 /// Inputs handed to one worker at once.
@@ -91,8 +120,10 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
     };
     let Chunk { run, results, first_seq, batch, items } = chunk;
     let total = items.len();
-    let mut out = Vec::with_capacity(total);
-    let mut sent_seq = first_seq;
+    let staging = Arc::new(Staging::new(first_seq, total));
+    if total > 1 {
+        run.staging.lock().unwrap_or_else(|e| e.into_inner()).push(staging.clone());
+    }
     let started = Instant::now();
     let mut last_flush = started;
     let mut ran = 0usize;
@@ -111,13 +142,12 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
             item.batch_index = Some(ran as u64);
         }
         ran += 1;
-        out.push(item);
+        staging.push(item);
         if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
             last_flush = Instant::now();
-            let items = std::mem::take(&mut out);
-            let next = sent_seq + items.len() as u64;
-            let _ = results.send(Delivery { first_seq: sent_seq, items });
-            sent_seq = next;
+            if let Some(delivery) = staging.take() {
+                let _ = results.send(delivery);
+            }
         }
     }
     if ran > 0 {
@@ -130,8 +160,11 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
     if skipped > 0 {
         run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
     }
-    if !out.is_empty() {
-        let _ = results.send(Delivery { first_seq: sent_seq, items: out });
+    if total > 1 {
+        run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &staging));
+    }
+    if let Some(delivery) = staging.take() {
+        let _ = results.send(delivery);
     }
 }
 
