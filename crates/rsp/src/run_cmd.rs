@@ -247,11 +247,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut tally = Tally::from_progress(&snapshot);
     tally.batch_size = args.large.batch_size.map(|n| n as usize);
     tally.skipped = skipped.load(Ordering::Relaxed);
-    if inputs.total.is_some() {
-        tally.inputs = inputs.total.unwrap_or_default();
-    } else {
-        tally.inputs = snapshot.read + tally.skipped;
-    }
+    tally.inputs = inputs.total.unwrap_or(snapshot.read + tally.skipped);
     if show_summary {
         eprintln!("{}", tally.summary(started.elapsed(), interrupted, colour_err));
     }
