@@ -5,37 +5,16 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// `500ms`, `2s`, `1m30s`, or a bare number of seconds (`1.5`).
+/// `500ms`, `2s`, `1m30s`, or a bare number of seconds (`1.5`): the
+/// library's one duration parser, so every flag agrees with the API.
 pub fn duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
-        }
-    }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("invalid duration '{text}': {e} (expected e.g. 500ms, 2s, 1m30s or seconds)"))
+    runspace::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// `64MB`, `512K`, `1GiB`, `1048576` (bytes). Units are binary: 1 MB = 1024 KB.
 pub fn size(text: &str) -> Result<usize, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let bad = || format!("invalid size '{text}' (expected e.g. 64MB, 512KB, 1GB or a number of bytes)");
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(bad()),
-    };
-    let bytes = n * scale;
-    if !(1.0..=(usize::MAX as f64)).contains(&bytes) {
-        return Err(format!("invalid size '{text}': must be at least 1 byte"));
-    }
-    Ok(bytes as usize)
+    let bytes = runspace::units::parse_size(text).map_err(|e| e.to_string())?;
+    usize::try_from(bytes).map_err(|_| format!("invalid size '{text}': too large for this machine"))
 }
 
 /// An inclusive integer range, PowerShell-style: `1..100`, `-5..5`, `10..1` (counting down).

@@ -31,6 +31,7 @@ mod runspace;
 mod script;
 mod session;
 mod streams;
+pub mod units;
 
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
