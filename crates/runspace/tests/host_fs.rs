@@ -176,3 +176,120 @@ fn unrestricted_grant_reaches_anywhere_and_errors_name_the_path() {
     let e = err(&["fs"], &format!("return fs.list({}, {{recursve = true}})", lit(&root)));
     assert!(e.contains("unknown field `recursve`"), "{e}");
 }
+
+/// Runs `code` in a pool under a 1 s timeout and returns its result, failing
+/// the test (instead of hanging) when it is not over within 10 s.
+fn bounded(grants: &[&str], code: &str) -> runspace::InvocationResult {
+    let pool = runspace::RunspacePool::builder().max(1).session(host_common::session(grants)).open().unwrap();
+    let script = runspace::Script::new(code).unwrap();
+    let handle = pool.invocation(&script).timeout(std::time::Duration::from_secs(1)).begin().unwrap();
+    if !handle.wait(std::time::Duration::from_secs(10)) {
+        handle.stop();
+        panic!("{code}: still running 10 s after a 1 s timeout");
+    }
+    handle.end()
+}
+
+fn mkfifo(path: &std::path::Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
+}
+
+#[test]
+fn fifos_and_devices_are_refused_at_once_and_never_block() {
+    let (_d, root) = tree();
+    let fifo = format!("{root}/fifo");
+    mkfifo(std::path::Path::new(&fifo));
+    let grants = [format!("fs:{root}"), format!("fs-write:{root}")];
+    let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+    for call in ["fs.read(p)", "fs.read_bytes(p)", "fs.write(p, 'x')", "fs.append(p, 'x')"] {
+        let code = format!("local p = {} return {call}", lit(&fifo));
+        let r = bounded(&grants, &code);
+        assert_eq!(r.status(), runspace::Status::Failed, "{call}: {:?}", r.output());
+        let e = r.error().unwrap_or_default();
+        assert!(e.contains("is a named pipe (FIFO), not a regular file") && e.contains(&fifo), "{call}: {e}");
+    }
+    // A reader holding the other end changes nothing: still refused.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
+    let r = bounded(&grants, &format!("return fs.write({}, 'x')", lit(&fifo)));
+    assert!(r.error().unwrap_or_default().contains("not a regular file"), "{:?}", r.error());
+    drop(reader);
+
+    // Looking at a FIFO, listing next to one and removing it are fine.
+    let code = format!(
+        "local p = {} local kinds = {{}} for _, e in fs.list({}) do kinds[e.name] = e.kind end
+         return fs.stat(p).kind, fs.exists(p), kinds.fifo, fs.remove(p), fs.exists(p)",
+        lit(&fifo),
+        lit(&root)
+    );
+    assert_eq!(bounded(&grants, &code).result(), json!(["other", true, "other", true, false]));
+
+    // Devices are not files either (an unrestricted grant reaches /dev).
+    for call in ["fs.read('/dev/null')", "fs.read_bytes('/dev/zero')", "fs.append('/dev/null', 'x')"] {
+        let r = bounded(&["fs", "fs-write"], &format!("return {call}"));
+        assert!(r.error().unwrap_or_default().contains("is a character device, not a regular file"), "{call}: {r:?}");
+    }
+}
+
+#[test]
+fn a_symlink_swapped_during_a_run_never_leads_outside_the_root() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let (_d, root) = tree();
+    let outside = tempfile::tempdir().unwrap();
+    let outside_path = outside.path().canonicalize().unwrap();
+    std::fs::write(outside_path.join("f"), "SECRET").unwrap();
+    // `d` is a real directory, `other` a link out; a thread exchanges them
+    // (atomically, with renameat2) as fast as it can.
+    std::fs::create_dir(format!("{root}/d")).unwrap();
+    std::fs::write(format!("{root}/d/f"), "inside").unwrap();
+    symlink(&outside_path, format!("{root}/other")).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let swapper = std::thread::spawn({
+        let (done, root) = (done.clone(), root.clone());
+        move || {
+            let a = std::ffi::CString::new(format!("{root}/d")).unwrap();
+            let b = std::ffi::CString::new(format!("{root}/other")).unwrap();
+            let mut swaps = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                // SAFETY: NUL-terminated paths.
+                let rc = unsafe {
+                    libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+                };
+                assert_eq!(rc, 0, "renameat2: {}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        }
+    });
+    let grants = [format!("fs:{root}"), format!("fs-write:{root}")];
+    let grants: Vec<&str> = grants.iter().map(String::as_str).collect();
+    let code = format!(
+        "local dir = {} .. '/d'
+         local inside, escaped, refused = 0, 0, 0
+         for i = 1, 3000 do
+             local ok, v = pcall(fs.read, dir .. '/f')
+             if ok and v == 'inside' then inside += 1 elseif ok then escaped += 1 else refused += 1 end
+             ok, v = pcall(fs.list, dir)
+             if ok then for _, e in v do if e.name ~= 'f' and e.name ~= 'w' then escaped += 1 end end end
+             pcall(fs.write, dir .. '/w', 'x')
+             pcall(fs.stat, dir .. '/f')
+         end
+         return inside, escaped, refused",
+        lit(&root)
+    );
+    let r = ok(&grants, &code);
+    done.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let (inside, escaped) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+    assert_eq!(escaped, 0, "{escaped} reads or listings reached outside the root ({r}, {swaps} swaps)");
+    assert!(inside > 0 && swaps > 100, "the race did not run: {r}, {swaps} swaps");
+    assert!(!outside_path.join("w").exists(), "a write landed outside the root");
+    assert_eq!(std::fs::read(outside_path.join("f")).unwrap(), b"SECRET");
+}

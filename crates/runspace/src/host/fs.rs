@@ -8,14 +8,14 @@
 //! links) and checked against the granted roots before it is touched; see
 //! [`super::paths`].
 
-use std::fs::{self, Metadata, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::path::Path;
 
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::Deserialize;
 
+use super::beneath::{self, Checked, Dir, Stat};
 use super::gate::{self, fail, record};
 use super::paths::{self, Last};
 use super::HostContext;
@@ -58,8 +58,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "read",
         lua.create_function(move |lua, path: String| {
             let what = "fs.read";
-            let file = read_path(&c, what, &path)?;
-            let data = fs::read(&file).map_err(|e| fail(what, format!("{path}: {e}")))?;
+            let data = read_file(&c, what, &path)?;
             lua.create_string(data)
         })?,
     )?;
@@ -69,8 +68,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "read_bytes",
         lua.create_function(move |lua, path: String| {
             let what = "fs.read_bytes";
-            let file = read_path(&c, what, &path)?;
-            let data = fs::read(&file).map_err(|e| fail(what, format!("{path}: {e}")))?;
+            let data = read_file(&c, what, &path)?;
             lua.create_buffer(data)
         })?,
     )?;
@@ -83,13 +81,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
                 let what = if append { "fs.append" } else { "fs.write" };
                 let file = write_path(&c, what, &path, Last::Follow)?;
                 let data = gate::bytes(what, &data)?;
-                let mut f = OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .append(append)
-                    .truncate(!append)
-                    .open(&file)
-                    .map_err(|e| fail(what, format!("{path}: {e}")))?;
+                let mut f = beneath::open_write(&file, append).map_err(|e| fail(what, format!("{path}: {e}")))?;
                 f.write_all(&data).map_err(|e| fail(what, format!("{path}: {e}")))?;
                 Ok(data.len())
             })?,
@@ -102,7 +94,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         lua.create_function(move |_, path: String| {
             let what = "fs.mkdir";
             let dir = write_path(&c, what, &path, Last::Follow)?;
-            fs::create_dir_all(&dir).map_err(|e| fail(what, format!("{path}: {e}")))
+            beneath::mkdir_all(&dir).map_err(|e| fail(what, format!("{path}: {e}")))
         })?,
     )?;
 
@@ -114,21 +106,12 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
             // A symbolic link is removed itself, never what it points to.
             let target = write_path(&c, what, &path, Last::Keep)?;
             let opts: RemoveOptions = gate::options(what, opts)?;
-            let meta = match fs::symlink_metadata(&target) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-                Err(e) => return Err(fail(what, format!("{path}: {e}"))),
-            };
-            let result = if !meta.is_dir() {
-                fs::remove_file(&target)
-            } else if opts.recursive {
-                // Does not follow symbolic links inside the tree.
-                fs::remove_dir_all(&target)
-            } else {
-                fs::remove_dir(&target)
-            };
-            result.map_err(|e| fail(what, format!("{path}: {e}")))?;
-            Ok(true)
+            let control = &c.control;
+            match beneath::remove(&target, opts.recursive, &|| control.check().is_ok()) {
+                Ok(removed) => Ok(removed),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => gate::check(control).map(|()| false),
+                Err(e) => Err(fail(what, format!("{path}: {e}"))),
+            }
         })?,
     )?;
 
@@ -138,9 +121,9 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         lua.create_function(move |lua, path: String| {
             let what = "fs.stat";
             let file = read_path(&c, what, &path)?;
-            match fs::metadata(&file) {
-                Ok(meta) => Ok(LuaValue::Table(entry(lua, &file, &file, &meta)?)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LuaValue::Nil),
+            match beneath::stat(&file) {
+                Ok(Some(stat)) => Ok(LuaValue::Table(entry(lua, name_of(&file.path), &file.path, &stat)?)),
+                Ok(None) => Ok(LuaValue::Nil),
                 Err(e) => Err(fail(what, format!("{path}: {e}"))),
             }
         })?,
@@ -150,8 +133,9 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     fs_table.raw_set(
         "exists",
         lua.create_function(move |_, path: String| {
-            let file = read_path(&c, "fs.exists", &path)?;
-            Ok(file.exists())
+            let what = "fs.exists";
+            let file = read_path(&c, what, &path)?;
+            beneath::stat(&file).map(|s| s.is_some()).map_err(|e| fail(what, format!("{path}: {e}")))
         })?,
     )?;
 
@@ -159,43 +143,55 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
 }
 
 /// Checks the `fs` grant and the path for a read.
-fn read_path(ctx: &HostContext, what: &str, path: &str) -> mlua::Result<PathBuf> {
+fn read_path(ctx: &HostContext, what: &str, path: &str) -> mlua::Result<Checked> {
     gate::require(ctx, Capability::Fs, &format!("{what}()"))?;
     paths::check(&ctx.grants, Capability::Fs, what, path, Last::Follow).map_err(mlua::Error::runtime)
 }
 
 /// Checks the `fs-write` grant and the path for a change.
-fn write_path(ctx: &HostContext, what: &str, path: &str, last: Last) -> mlua::Result<PathBuf> {
+fn write_path(ctx: &HostContext, what: &str, path: &str, last: Last) -> mlua::Result<Checked> {
     gate::require(ctx, Capability::FsWrite, &format!("{what}()"))?;
     paths::check(&ctx.grants, Capability::FsWrite, what, path, last).map_err(mlua::Error::runtime)
 }
 
-/// Lists `dir` (resolved) as the script named it (`shown`), depth first,
+/// Reads a whole regular file, checked and opened beneath its root.
+fn read_file(ctx: &HostContext, what: &str, path: &str) -> mlua::Result<Vec<u8>> {
+    let file = read_path(ctx, what, path)?;
+    let mut data = Vec::new();
+    beneath::open_read(&file)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| fail(what, format!("{path}: {e}")))?;
+    Ok(data)
+}
+
+/// Lists `dir` (checked) as the script named it (`shown`), depth first,
 /// each directory's entries sorted by name. Symbolic links are listed, not
-/// followed: following them could leave the granted root or loop.
-fn list(lua: &Lua, ctx: &HostContext, dir: &Path, shown: &Path, recursive: bool) -> mlua::Result<Table> {
+/// followed: following them could leave the granted root or loop. Each
+/// directory is opened from its parent's descriptor, never by path.
+fn list(lua: &Lua, ctx: &HostContext, dir: &Checked, shown: &Path, recursive: bool) -> mlua::Result<Table> {
+    let what = "fs.list";
     let out = lua.create_table()?;
-    let mut stack = vec![(dir.to_path_buf(), shown.to_path_buf())];
+    let top = Dir::open(dir).map_err(|e| fail(what, format!("{}: {e}", shown.display())))?;
+    let mut stack = vec![(top, shown.to_path_buf())];
     let mut seen = 0usize;
-    while let Some((real, display)) = stack.pop() {
-        let mut entries: Vec<_> = fs::read_dir(&real)
-            .map_err(|e| fail("fs.list", format!("{}: {e}", display.display())))?
-            .filter_map(Result::ok)
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
+    while let Some((dir, display)) = stack.pop() {
+        let mut names = dir.names().map_err(|e| fail(what, format!("{}: {e}", display.display())))?;
+        names.sort();
         let mut subdirs = Vec::new();
-        for e in entries {
+        for name in names {
             seen += 1;
             if seen.is_multiple_of(CHECK_EVERY) {
                 gate::check(&ctx.control)?;
             }
             // Entries can vanish while we list; skip them.
-            let Ok(meta) = e.metadata() else { continue };
-            let shown_path = display.join(e.file_name());
-            if recursive && meta.is_dir() {
-                subdirs.push((e.path(), shown_path.clone()));
+            let Ok(stat) = dir.stat(&name) else { continue };
+            let shown_path = display.join(&name);
+            out.raw_push(entry(lua, &name, &shown_path, &stat)?)?;
+            if recursive && stat.kind == beneath::Kind::Dir {
+                if let Ok(sub) = Dir::open_at(dir.fd(), &name) {
+                    subdirs.push((sub, shown_path));
+                }
             }
-            out.raw_push(entry(lua, &e.path(), &shown_path, &meta)?)?;
         }
         // Reversed so the stack pops them in name order.
         stack.extend(subdirs.into_iter().rev());
@@ -203,28 +199,21 @@ fn list(lua: &Lua, ctx: &HostContext, dir: &Path, shown: &Path, recursive: bool)
     Ok(out)
 }
 
+/// The last component of `path`, or the whole path for `/`.
+fn name_of(path: &Path) -> &OsStr {
+    path.file_name().unwrap_or(path.as_os_str())
+}
+
 /// One file's record: `{name, path, size, modified, kind}`.
-fn entry(lua: &Lua, real: &Path, shown: &Path, meta: &Metadata) -> mlua::Result<Table> {
-    let name = real.file_name().map_or_else(|| real.display().to_string(), |n| n.to_string_lossy().into_owned());
-    let modified =
-        meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64());
-    let kind = if meta.is_symlink() {
-        "symlink"
-    } else if meta.is_dir() {
-        "dir"
-    } else if meta.is_file() {
-        "file"
-    } else {
-        "other"
-    };
+fn entry(lua: &Lua, name: &OsStr, shown: &Path, stat: &Stat) -> mlua::Result<Table> {
     record(
         lua,
         [
-            ("name", LuaValue::String(lua.create_string(name)?)),
+            ("name", LuaValue::String(lua.create_string(name.as_encoded_bytes())?)),
             ("path", LuaValue::String(lua.create_string(shown.as_os_str().as_encoded_bytes())?)),
-            ("size", LuaValue::Number(meta.len() as f64)),
-            ("modified", LuaValue::Number(modified)),
-            ("kind", LuaValue::String(lua.create_string(kind)?)),
+            ("size", LuaValue::Number(stat.size as f64)),
+            ("modified", LuaValue::Number(stat.modified)),
+            ("kind", LuaValue::String(lua.create_string(stat.kind.script_name())?)),
         ],
     )
 }

@@ -17,6 +17,7 @@ use crate::control::{Control, StopReason};
 use crate::convert::{display, from_lua, to_lua};
 use crate::streams::{ProgressRecord, Streams};
 
+mod beneath;
 mod env;
 mod exec;
 mod fs;

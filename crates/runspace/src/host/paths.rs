@@ -9,13 +9,15 @@
 //! does not exist yet (a file about to be written) is appended as plain
 //! names. The resolved path must lie under a canonicalized root.
 //!
-//! This is a check made before the operation, not a jail: a process racing
-//! to swap a directory for a symbolic link between the check and the use can
-//! still win. It stops scripts from wandering, not a hostile local user.
+//! The check names the root and explains a refusal; the operation itself
+//! then starts again from that root and cannot leave it (see
+//! [`super::beneath`]), so a symbolic link swapped in after the check
+//! cannot send it elsewhere.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+use super::beneath::Checked;
 use crate::capability::{Capability, Grants};
 
 /// Whether the last component of a path is followed when it is a symbolic link.
@@ -29,14 +31,15 @@ pub(crate) enum Last {
 
 /// Resolves `path` (relative to the working directory) the way the kernel
 /// will, and checks it against the roots granted for `capability`.
-/// Returns the resolved path, or a message explaining the refusal.
+/// Returns the resolved path with the root it lies under, or a message
+/// explaining the refusal.
 pub(crate) fn check(
     grants: &Grants,
     capability: Capability,
     what: &str,
     path: &str,
     last: Last,
-) -> Result<PathBuf, String> {
+) -> Result<Checked, String> {
     if path.is_empty() {
         return Err(format!("{what}: empty path"));
     }
@@ -45,8 +48,11 @@ pub(crate) fn check(
         // Callers check the grant first; be safe anyway.
         return Err(format!("{what}: the '{capability}' capability is not granted"));
     };
-    if roots.is_empty() || roots.iter().any(|root| resolved.starts_with(canonical_root(root))) {
-        return Ok(resolved);
+    if roots.is_empty() {
+        return Ok(Checked { path: resolved, root: None });
+    }
+    if let Some(root) = roots.iter().map(|r| canonical_root(r)).find(|root| resolved.starts_with(root)) {
+        return Ok(Checked { path: resolved, root: Some(root) });
     }
     let granted: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
     let shown =
