@@ -20,6 +20,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -334,16 +335,25 @@ fn open_error(path: &Path, e: io::Error) -> CliError {
 /// `--results DIR`: each item's full record as `DIR/<index>.json`. A
 /// re-run item overwrites its file, so the directory holds every item
 /// exactly once across resumed runs.
+///
+/// Files are opened relative to a descriptor of DIR, without following a
+/// symbolic link (`O_NOFOLLOW`) and without blocking (`O_NONBLOCK`), and are
+/// written only when they are a regular file with no other hard link: a
+/// link, FIFO or device planted in DIR is refused, and what it points to is
+/// never touched.
 pub struct ResultsDir {
-    dir: PathBuf,
+    dir: File,
+    shown: PathBuf,
     buf: Vec<u8>,
 }
 
 impl ResultsDir {
     pub fn create(dir: &Path) -> Result<ResultsDir, CliError> {
-        fs::create_dir_all(dir)
-            .map_err(|e| CliError::usage(format!("cannot create results directory {}: {e}", dir.display())))?;
-        Ok(ResultsDir { dir: dir.to_path_buf(), buf: Vec::new() })
+        let fail = |e: io::Error| CliError::usage(format!("cannot create results directory {}: {e}", dir.display()));
+        fs::create_dir_all(dir).map_err(fail)?;
+        let handle =
+            OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(dir).map_err(fail)?;
+        Ok(ResultsDir { dir: handle, shown: dir.to_path_buf(), buf: Vec::new() })
     }
 
     pub fn write(&mut self, item: &ItemResult) -> io::Result<()> {
@@ -353,7 +363,43 @@ impl ResultsDir {
         self.buf.clear();
         serde_json::to_writer_pretty(&mut self.buf, item)?;
         self.buf.push(b'\n');
-        fs::write(self.dir.join(format!("{}.json", item.index)), &self.buf)
+        let name = format!("{}.json", item.index);
+        let mut file = self
+            .open(&name)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.shown.join(&name).display())))?;
+        file.write_all(&self.buf)
+    }
+
+    /// Opens `name` in the directory for writing, refusing anything but a
+    /// regular file of its own; truncated only once that is known.
+    fn open(&self, name: &str) -> io::Result<File> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let c_name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        let flags =
+            libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        // SAFETY: the directory descriptor is open and `c_name` is NUL-terminated.
+        let fd = unsafe { libc::openat(self.dir.as_raw_fd(), c_name.as_ptr(), flags, 0o666 as libc::c_uint) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ELOOP) => io::Error::other("is a symbolic link; refusing to write through it"),
+                Some(libc::ENXIO) => {
+                    io::Error::other("is a FIFO or socket, not a regular file; refusing to write to it")
+                }
+                _ => e,
+            });
+        }
+        // SAFETY: the kernel returned a new descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(io::Error::other("is not a regular file; refusing to write to it"));
+        }
+        if meta.nlink() > 1 {
+            return Err(io::Error::other("has other hard links; refusing to overwrite what they share"));
+        }
+        file.set_len(0)?;
+        Ok(file)
     }
 }
 
