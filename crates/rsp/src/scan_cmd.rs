@@ -58,10 +58,15 @@ pub struct ScanArgs {
     #[arg(long, value_name = "TARGETS", value_delimiter = ',')]
     pub exclude: Vec<String>,
 
-    /// Time to wait for an answer to one probe ("1000ms", "2s"; a bare
-    /// number is milliseconds).
-    #[arg(long, value_name = "DURATION", default_value = "1000ms")]
-    pub timeout: String,
+    /// Time to wait for an answer to one probe ("500ms", "2s"; a bare
+    /// number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
+    pub timeout: Duration,
+
+    /// Most addresses one scan may cover; larger target sets (say
+    /// 0.0.0.0/0) are refused before anything is probed.
+    #[arg(long, value_name = "N", default_value_t = runspace_scan::DEFAULT_MAX_HOSTS)]
+    pub max_hosts: u64,
 
     /// Hosts scanned at once.
     #[arg(long, value_name = "N", default_value_t = 20)]
@@ -96,22 +101,25 @@ pub struct ScanArgs {
 
 /// Prints a usage error and returns exit code 2.
 fn usage(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("rsp scan: {msg}");
+    say(format_args!("rsp scan: {msg}"));
     2
+}
+
+/// Writes a line to stderr. A closed stderr (`2>&1 | head -1`) is not an
+/// error worth dying for: the line is dropped.
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
 fn colour_ok(stream_is_tty: bool) -> bool {
     stream_is_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
+/// A probe timeout: any duration `rsp` accepts (a bare number is seconds), but not zero.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let d = if let Ok(ms) = text.trim().parse::<u64>() {
-        Duration::from_millis(ms)
-    } else {
-        humantime::parse_duration(text.trim()).map_err(|e| format!("invalid --timeout '{text}': {e}"))?
-    };
+    let d = crate::parse::duration(text)?;
     if d.is_zero() {
-        return Err(format!("invalid --timeout '{text}': must be more than zero"));
+        return Err(format!("invalid duration '{text}': must be more than zero"));
     }
     Ok(d)
 }
@@ -154,10 +162,7 @@ pub fn run(args: ScanArgs) -> i32 {
         Ok(p) => p,
         Err(e) => return usage(e),
     };
-    let timeout = match parse_timeout(&args.timeout) {
-        Ok(t) => t,
-        Err(e) => return usage(e),
-    };
+    let timeout = args.timeout;
     let show = match args.show.as_deref().map(Show::parse).transpose() {
         Ok(s) => s,
         Err(e) => return usage(e),
@@ -183,7 +188,7 @@ pub fn run(args: ScanArgs) -> i32 {
         match TargetSpec::parse(text) {
             Ok(s) => specs.push(s),
             Err(e) => {
-                eprintln!("rsp scan: {e}");
+                say(format_args!("rsp scan: {e}"));
                 bad_targets += 1;
             }
         }
@@ -207,11 +212,11 @@ pub fn run(args: ScanArgs) -> i32 {
     let default_conc = limit.map_or(256, |l| limits::default_concurrency(l.soft));
     if let (Some(c), Some(l)) = (args.concurrency, limit) {
         if c as u64 + 64 > l.soft {
-            eprintln!(
+            say(format_args!(
                 "rsp scan: warning: --concurrency {c} is above what the open-file limit ({}) allows; \
                  probes that run out of descriptors are retried, which is slower",
                 l.soft
-            );
+            ));
         }
     }
     let mut config = ScanConfig::new(specs)
@@ -220,9 +225,13 @@ pub fn run(args: ScanArgs) -> i32 {
         .timeout(timeout)
         .throttle(args.throttle)
         .retries(args.retries)
-        .concurrency(args.concurrency.unwrap_or(default_conc));
+        .concurrency(args.concurrency.unwrap_or(default_conc))
+        .max_hosts(args.max_hosts);
     if let Some(w) = args.workers {
         config = config.workers(w);
+    }
+    if let Err(e) = config.check_size() {
+        return usage(format!("{e} (to scan them all, pass --max-hosts {})", e.hosts));
     }
 
     let stdout_tty = io::stdout().is_terminal();
@@ -277,7 +286,7 @@ pub fn run(args: ScanArgs) -> i32 {
                 // The reader went away (`| head`): stop quietly.
                 return 0;
             }
-            eprintln!("rsp scan: cannot write output: {e}");
+            say(format_args!("rsp scan: cannot write output: {e}"));
             return 1;
         }
         progress.set_position(state.counts.total());
@@ -343,7 +352,7 @@ impl RunState {
             }
             ScanEvent::TargetError(e) => {
                 self.unresolved += 1;
-                eprintln!("rsp scan: {e}");
+                say(format_args!("rsp scan: {e}"));
             }
         }
         Ok(())
@@ -371,7 +380,7 @@ fn print_summary(state: &RunState, total_hosts: u64, elapsed: Duration, stopped:
         ),
     ];
     lines.push(format!("  Elapsed:        {:.2}s", elapsed.as_secs_f64()));
-    eprintln!("{}", lines.join("\n"));
+    say(format_args!("{}", lines.join("\n")));
 }
 
 #[cfg(test)]
@@ -380,9 +389,13 @@ mod tests {
 
     #[test]
     fn timeouts() {
-        assert_eq!(parse_timeout("250").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_timeout("2s").unwrap(), Duration::from_secs(2));
-        assert!(parse_timeout("0").is_err());
+        assert_eq!(parse_timeout("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_timeout("2").unwrap(), Duration::from_secs(2), "a bare number is seconds");
+        assert_eq!(parse_timeout("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_timeout("0").unwrap_err().contains("more than zero"));
+        assert!(parse_timeout("0ms").is_err());
         assert!(parse_timeout("soon").unwrap_err().contains("soon"));
+        assert!(parse_timeout("4e31").is_err());
+        assert!(parse_timeout("18446744073709551615s").is_err());
     }
 }

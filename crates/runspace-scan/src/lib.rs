@@ -62,7 +62,9 @@ pub mod target;
 
 pub use ports::{PortList, PortSpecError, DEFAULT_PORTS};
 pub use result::{Counts, HostSummary, PortResult, PortState, Reason, ScanEvent};
-pub use scanner::{scan, scan_blocking, ScanConfig, ScanReport, ScanStream, StopHandle};
+pub use scanner::{
+    scan, scan_blocking, ScanConfig, ScanReport, ScanStream, StopHandle, TooManyHosts, DEFAULT_MAX_HOSTS,
+};
 pub use services::Services;
 pub use single::{probe_one, Cancelled, ProbeOutcome};
 pub use target::{Exclusions, Target, TargetError, TargetSpec};

@@ -296,6 +296,28 @@ pub(crate) fn finish(fd: RawFd, target: &SockAddr) -> Answer {
 }
 
 /// Describes an errno for an error record ("Too many open files (os error 24)").
+/// Whether this machine can send to `ip` at all: a UDP `connect()` picks a
+/// route and a source address without sending anything. `Err(errno)` when it
+/// has no source address for that family (EADDRNOTAVAIL, EAFNOSUPPORT) or no
+/// route (ENETUNREACH, ENETDOWN): then every TCP probe would fail the same way,
+/// locally, and retrying cannot help. Other failures (out of descriptors…)
+/// say nothing about the target and count as reachable.
+pub(crate) fn source_check(ip: IpAddr) -> Result<(), i32> {
+    let unspecified: IpAddr = match ip {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let no_source = |e: io::Error| match e.raw_os_error() {
+        Some(err @ (libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT | libc::ENETUNREACH | libc::ENETDOWN)) => Err(err),
+        _ => Ok(()),
+    };
+    let socket = match std::net::UdpSocket::bind((unspecified, 0)) {
+        Ok(s) => s,
+        Err(e) => return no_source(e),
+    };
+    socket.connect((ip, 9)).or_else(no_source)
+}
+
 pub(crate) fn describe(err: i32) -> String {
     io::Error::from_raw_os_error(err).to_string()
 }

@@ -1,6 +1,6 @@
 //! Scan configuration, the streaming scan and the blocking convenience call.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::engine::{self, Shared};
 use crate::limits;
 use crate::ports::PortList;
+use crate::probe;
 use crate::result::{Counts, HostSummary, PortResult, ScanEvent};
 use crate::scheduler::Scheduler;
 use crate::target::{Exclusions, Target, TargetError, TargetSpec};
@@ -47,7 +48,42 @@ pub struct ScanConfig {
     pub retries: u8,
     /// Worker threads; `None`: one per core, at most 4.
     pub workers: Option<usize>,
+    /// Most addresses a scan may cover ([`DEFAULT_MAX_HOSTS`] by default):
+    /// a larger target set is refused before anything is probed.
+    pub max_hosts: u64,
 }
+
+/// How many addresses a scan may cover unless [`ScanConfig::max_hosts`]
+/// allows more: a /16. Scanning `0.0.0.0/0` by a typo is refused.
+pub const DEFAULT_MAX_HOSTS: u64 = 65_536;
+
+/// A target set larger than [`ScanConfig::max_hosts`].
+///
+/// ```
+/// let c = runspace_scan::ScanConfig::parse(["0.0.0.0/0"]).unwrap();
+/// let e = c.check_size().unwrap_err();
+/// assert_eq!((e.hosts, e.limit), (1 << 32, 65_536));
+/// assert!(c.max_hosts(1 << 32).check_size().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyHosts {
+    /// Addresses the targets cover (host names count one each).
+    pub hosts: u64,
+    /// The limit in force.
+    pub limit: u64,
+}
+
+impl std::fmt::Display for TooManyHosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the targets cover {} addresses, more than the limit of {}; nothing was scanned",
+            self.hosts, self.limit
+        )
+    }
+}
+
+impl std::error::Error for TooManyHosts {}
 
 impl ScanConfig {
     /// A scan of `targets` on the default ports, 1 s timeout, 20 hosts at
@@ -67,6 +103,7 @@ impl ScanConfig {
             concurrency: None,
             retries: 1,
             workers: None,
+            max_hosts: DEFAULT_MAX_HOSTS,
         }
     }
 
@@ -159,6 +196,29 @@ impl ScanConfig {
         self
     }
 
+    /// Allows scans of up to `hosts` addresses (default [`DEFAULT_MAX_HOSTS`]).
+    ///
+    /// ```
+    /// let c = runspace_scan::ScanConfig::parse(["10.0.0.0/8"]).unwrap();
+    /// assert!(c.check_size().is_err());
+    /// assert!(c.max_hosts(1 << 24).check_size().is_ok());
+    /// ```
+    pub fn max_hosts(mut self, hosts: u64) -> ScanConfig {
+        self.max_hosts = hosts;
+        self
+    }
+
+    /// Refuses a target set larger than [`ScanConfig::max_hosts`]. [`scan`]
+    /// makes the same check and probes nothing when it fails.
+    pub fn check_size(&self) -> Result<(), TooManyHosts> {
+        let hosts = self.host_count();
+        if hosts > self.max_hosts {
+            Err(TooManyHosts { hosts, limit: self.max_hosts })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Number of hosts to scan: exact for literal addresses (exclusions
     /// applied when the list is under a million addresses), one per host name.
     ///
@@ -176,7 +236,7 @@ impl ScanConfig {
                 }
                 Some(n) => n,
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// Total probes of a first pass: hosts × ports.
@@ -342,6 +402,12 @@ impl Iterator for ScanStream {
 pub fn scan(config: ScanConfig) -> ScanStream {
     let stop = StopHandle(Arc::new(AtomicBool::new(false)));
     let (tx, rx) = mpsc::channel::<Vec<ScanEvent>>(256);
+    if let Err(too_many) = config.check_size() {
+        // Nothing is probed: the stream holds the refusal and ends.
+        let refusal = TargetError { target: targets_text(&config.targets), problem: too_many.to_string() };
+        let buffer = VecDeque::from([ScanEvent::TargetError(refusal)]);
+        return ScanStream { rx, buffer, stop };
+    }
     let concurrency = config.effective_concurrency();
     let workers = config
         .workers
@@ -375,6 +441,43 @@ pub fn scan(config: ScanConfig) -> ScanStream {
     ScanStream { rx, buffer: VecDeque::new(), stop }
 }
 
+/// The targets as the user wrote them, for a message about all of them.
+fn targets_text(targets: &[TargetSpec]) -> String {
+    let mut text: Vec<String> = targets.iter().take(3).map(ToString::to_string).collect();
+    if targets.len() > 3 {
+        text.push(format!("… ({} targets)", targets.len()));
+    }
+    text.join(" ")
+}
+
+/// Targets skipped because this machine cannot send to them at all, by
+/// cause: reported once per cause at the end, not once per port or host.
+#[derive(Default)]
+struct Unreachable(BTreeMap<i32, (IpAddr, u64)>);
+
+impl Unreachable {
+    fn add(&mut self, err: i32, address: IpAddr) {
+        self.0.entry(err).or_insert((address, 0)).1 += 1;
+    }
+
+    fn into_errors(self) -> Vec<ScanEvent> {
+        self.0
+            .into_iter()
+            .map(|(err, (first, count))| {
+                let more = if count > 1 { format!(" (nor {} more addresses)", count - 1) } else { String::new() };
+                let why = match err {
+                    libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT => "this machine has no source address of that family",
+                    _ => "this machine has no route to it",
+                };
+                ScanEvent::TargetError(TargetError {
+                    target: first.to_string(),
+                    problem: format!("not scanned{more}: {why} ({})", probe::describe(err)),
+                })
+            })
+            .collect()
+    }
+}
+
 /// Expands, resolves and filters the targets, feeding them to the scheduler
 /// as host slots free up (the channel is bounded by the throttle).
 fn feed_targets(
@@ -394,7 +497,8 @@ fn feed_targets(
         }
         return;
     }
-    for spec in &targets {
+    let mut unreachable = Unreachable::default();
+    'specs: for spec in &targets {
         let resolved: Box<dyn Iterator<Item = Target>> = if spec.is_name() {
             match spec.resolve() {
                 Ok(t) => Box::new(t.into_iter()),
@@ -415,10 +519,18 @@ fn feed_targets(
             if ex.contains(t.address) {
                 continue;
             }
+            if let Err(err) = probe::source_check(t.address) {
+                unreachable.add(err, t.address);
+                continue;
+            }
             if out.send(t).is_err() {
-                return;
+                break 'specs;
             }
         }
+    }
+    let errors = unreachable.into_errors();
+    if !errors.is_empty() {
+        let _ = events.blocking_send(errors);
     }
 }
 

@@ -222,3 +222,24 @@ fn stop_ends_the_stream_promptly() {
     assert!(n < 256 * 65535, "the scan did not run to the end");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn a_target_set_over_max_hosts_is_refused_without_probing() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = ScanConfig::parse(["127.0.0.1-20"]).unwrap().ports(PortList::from_ports([port])).max_hosts(19);
+    let e = config.check_size().unwrap_err();
+    assert_eq!((e.hosts, e.limit), (20, 19));
+    assert!(!e.to_string().contains("--"), "the library names no flag: {e}");
+    let events: Vec<ScanEvent> = scan(config.clone()).collect();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ScanEvent::TargetError(err) = &events[0] else { panic!("{events:?}") };
+    assert!(err.to_string().contains("cover 20 addresses, more than the limit of 19"), "{err}");
+    // At the limit, everything is scanned.
+    let report = scan_blocking(config.max_hosts(20));
+    assert_eq!(report.results.len(), 20);
+    // The default limit is a /16, and it is checked on the sum of all targets.
+    assert_eq!(runspace_scan::DEFAULT_MAX_HOSTS, 65_536);
+    assert!(ScanConfig::parse(["10.0.0.0/16"]).unwrap().check_size().is_ok());
+    assert!(ScanConfig::parse(["10.0.0.0/16", "10.1.0.0"]).unwrap().check_size().is_err());
+}
