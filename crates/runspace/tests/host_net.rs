@@ -191,3 +191,121 @@ fn item_timeout_during_http_is_timed_out() {
     assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
 }
+
+/// A listener on 127.0.0.1 whose accept queue is full: the kernel drops
+/// further SYNs, so a connect to it waits without an answer (like a
+/// firewalled port) while staying on loopback.
+fn unanswered_port() -> (std::os::fd::OwnedFd, TcpStream, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor owned here; `addr` is a valid sockaddr_in.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len), 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        let mut len = len;
+        assert_eq!(libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len), 0);
+        let port = u16::from_be(addr.sin_port);
+        // Fills the one-place queue; nobody ever accepts it.
+        let filler = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        (owned, filler, port)
+    }
+}
+
+#[test]
+fn probe_of_an_unanswered_port_wakes_on_stop_and_timeout() {
+    let (_listener, _filler, port) = unanswered_port();
+    let pool = RunspacePool::builder().max(1).session(session(&["net"])).open().unwrap();
+    let script = Script::new(&format!("return net.probe('127.0.0.1', {port}, {{timeout = 3600}})")).unwrap();
+
+    let started = Instant::now();
+    let r = pool.invocation(&script).timeout(Duration::from_millis(300)).invoke().unwrap();
+    assert_eq!(r.status(), Status::TimedOut, "{:?} {:?}", r.error(), r.output());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+
+    let handle = pool.invocation(&script).begin().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!handle.is_completed(), "the probe should still be waiting");
+    let stopped_at = Instant::now();
+    handle.stop();
+    let r = handle.end();
+    assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
+    assert!(stopped_at.elapsed() < Duration::from_secs(3), "end() took {:?}", stopped_at.elapsed());
+
+    // Its own timeout: `filtered`, `no-response`, no rtt.
+    let code =
+        format!("local r = net.probe('127.0.0.1', {port}, {{timeout = 0.2}}) return r.state, r.reason, r.rtt_ms");
+    assert_eq!(ok(&["net"], &code), json!(["filtered", "no-response", null]));
+}
+
+/// Set inside the namespace where the resolver never gets an answer.
+const SILENT_DNS: &str = "RUNSPACE_TEST_SILENT_DNS";
+
+/// Runs test `name` of this binary again inside new network and mount
+/// namespaces whose resolv.conf names a server that never answers (its
+/// packets leave through a veth whose other end is down; nothing leaves the
+/// namespace). `None` when the namespaces cannot be made (not root).
+fn rerun_with_silent_dns(name: &str) -> Option<std::process::Output> {
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 10.53.0.2\noptions timeout:30 attempts:1\n").unwrap();
+    let setup = format!(
+        "ip link set lo up && ip link add rspdns0 type veth peer name rspdns1 && \
+         ip addr add 10.53.0.1/24 dev rspdns0 && ip link set rspdns0 up && \
+         ip neigh add 10.53.0.2 lladdr 02:00:00:00:00:02 dev rspdns0 nud permanent && \
+         mount --bind {} /etc/resolv.conf || exit 77\nexec \"$0\" \"$@\"",
+        resolv.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-mn", "sh", "-c", &setup])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(SILENT_DNS, "1")
+        .output()
+        .ok()?;
+    (out.status.code() != Some(77) && !String::from_utf8_lossy(&out.stderr).contains("unshare failed")).then_some(out)
+}
+
+#[test]
+fn resolve_wakes_on_stop_and_timeout() {
+    if std::env::var_os(SILENT_DNS).is_none() {
+        match rerun_with_silent_dns("resolve_wakes_on_stop_and_timeout") {
+            None => eprintln!("SKIP: cannot make a network namespace with a silent resolver"),
+            Some(out) => assert!(
+                out.status.success(),
+                "inside the namespace:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        return;
+    }
+    let pool = RunspacePool::builder().max(1).session(session(&["net"])).open().unwrap();
+    let script = Script::new("return net.resolve('never-answers.invalid')").unwrap();
+
+    let started = Instant::now();
+    let r = pool.invocation(&script).timeout(Duration::from_millis(300)).invoke().unwrap();
+    assert_eq!(r.status(), Status::TimedOut, "{:?} {:?}", r.error(), r.output());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+
+    let handle = pool.invocation(&script).begin().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!handle.is_completed(), "the lookup should still be waiting");
+    let stopped_at = Instant::now();
+    handle.stop();
+    let r = handle.end();
+    assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
+    assert!(stopped_at.elapsed() < Duration::from_secs(3), "end() took {:?}", stopped_at.elapsed());
+
+    // Its own timeout is an error the script can catch; probing a name waits the same way.
+    let e = err(&["net"], "return net.resolve('never-answers.invalid', {timeout = 0.3})");
+    assert!(e.contains("did not resolve in time"), "{e}");
+    let probe = Script::new("return net.probe('never-answers.invalid', 80)").unwrap();
+    let r = pool.invocation(&probe).timeout(Duration::from_millis(300)).invoke().unwrap();
+    assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
+}
