@@ -293,3 +293,14 @@ fn a_symlink_swapped_during_a_run_never_leads_outside_the_root() {
     assert!(!outside_path.join("w").exists(), "a write landed outside the root");
     assert_eq!(std::fs::read(outside_path.join("f")).unwrap(), b"SECRET");
 }
+
+#[test]
+fn mkdir_creates_a_granted_root_that_does_not_exist_yet() {
+    let (_d, root) = tree();
+    let out = format!("{root}/not-yet/out");
+    let grant = format!("fs-write:{out}");
+    let code =
+        format!("fs.mkdir({}) fs.write({}, 'x') return true", lit(format!("{out}/a/b")), lit(format!("{out}/a/b/f")));
+    assert_eq!(ok(&[&grant], &code), json!(true));
+    assert_eq!(std::fs::read_to_string(format!("{out}/a/b/f")).unwrap(), "x");
+}

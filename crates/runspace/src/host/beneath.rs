@@ -29,6 +29,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// A checked path: the resolved path, and the granted root it lies under
 /// (`None` for an unrestricted grant, where there is nothing to stay under).
@@ -176,6 +177,11 @@ pub(crate) fn mkdir_all(target: &Checked) -> io::Result<()> {
     let Some(root) = &target.root else {
         return std::fs::create_dir_all(&target.path);
     };
+    // A granted root that does not exist yet is created as named: the
+    // grant allows exactly that directory.
+    if !root.exists() {
+        std::fs::create_dir_all(root)?;
+    }
     let mut dir = openat(libc::AT_FDCWD, root.as_os_str(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC, 0)?;
     for name in names(target.path.strip_prefix(root).map_err(|_| changed())?)? {
         let c_name = cstring(name)?;
@@ -305,29 +311,37 @@ impl Dir {
     }
 }
 
-/// Whether `openat2` is worth trying (cleared at the first ENOSYS).
+/// Whether this kernel lets us use `openat2` with `RESOLVE_BENEATH`; the
+/// tests turn it off to exercise the fallback.
 static OPENAT2: AtomicBool = AtomicBool::new(true);
+
+/// Asks the kernel once: an old kernel says ENOSYS, a container's seccomp
+/// filter may say EPERM or ENOSYS; either way the fallback is used.
+fn openat2_available() -> bool {
+    static PROBED: OnceLock<bool> = OnceLock::new();
+    *PROBED.get_or_init(|| {
+        #[cfg(target_os = "linux")]
+        {
+            openat2(libc::AT_FDCWD, Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0).is_ok()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    })
+}
 
 fn open_beneath(root: RawFd, below: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<OwnedFd> {
     #[cfg(target_os = "linux")]
-    if OPENAT2.load(Ordering::Relaxed) {
+    if OPENAT2.load(Ordering::Relaxed) && openat2_available() {
         let path = if below.as_os_str().is_empty() { Path::new(".") } else { below };
-        match openat2(root, path, flags, mode) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) && !is_plain_eperm(flags) => {
-                OPENAT2.store(false, Ordering::Relaxed);
-            }
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::ELOOP)) => return Err(changed()),
-            other => return other,
-        }
+        return openat2(root, path, flags, mode).map_err(|e| match e.raw_os_error() {
+            // EXDEV: a step would leave the root; ELOOP: a magic link.
+            Some(libc::EXDEV | libc::ELOOP) => changed(),
+            _ => e,
+        });
     }
     walk(root, below, flags, mode)
-}
-
-/// An EPERM from `openat2` is taken as "the syscall is filtered" (as some
-/// container runtimes answer unknown syscalls) unless the open itself could
-/// be refused with EPERM (`O_NOATIME` on someone else's file).
-fn is_plain_eperm(flags: libc::c_int) -> bool {
-    flags & libc::O_NOATIME != 0
 }
 
 #[cfg(target_os = "linux")]
@@ -550,5 +564,43 @@ mod tests {
             assert!(!root.join("a").exists() && Path::new("/etc").exists());
             assert!(!remove(&a, true, &|| true).unwrap());
         });
+    }
+
+    #[test]
+    fn a_rename_race_never_reads_outside_either_way() {
+        let (_d, base, root) = tree();
+        std::fs::create_dir(base.join("out")).unwrap();
+        std::fs::write(base.join("out/f"), "outside").unwrap();
+        std::fs::rename(root.join("sub"), root.join("d")).unwrap();
+        std::os::unix::fs::symlink(base.join("out"), root.join("other")).unwrap();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let swapper = std::thread::spawn({
+            let (done, root) = (done.clone(), root.clone());
+            move || {
+                let a = CString::new(root.join("d").as_os_str().as_bytes()).unwrap();
+                let b = CString::new(root.join("other").as_os_str().as_bytes()).unwrap();
+                while !done.load(Ordering::Relaxed) {
+                    // SAFETY: NUL-terminated paths.
+                    let rc = unsafe {
+                        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+                    };
+                    assert_eq!(rc, 0);
+                }
+            }
+        });
+        let target = Checked { path: root.join("d/f"), root: Some(root.clone()) };
+        both_ways(|| {
+            let mut inside = 0;
+            for _ in 0..3000 {
+                // A refusal is fine; a read must never come from outside.
+                if let Ok(text) = read(&target) {
+                    assert_eq!(text, "inside", "read outside the root");
+                    inside += 1;
+                }
+            }
+            assert!(inside > 0);
+        });
+        done.store(true, Ordering::Relaxed);
+        swapper.join().unwrap();
     }
 }
