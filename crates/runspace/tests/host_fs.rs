@@ -288,6 +288,7 @@ fn a_symlink_swapped_during_a_run_never_leads_outside_the_root() {
     done.store(true, Ordering::Relaxed);
     let swaps = swapper.join().unwrap();
     let (inside, escaped) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+    eprintln!("rename race: [inside, escaped, refused] = {r} over {swaps} swaps");
     assert_eq!(escaped, 0, "{escaped} reads or listings reached outside the root ({r}, {swaps} swaps)");
     assert!(inside > 0 && swaps > 100, "the race did not run: {r}, {swaps} swaps");
     assert!(!outside_path.join("w").exists(), "a write landed outside the root");
