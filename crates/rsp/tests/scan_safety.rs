@@ -140,3 +140,17 @@ fn durations_are_checked_and_bare_numbers_are_seconds() {
         assert_eq!(out.status.code(), Some(0), "--timeout {good}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn net_probe_without_a_source_address_answers_at_once() {
+    let setup = "ip link set lo up && sysctl -qw net.ipv6.conf.lo.disable_ipv6=1";
+    let code = "local r = net.probe('::1', 80, {timeout = 30}) return r.state, r.reason, r.error";
+    let args = ["run", "-e", code, "--range", "1..1", "--allow", "net", "--format", "values", "--no-summary"];
+    let Some((out, took)) = in_netns(setup, &args) else {
+        eprintln!("SKIP: cannot create a network namespace");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("error") && stdout.contains("local-error") && stdout.contains("os error 99"), "{stdout}");
+    assert!(took < Duration::from_secs(5), "took {took:?} (the probe's own timeout is 30 s)");
+}

@@ -76,17 +76,19 @@ pub fn probe_one(
             // Another attempt picks another source port.
             Answer::SelfConnect if now < deadline => {}
             Answer::SelfConnect => return Ok(no_response()),
-            Answer::Local(_) if now + LOCAL_BACKOFF < deadline => std::thread::sleep(LOCAL_BACKOFF),
-            Answer::Local(err) | Answer::Fatal(err) => {
-                return Ok(ProbeOutcome {
-                    state: PortState::Error,
-                    reason: Reason::LocalError,
-                    rtt: None,
-                    error: Some(probe::describe(err)),
-                })
+            // EADDRNOTAVAIL is transient when ephemeral ports run out, but
+            // final when there is no source address of the family at all.
+            Answer::Local(libc::EADDRNOTAVAIL) if probe::source_check(addr.ip()).is_err() => {
+                return Ok(local_error(libc::EADDRNOTAVAIL))
             }
+            Answer::Local(_) if now + LOCAL_BACKOFF < deadline => std::thread::sleep(LOCAL_BACKOFF),
+            Answer::Local(err) | Answer::Fatal(err) => return Ok(local_error(err)),
         }
     }
+}
+
+fn local_error(err: i32) -> ProbeOutcome {
+    ProbeOutcome { state: PortState::Error, reason: Reason::LocalError, rtt: None, error: Some(probe::describe(err)) }
 }
 
 fn no_response() -> ProbeOutcome {
