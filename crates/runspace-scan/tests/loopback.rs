@@ -15,13 +15,41 @@ use std::time::{Duration, Instant};
 use runspace_scan::{scan, scan_blocking, PortList, PortState, Reason, ScanConfig, ScanEvent, ScanReport};
 
 fn plant(addr: &str) -> (TcpListener, u16) {
+    listener_sampler();
     let l = TcpListener::bind((addr, 0)).expect("bind a loopback listener");
     let port = l.local_addr().unwrap().port();
     (l, port)
 }
 
-/// Ports in LISTEN state that accept on `addr`, per /proc/net/tcp{,6}.
+/// Ports in LISTEN state that accept on `addr`, per /proc/net/tcp{,6}: now,
+/// and at any time a background sampler saw since the first call. Other
+/// programs (other test suites on a shared machine) open and close loopback
+/// listeners all the time; one that came and went during a scan is
+/// legitimately reported open.
 fn system_listeners(addr: IpAddr) -> BTreeSet<u16> {
+    let mut all = listening_now();
+    all.extend(listener_sampler().lock().unwrap().iter().copied());
+    all.into_iter().filter(|(local, _)| *local == addr || local.is_unspecified()).map(|(_, port)| port).collect()
+}
+
+/// The listeners seen so far by a sampler thread, started at the first call
+/// (from `plant`, so before any scan).
+fn listener_sampler() -> &'static std::sync::Mutex<BTreeSet<(IpAddr, u16)>> {
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<&'static Mutex<BTreeSet<(IpAddr, u16)>>> = OnceLock::new();
+    SEEN.get_or_init(|| {
+        let seen: &'static Mutex<BTreeSet<(IpAddr, u16)>> = Box::leak(Box::default());
+        std::thread::spawn(move || loop {
+            let now = listening_now();
+            seen.lock().unwrap().extend(now);
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        seen
+    })
+}
+
+/// Every (address, port) in LISTEN state, per /proc/net/tcp{,6}.
+fn listening_now() -> BTreeSet<(IpAddr, u16)> {
     let mut out = BTreeSet::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
@@ -46,9 +74,7 @@ fn system_listeners(addr: IpAddr) -> BTreeSet<u16> {
                 }
                 Ipv6Addr::from(b).into()
             };
-            if local == addr || local.is_unspecified() {
-                out.insert(port);
-            }
+            out.insert((local, port));
         }
     }
     out
