@@ -152,6 +152,15 @@ fn open_regular(target: &Checked, flags: libc::c_int, mode: libc::mode_t) -> io:
     if kind != Kind::File {
         return Err(not_regular(kind));
     }
+    // A regular file: back to blocking reads and writes (a FUSE file may
+    // honour O_NONBLOCK and answer EAGAIN).
+    // SAFETY: `fd` is open; F_GETFL/F_SETFL only read and set its status flags.
+    unsafe {
+        let status = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if status >= 0 {
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, status & !libc::O_NONBLOCK);
+        }
+    }
     Ok(File::from(fd))
 }
 
