@@ -13,6 +13,11 @@
 //! starve the others. Probes run on a few dedicated threads with their own
 //! epoll sets; results stream out as they are known.
 //!
+//! A scan refuses target sets larger than [`ScanConfig::max_hosts`]
+//! ([`DEFAULT_MAX_HOSTS`], a /16) before probing anything, and skips hosts
+//! this machine cannot send to at all (no source address of their family,
+//! no route) with one [`TargetError`] per cause instead of failing every port.
+//!
 //! # Examples
 //!
 //! Blocking:
