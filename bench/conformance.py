@@ -107,6 +107,8 @@ DIAGNOSED = [
      "harness: `cYieldingIterator` (missing inside a coroutine, so `resume` returns false)", ""),
     ("native_types.luau", r"assertion failed", r"assert\(ok\)", "unsupported",
      "harness: `is_native`, called inside `pcall`", ""),
+    ("types.luau", r"type information|concatenate function", None, "unsupported",
+     "harness: `RTTI` (the type checker's view of every global)", ""),
     ("move.luau", r"timed out|killed", None, "bug", "`table.move` over a wide sparse range runs for minutes",
      "long C calls: enable `LuauTableMoveTimeoutFix` (timeouts branch)"),
     ("coroutine.luau", r"length of a nil value", r"#t1\b", "bug",
