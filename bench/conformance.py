@@ -476,16 +476,16 @@ def walk_file(runner, name, source, scratch, stubs):
     seen = set()
     blanked_names = {}  # name assigned on a blanked line -> that line
     for _ in range(MAX_SKIPS):
-        copy.write_bytes(b"\n".join(lines))
+        current = b"\n".join(lines)
+        copy.write_bytes(current)
         run = runner.run(copy, [stubs])
         if run.status == "pass":
             return findings, "passes once these are skipped" if findings else "passes"
         chain = stub_callers(run.error, name) or assert_callers(run.warnings, name, run.line)
-        verdict = classify(run, b"\n".join(lines), name, chain)
+        verdict = classify(run, current, name, chain)
         finding = Finding(run.line, run.error, verdict.kind, verdict.reason, verdict.known_fix)
         if verdict.kind == "bug" and not verdict.known_fix:
-            text = b"\n".join(lines)
-            cause = next(filter(None, (consequence_of(source_line(text, n), blanked_names)
+            cause = next(filter(None, (consequence_of(source_line(current, n), blanked_names)
                                        for n in [run.line, *chain])), "")
             if cause:
                 finding.kind, finding.reason = "consequence", cause
@@ -765,7 +765,7 @@ def walk_lines(findings):
     groups = {}
     singles = []
     for f in findings:
-        where = str(f.line) if f.line else "(no line)"
+        where = str(f.line) if f.line else ""
         if f.kind == "unsupported":
             groups.setdefault(f"unsupported, {f.reason}", []).append(where)
         elif f.known_fix:
@@ -775,8 +775,16 @@ def walk_lines(findings):
                               []).append(where)
         else:
             singles.append(f"**BUG** at {'line ' + where if f.line else 'file level'}: `{short(f.error)}`")
-    grouped = [f"{label}: {'lines' if len(at) > 1 else 'line'} {', '.join(at)}" for label, at in groups.items()]
+    grouped = [f"{label}: {where_text(at)}" for label, at in groups.items()]
     return grouped + singles
+
+
+def where_text(lines):
+    numbers = [n for n in lines if n]
+    text = f"{'lines' if len(numbers) > 1 else 'line'} {', '.join(numbers)}" if numbers else ""
+    if len(numbers) < len(lines):
+        text = f"{text} and the whole file" if text else "the whole file"
+    return text
 
 
 def walk_summary(r):
