@@ -51,7 +51,8 @@ pub fn range(text: &str) -> Result<Range, String> {
     Ok(Range { start, end })
 }
 
-/// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON, else taken as a string.
+/// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON (integers beyond
+/// ±2^53 as strings, `{"$bytes": ...}` as bytes), else taken as a string.
 pub fn name_value(text: &str) -> Result<(String, Value), String> {
     let (name, value) = text
         .split_once('=')
@@ -59,7 +60,7 @@ pub fn name_value(text: &str) -> Result<(String, Value), String> {
     if name.is_empty() {
         return Err(format!("invalid '{text}': the name before '=' is empty"));
     }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let value = runspace::json::parse(value.as_bytes()).unwrap_or_else(|_| Value::String(value.to_string()));
     Ok((name.to_string(), value))
 }
 
@@ -102,6 +103,8 @@ mod tests {
         assert_eq!(name_value("s=hello").unwrap(), ("s".into(), json!("hello")));
         assert_eq!(name_value("o={\"a\":1}").unwrap(), ("o".into(), json!({"a": 1})));
         assert_eq!(name_value("e=").unwrap(), ("e".into(), json!("")));
+        assert_eq!(name_value("big=18446744073709551616").unwrap().1, json!("18446744073709551616"));
+        assert_eq!(name_value("neg=-9223372036854775809").unwrap().1, json!("-9223372036854775809"));
         assert!(name_value("novalue").unwrap_err().contains("expected NAME=VALUE"));
         assert!(name_value("=1").unwrap_err().contains("empty"));
     }

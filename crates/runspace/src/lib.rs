@@ -25,6 +25,7 @@ mod error;
 mod host;
 mod invocation;
 mod jobs;
+pub mod json;
 mod parallel;
 mod pool;
 mod runspace;
