@@ -35,7 +35,7 @@ pub struct InputArgs {
     pub input_format: InputFormat,
 
     /// Items are the integers START..END, inclusive (10..1 counts down).
-    #[arg(long, value_name = "START..END", value_parser = parse::range)]
+    #[arg(long, value_name = "START..END", value_parser = parse::range, allow_hyphen_values = true)]
     pub range: Option<parse::Range>,
 }
 

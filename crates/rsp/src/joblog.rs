@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use runspace::{Input, ItemResult, Status};
 use serde_json::Value;
 
+use crate::diag::diag;
 use crate::CliError;
 
 /// The header line of a job log.
@@ -278,7 +279,7 @@ impl JobLog {
         }
         let (recorded, warnings, good_len) = read(path).map_err(|e| open_error(path, e))?;
         for warning in warnings {
-            eprintln!("rsp: warning: {warning}");
+            diag!("rsp: warning: {warning}");
         }
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| open_error(path, e))?;
         // Cut a truncated last line off, so the next line starts clean.

@@ -11,6 +11,15 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     runspace::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// A duration that must be longer than zero: a timeout of 0 would time
+/// out every item before it starts.
+pub fn timeout(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err(format!("invalid timeout '{text}': must be longer than zero (e.g. 500ms or 30s)")),
+        d => Ok(d),
+    }
+}
+
 /// `64MB`, `512K`, `1GiB`, `1048576` (bytes). Units are binary: 1 MB = 1024 KB.
 pub fn size(text: &str) -> Result<usize, String> {
     let bytes = runspace::units::parse_size(text).map_err(|e| e.to_string())?;
@@ -76,6 +85,10 @@ mod tests {
         assert_eq!(duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(duration("soon").unwrap_err().contains("invalid duration 'soon'"));
         assert!(duration("-1").is_err());
+        assert_eq!(timeout("0.5").unwrap(), Duration::from_millis(500));
+        for zero in ["0", "0s", "0.0", "0ms"] {
+            assert!(timeout(zero).unwrap_err().contains("must be longer than zero"), "{zero}");
+        }
     }
 
     #[test]

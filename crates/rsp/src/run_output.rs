@@ -8,6 +8,8 @@ use console::{style, Term};
 use runspace::{ItemResult, RunProgress, Status};
 use serde_json::Value;
 
+use crate::diag::diag;
+
 /// Output formats of `rsp run`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -79,7 +81,7 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "{}", bare(&item.result))?;
                 }
                 for error in &item.errors {
-                    eprintln!("rsp: item {}: {}", item.index, error);
+                    diag!("rsp: item {}: {}", item.index, error);
                 }
             }
             Format::Table => self.table_row(item)?,
