@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::PathBuf;
 
+use runspace::inputs;
 use runspace::{json, Input};
 use serde_json::Value;
 
@@ -71,27 +72,21 @@ impl InputArgs {
 
 /// Splits `reader` into items according to `format`. Lines reach scripts
 /// as their exact bytes; JSON is read by the library's [`json::parse`], so
-/// integers beyond ±2^53 arrive as strings instead of rounded.
+/// integers beyond ±2^53 arrive as strings instead of rounded (the library's
+/// [`inputs`] module holds both rules).
 pub fn read(reader: Box<dyn Read + Send>, format: InputFormat, name: &str) -> Result<Inputs, CliError> {
     let reader = BufReader::with_capacity(1 << 16, reader);
     match format {
         InputFormat::Lines => Ok(Inputs {
             items: Box::new(Lines::new(reader, name).map(|line| match line {
-                Ok(bytes) => Input::Value(line_value(bytes)),
+                Ok(bytes) => inputs::line(bytes),
                 Err(error) => Input::Invalid { text: String::new(), error },
             })),
             total: None,
         }),
         InputFormat::Jsonl => Ok(Inputs {
             items: Box::new(Lines::new(reader, name).filter_map(|line| match line {
-                Ok(bytes) if bytes.iter().all(u8::is_ascii_whitespace) => None,
-                Ok(bytes) => Some(match json::parse(&bytes) {
-                    Ok(v) => Input::Value(v),
-                    Err(e) => Input::Invalid {
-                        error: format!("malformed JSON: {e}"),
-                        text: String::from_utf8_lossy(&bytes).into_owned(),
-                    },
-                }),
+                Ok(bytes) => inputs::json_line(&bytes),
                 Err(error) => Some(Input::Invalid { text: String::new(), error }),
             })),
             total: None,
@@ -106,16 +101,6 @@ pub fn read(reader: Box<dyn Read + Send>, format: InputFormat, name: &str) -> Re
             };
             Ok(Inputs { total: Some(items.len() as u64), items: Box::new(items.into_iter().map(Input::Value)) })
         }
-    }
-}
-
-/// A line as a value: a string when it is UTF-8 (no copy), else the
-/// library's lossless `{"$bytes": ...}` form, which reaches the script as
-/// the exact bytes.
-fn line_value(bytes: Vec<u8>) -> Value {
-    match String::from_utf8(bytes) {
-        Ok(text) => Value::String(text),
-        Err(e) => json::bytes_value(e.as_bytes()),
     }
 }
 

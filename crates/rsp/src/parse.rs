@@ -26,38 +26,12 @@ pub fn size(text: &str) -> Result<usize, String> {
     usize::try_from(bytes).map_err(|_| format!("invalid size '{text}': too large for this machine"))
 }
 
-/// An inclusive integer range, PowerShell-style: `1..100`, `-5..5`, `10..1` (counting down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub start: i64,
-    pub end: i64,
-}
+pub use runspace::inputs::Range;
 
-impl Range {
-    pub fn len(&self) -> u64 {
-        self.start.abs_diff(self.end) + 1
-    }
-
-    pub fn iter(self) -> impl Iterator<Item = i64> + Send {
-        let up = self.start <= self.end;
-        let (lo, hi) = if up { (self.start, self.end) } else { (self.end, self.start) };
-        let forward = lo..=hi;
-        let backward = (lo..=hi).rev();
-        let (a, b) = if up { (Some(forward), None) } else { (None, Some(backward)) };
-        a.into_iter().flatten().chain(b.into_iter().flatten())
-    }
-}
-
+/// `1..100`, `-5..5`, `10..1`: the library's [`Range`], so `rsp run` and
+/// `rsp job start` agree.
 pub fn range(text: &str) -> Result<Range, String> {
-    let bad = |why: &str| format!("invalid range '{text}': {why} (expected START..END, e.g. 1..100)");
-    let (a, b) = text.split_once("..").ok_or_else(|| bad("no '..'"))?;
-    let b = b.strip_prefix('=').unwrap_or(b);
-    let start = a.trim().parse::<i64>().map_err(|_| bad(&format!("'{a}' is not an integer")))?;
-    let end = b.trim().parse::<i64>().map_err(|_| bad(&format!("'{b}' is not an integer")))?;
-    if start.abs_diff(end) >= (1 << 53) {
-        return Err(bad("more than 2^53 items"));
-    }
-    Ok(Range { start, end })
+    text.parse()
 }
 
 /// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON (integers beyond
@@ -99,15 +73,6 @@ mod tests {
         assert_eq!(size("100").unwrap(), 100);
         assert!(size("12 parsecs").unwrap_err().contains("invalid size"));
         assert!(size("0").is_err());
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(range("1..100").unwrap().len(), 100);
-        assert_eq!(range("3..1").unwrap().iter().collect::<Vec<_>>(), vec![3, 2, 1]);
-        assert_eq!(range("-1..=1").unwrap().iter().collect::<Vec<_>>(), vec![-1, 0, 1]);
-        assert!(range("1-100").unwrap_err().contains("no '..'"));
-        assert!(range("1..x").unwrap_err().contains("'x' is not an integer"));
     }
 
     #[test]
