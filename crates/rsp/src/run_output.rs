@@ -78,7 +78,13 @@ impl<W: Write> Printer<W> {
             Format::Values => {
                 let ran = item.status == Status::Completed || item.status == Status::CompletedWithErrors;
                 if ran && !item.result.is_null() {
-                    writeln!(self.out, "{}", bare(&item.result))?;
+                    // Bytes that are not UTF-8 are written as they are: this
+                    // format is for shells, which take bytes.
+                    match runspace::json::as_bytes(&item.result) {
+                        Some(bytes) => self.out.write_all(&bytes)?,
+                        None => write!(self.out, "{}", bare(&item.result))?,
+                    }
+                    self.out.write_all(b"\n")?;
                 }
                 for error in &item.errors {
                     diag!("rsp: item {}: {}", item.index, error);
@@ -337,6 +343,9 @@ mod tests {
             ],
         );
         assert_eq!(out, "a b\n[1]\n");
+        let mut p = Printer::new(Format::Values, Vec::new(), false);
+        p.item(&item(0, json!({"$bytes": "/wA="}), Status::Completed)).unwrap();
+        assert_eq!(p.out, b"\xff\x00\n");
     }
 
     #[test]
