@@ -17,7 +17,10 @@ for t in $targets; do
     before=$(ls "artifacts/$t" | wc -l)
     printf '%-12s %4ss ... ' "$t" "$seconds"
     # -rss_limit_mb and -malloc_limit_mb catch inputs that make memory explode.
-    if nice -n 10 cargo +nightly fuzz run -O "$t" "corpus/$t" -- \
+    # regressions/<target>/ holds every input that once crashed: replayed first.
+    seeds=""
+    [ -d "regressions/$t" ] && seeds="regressions/$t"
+    if nice -n 10 cargo +nightly fuzz run -O "$t" "corpus/$t" $seeds -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=1024 \
         -print_final_stats=1 >"artifacts/$t.log" 2>&1; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "artifacts/$t.log" | tail -1)

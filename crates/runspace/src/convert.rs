@@ -89,7 +89,11 @@ fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
     Ok(match value {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
-        LuaValue::Integer(i) => Value::Number((*i).into()),
+        // mlua hands integral doubles over as integers; beyond 2^53 they
+        // are still doubles (perhaps already rounded), so they are written
+        // as floats, exactly as the `Number` case writes them.
+        LuaValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => Value::Number((*i).into()),
+        LuaValue::Integer(i) => float_to_json(*i as f64),
         LuaValue::Number(f) => float_to_json(*f),
         LuaValue::String(s) => json::bytes_value(&s.as_bytes()),
         LuaValue::Table(t) => {
@@ -214,6 +218,19 @@ mod tests {
         // An object that merely looks similar stays an object.
         assert_eq!(round_trip(json!({"$bytes": "!!"})), json!({"$bytes": "!!"}));
         assert_eq!(round_trip(json!({"$bytes:x": 1})), json!({"$bytes:x": 1}));
+    }
+
+    #[test]
+    fn luau_numbers_beyond_two_to_the_53_are_floats_however_mlua_hands_them_over() {
+        // Found by the convert fuzz target: 2e16 came back as the integer
+        // 20000000000000000, 2.5e16 as a float.
+        let lua = Lua::new();
+        for code in ["return 2e16", "return 2^60", "return -2^53 - 2", "return 2.5e16"] {
+            let v: LuaValue = lua.load(code).eval().unwrap();
+            assert!(from_lua(&v).unwrap().is_f64(), "{code}");
+        }
+        let v: LuaValue = lua.load("return 2^53").eval().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!(9007199254740992u64));
     }
 
     #[test]

@@ -156,6 +156,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         (-(1i64 << 53)..=(1i64 << 53)).prop_map(Value::from),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        // Integral doubles, most beyond 2^53 (the convert fuzzer's first find).
+        prop::num::f64::NORMAL.prop_map(|f| Value::from(f.trunc())),
+        ((1u64 << 53)..(1u64 << 63)).prop_map(|n| Value::from(n as f64)),
         "\\PC{0,8}".prop_map(Value::String),
         "-?[1-9][0-9]{16,25}".prop_map(Value::String),
         prop::collection::vec(any::<u8>(), 0..8).prop_map(|b| json::bytes_value(&b)),
