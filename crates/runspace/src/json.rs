@@ -43,13 +43,38 @@ pub const MAX_SAFE_INTEGER: u64 = 1 << 53;
 /// assert_eq!(v, json!({"id": "18446744073709551616", "n": "-9223372036854775809", "x": 1.5}));
 /// ```
 pub fn parse(text: &[u8]) -> serde_json::Result<Value> {
+    // Parse as usual first: almost no text holds such an integer, and a walk
+    // of the parsed value is cheaper than a scan of the text. Only when the
+    // value holds a number that may have been one is the text scanned and
+    // parsed again. Errors come from the first parse, so their positions
+    // refer to the text as given.
+    let value = serde_json::from_slice(text)?;
+    if !has_unsafe_integer(&value) {
+        return Ok(value);
+    }
     serde_json::from_slice(&quote_big_integers(text))
+}
+
+/// Whether `value` holds a number that an integer literal beyond ±2^53
+/// could have produced: such an integer itself, or an integral float that
+/// large (serde_json's reading of a literal past the 64-bit range).
+fn has_unsafe_integer(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => u > MAX_SAFE_INTEGER,
+            (None, Some(i)) => i.unsigned_abs() > MAX_SAFE_INTEGER,
+            (None, None) => n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() >= MAX_SAFE_INTEGER as f64),
+        },
+        Value::Array(items) => items.iter().any(has_unsafe_integer),
+        Value::Object(map) => map.values().any(has_unsafe_integer),
+        _ => false,
+    }
 }
 
 /// Puts quotes around every integer literal of `text` whose magnitude is
 /// beyond 2^53, leaving strings, fractions and exponents alone. Linear,
-/// and allocation-free when there is nothing to quote (almost always).
-/// Malformed text stays malformed, so the parser still reports where.
+/// and allocation-free when there is nothing to quote. Malformed text stays
+/// malformed, and valid text stays valid.
 ///
 /// ```
 /// use runspace::json::quote_big_integers;
