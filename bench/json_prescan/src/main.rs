@@ -27,10 +27,19 @@ fn best_of(lines: &[Vec<u8>], parse: impl Fn(&[u8]) -> serde_json::Value) -> f64
 fn main() {
     let n = 500_000;
     let kinds: [(&str, Box<dyn Fn(usize) -> String>); 4] = [
-        ("small record", Box::new(|i| format!(r#"{{"id":{i},"host":"host-{i}.example","size":{}.5,"tags":["a","b"]}}"#, i * 7))),
+        (
+            "small record",
+            Box::new(|i| format!(r#"{{"id":{i},"host":"host-{i}.example","size":{}.5,"tags":["a","b"]}}"#, i * 7)),
+        ),
         ("bare integer", Box::new(|i| i.to_string())),
-        ("16-digit ids (scanned, none quoted)", Box::new(|i| format!(r#"{{"id":{},"n":{i}}}"#, 1_000_000_000_000_000u64 + i as u64))),
-        ("one id beyond 2^53 (quoted)", Box::new(|i| format!(r#"{{"id":{},"n":{i}}}"#, 18_446_744_073_709_551_616u128 + i as u128))),
+        (
+            "16-digit ids (scanned, none quoted)",
+            Box::new(|i| format!(r#"{{"id":{},"n":{i}}}"#, 1_000_000_000_000_000u64 + i as u64)),
+        ),
+        (
+            "one id beyond 2^53 (quoted)",
+            Box::new(|i| format!(r#"{{"id":{},"n":{i}}}"#, 18_446_744_073_709_551_616u128 + i as u128)),
+        ),
     ];
     println!("| line | serde_json (ns/line) | runspace::json::parse (ns/line) | ratio |");
     println!("|---|---:|---:|---:|");
