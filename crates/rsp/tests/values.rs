@@ -130,3 +130,18 @@ fn luau_conformance_files_with_raw_bytes_are_no_longer_refused() {
         assert_ne!(out.status.code(), Some(2), "{name} was refused: {stderr}");
     }
 }
+
+#[test]
+fn json_decode_in_a_script_keeps_big_integers_and_bytes() {
+    let code = r#"local v = json.decode('{"id": 18446744073709551616, "raw": {"$bytes": "/w=="}}')
+        return {type(v.id), v.id, #v.raw, string.byte(v.raw), json.encode(string.char(254))}"#;
+    let out = run_with_stdin(&["run", "-e", code], b"x\n");
+    assert_eq!(records(&out)[0]["result"], json!(["string", "18446744073709551616", 1, 255, "{\"$bytes\":\"/g==\"}"]));
+}
+
+#[test]
+fn values_format_writes_byte_results_raw() {
+    let out = run_with_stdin(&["run", "-f", "values", "-e", "return string.char(255, 0, 10)"], b"x\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, b"\xff\x00\n\n");
+}
