@@ -5,7 +5,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read};
 use std::path::PathBuf;
 
-use runspace::Input;
+use runspace::inputs;
+use runspace::{json, Input};
 use serde_json::Value;
 
 use crate::parse;
@@ -35,7 +36,7 @@ pub struct InputArgs {
     pub input_format: InputFormat,
 
     /// Items are the integers START..END, inclusive (10..1 counts down).
-    #[arg(long, value_name = "START..END", value_parser = parse::range)]
+    #[arg(long, value_name = "START..END", value_parser = parse::range, allow_hyphen_values = true)]
     pub range: Option<parse::Range>,
 }
 
@@ -69,31 +70,31 @@ impl InputArgs {
     }
 }
 
-/// Splits `reader` into items according to `format`.
+/// Splits `reader` into items according to `format`. Lines reach scripts
+/// as their exact bytes; JSON is read by the library's [`json::parse`], so
+/// integers beyond ±2^53 arrive as strings instead of rounded (the library's
+/// [`inputs`] module holds both rules).
 pub fn read(reader: Box<dyn Read + Send>, format: InputFormat, name: &str) -> Result<Inputs, CliError> {
     let reader = BufReader::with_capacity(1 << 16, reader);
     match format {
         InputFormat::Lines => Ok(Inputs {
             items: Box::new(Lines::new(reader, name).map(|line| match line {
-                Ok(text) => Input::Value(Value::String(text)),
+                Ok(bytes) => inputs::line(bytes),
                 Err(error) => Input::Invalid { text: String::new(), error },
             })),
             total: None,
         }),
         InputFormat::Jsonl => Ok(Inputs {
             items: Box::new(Lines::new(reader, name).filter_map(|line| match line {
-                Ok(text) if text.trim().is_empty() => None,
-                Ok(text) => Some(match serde_json::from_str::<Value>(&text) {
-                    Ok(v) => Input::Value(v),
-                    Err(e) => Input::Invalid { error: format!("malformed JSON: {e}"), text },
-                }),
+                Ok(bytes) => inputs::json_line(&bytes),
                 Err(error) => Some(Input::Invalid { text: String::new(), error }),
             })),
             total: None,
         }),
         InputFormat::Json => {
-            let doc: Value = serde_json::from_reader(reader)
-                .map_err(|e| CliError::usage(format!("{name} is not valid JSON: {e}")))?;
+            let mut text = Vec::new();
+            { reader }.read_to_end(&mut text).map_err(|e| CliError::usage(format!("cannot read {name}: {e}")))?;
+            let doc = json::parse(&text).map_err(|e| CliError::usage(format!("{name} is not valid JSON: {e}")))?;
             let items: Vec<Value> = match doc {
                 Value::Array(items) => items,
                 other => vec![other],
@@ -103,38 +104,37 @@ pub fn read(reader: Box<dyn Read + Send>, format: InputFormat, name: &str) -> Re
     }
 }
 
-/// Lines without their terminators; invalid UTF-8 is replaced, not fatal.
+/// Lines as bytes, without their terminators.
 struct Lines<R> {
     reader: R,
-    buf: Vec<u8>,
     name: String,
     failed: bool,
 }
 
 impl<R: BufRead> Lines<R> {
     fn new(reader: R, name: &str) -> Self {
-        Lines { reader, buf: Vec::new(), name: name.to_string(), failed: false }
+        Lines { reader, name: name.to_string(), failed: false }
     }
 }
 
 impl<R: BufRead> Iterator for Lines<R> {
-    type Item = Result<String, String>;
+    type Item = Result<Vec<u8>, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        self.buf.clear();
-        match self.reader.read_until(b'\n', &mut self.buf) {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
             Ok(0) => None,
             Ok(_) => {
-                if self.buf.last() == Some(&b'\n') {
-                    self.buf.pop();
-                    if self.buf.last() == Some(&b'\r') {
-                        self.buf.pop();
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    if buf.last() == Some(&b'\r') {
+                        buf.pop();
                     }
                 }
-                Some(Ok(String::from_utf8_lossy(&self.buf).into_owned()))
+                Some(Ok(buf))
             }
             Err(e) => {
                 // Report the read error as one failed item and stop reading.
@@ -152,6 +152,20 @@ mod tests {
 
     fn items(text: &'static str, format: InputFormat) -> Vec<Input> {
         read(Box::new(text.as_bytes()), format, "test").unwrap().items.collect()
+    }
+
+    #[test]
+    fn lines_keep_their_exact_bytes_and_json_keeps_big_integers() {
+        let got: Vec<Input> = read(Box::new(&b"ok\n\xff\xfe\n"[..]), InputFormat::Lines, "t").unwrap().items.collect();
+        assert_eq!(got, vec![json!("ok").into(), json!({"$bytes": "//4="}).into()]);
+        assert_eq!(
+            items("18446744073709551616\n[-9223372036854775809]\n", InputFormat::Jsonl),
+            vec![json!("18446744073709551616").into(), json!(["-9223372036854775809"]).into()]
+        );
+        assert_eq!(
+            items("[18446744073709551616, 1]", InputFormat::Json),
+            vec![json!("18446744073709551616").into(), json!(1).into()]
+        );
     }
 
     #[test]

@@ -1,167 +1,32 @@
 //! `--joblog FILE`, `--resume`, `--resume-failed` and `--results DIR`.
 //!
-//! The job log is a tab-separated file in the spirit of GNU parallel's: a
-//! header line, then one line per finished item:
-//!
-//! ```text
-//! Seq  Index  Starttime       JobRuntime  Status     Attempts  Digest
-//! 1    0      1718000000.123  0.512       Completed  1         3f2a9c0d11e4b7a8
-//! ```
-//!
-//! `Starttime` is Unix seconds, `JobRuntime` milliseconds of the last
-//! attempt, `Digest` the first 64 bits of the BLAKE3 hash of the input as
-//! JSON. An item counts as finished only once its whole line, newline
-//! included, is in the file. Lines are buffered and written after the
-//! matching stdout records are flushed, so a `kill -9` loses at most the
-//! lines of the last moments: those items simply run again on `--resume`.
-//! A truncated last line (a crash in the middle of a write) is dropped with
-//! a warning. Items that were stopped (a second Ctrl-C, `--halt now`) are
-//! not logged: they did not finish.
+//! The job log's format, and reading it, are the library's
+//! ([`runspace::joblog`]): a header, then one tab-separated line per
+//! finished item (`Seq Index Starttime JobRuntime Status Attempts Digest`).
+//! Here it is written: lines are buffered and written after the matching
+//! stdout records are flushed, so a `kill -9` loses at most the lines of the
+//! last moments: those items simply run again on `--resume`. A truncated
+//! last line (a crash in the middle of a write) is cut off with a warning.
+//! Items that were stopped (a second Ctrl-C, `--halt now`) are not logged:
+//! they did not finish.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use runspace::joblog::{digest, Line, Recorded, HEADER};
 use runspace::{Input, ItemResult, Status};
 use serde_json::Value;
 
+use crate::diag::diag;
 use crate::CliError;
 
-/// The header line of a job log.
-pub const HEADER: &str = "Seq\tIndex\tStarttime\tJobRuntime\tStatus\tAttempts\tDigest";
 /// Buffered job-log bytes past which the caller should flush.
 pub const FLUSH_BYTES: usize = 64 * 1024;
-/// Indices past this are taken for a corrupt line (the table is dense).
-const MAX_INDEX: u64 = 1 << 32;
-
-/// The digest of an input as the job log records it: the first 64 bits of
-/// BLAKE3 over its JSON text. An invalid input is digested as the string it was read as,
-/// which is also what its result's `input` holds.
-pub fn digest(value: &Value, scratch: &mut Vec<u8>) -> u64 {
-    scratch.clear();
-    // Writing a Value into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *scratch, value);
-    let hash = blake3::hash(scratch);
-    u64::from_be_bytes(hash.as_bytes()[..8].try_into().unwrap_or([0; 8]))
-}
-
-/// What an earlier run recorded: per input index, a 31-bit digest and
-/// whether the item failed, packed in a `u32` (0 = not recorded). Four
-/// bytes per input keeps a 10-million-item log at 40 MB.
-#[derive(Debug, Default, Clone)]
-pub struct Recorded {
-    entries: Vec<u32>,
-    /// Items recorded (the latest line per index counts).
-    pub finished: u64,
-    /// Of those, items whose latest line is Failed or TimedOut.
-    pub failed: u64,
-    /// The highest sequence number seen.
-    pub last_seq: u64,
-}
-
-const FAILED_BIT: u32 = 1 << 31;
-
-fn pack(digest: u64, failed: bool) -> u32 {
-    let d = (digest >> 33) as u32; // 31 bits
-    let d = if d == 0 { 1 } else { d };
-    d | if failed { FAILED_BIT } else { 0 }
-}
-
-impl Recorded {
-    fn record(&mut self, index: u64, digest: u64, failed: bool) {
-        let i = index as usize;
-        if i >= self.entries.len() {
-            self.entries.resize(i + 1, 0);
-        }
-        let old = self.entries[i];
-        if old != 0 {
-            self.finished -= 1;
-            if old & FAILED_BIT != 0 {
-                self.failed -= 1;
-            }
-        }
-        self.entries[i] = pack(digest, failed);
-        self.finished += 1;
-        if failed {
-            self.failed += 1;
-        }
-    }
-
-    /// `Some((digest matches, failed))` when `index` was recorded.
-    fn lookup(&self, index: u64, digest: u64) -> Option<(bool, bool)> {
-        let e = *self.entries.get(usize::try_from(index).ok()?)?;
-        (e != 0).then(|| ((e & !FAILED_BIT) == (pack(digest, false) & !FAILED_BIT), e & FAILED_BIT != 0))
-    }
-}
-
-/// Reads a job log. Complete malformed lines are skipped with a warning; a
-/// truncated last line is reported so the caller can cut it off. Returns
-/// what was recorded, the warnings, and the length of the file up to its
-/// last complete line.
-pub fn read(path: &Path) -> io::Result<(Recorded, Vec<String>, u64)> {
-    let mut reader = BufReader::with_capacity(1 << 16, File::open(path)?);
-    let mut recorded = Recorded::default();
-    let mut warnings = Vec::new();
-    let mut line = Vec::new();
-    let (mut good_len, mut number) = (0u64, 0u64);
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        if line.last() != Some(&b'\n') {
-            warnings.push(format!(
-                "{}: line {number} is truncated (an interrupted write); ignoring it, its item runs again",
-                path.display()
-            ));
-            break;
-        }
-        good_len += n as u64;
-        let text = String::from_utf8_lossy(&line[..n - 1]);
-        let text = text.trim_end_matches('\r');
-        if text.is_empty() || text.starts_with("Seq\t") || text.starts_with('#') {
-            continue;
-        }
-        match parse_line(text) {
-            Some((seq, index, status, digest)) => {
-                recorded.last_seq = recorded.last_seq.max(seq);
-                recorded.record(index, digest, matches!(status, Status::Failed | Status::TimedOut));
-            }
-            None => warnings.push(format!("{}: line {number} is malformed; ignoring it", path.display())),
-        }
-    }
-    Ok((recorded, warnings, good_len))
-}
-
-fn parse_line(text: &str) -> Option<(u64, u64, Status, u64)> {
-    let fields: Vec<&str> = text.split('\t').collect();
-    if fields.len() != 7 {
-        return None;
-    }
-    let seq = fields[0].parse().ok()?;
-    let index: u64 = fields[1].parse().ok().filter(|i| *i < MAX_INDEX)?;
-    fields[2].parse::<f64>().ok()?;
-    fields[3].parse::<f64>().ok()?;
-    let status = match fields[4] {
-        "Completed" => Status::Completed,
-        "CompletedWithErrors" => Status::CompletedWithErrors,
-        "Failed" => Status::Failed,
-        "TimedOut" => Status::TimedOut,
-        _ => return None,
-    };
-    fields[5].parse::<u32>().ok()?;
-    if fields[6].len() != 16 {
-        return None;
-    }
-    let digest = u64::from_str_radix(fields[6], 16).ok()?;
-    Some((seq, index, status, digest))
-}
 
 /// Which recorded items a resumed run skips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,10 +142,13 @@ impl JobLog {
         if !path.exists() {
             return Ok((JobLog::create(path)?, Recorded::default()));
         }
-        let (recorded, warnings, good_len) = read(path).map_err(|e| open_error(path, e))?;
-        for warning in warnings {
-            eprintln!("rsp: warning: {warning}");
+        let file = File::open(path).map_err(|e| open_error(path, e))?;
+        let log = runspace::joblog::read(BufReader::with_capacity(1 << 16, file), &path.display().to_string())
+            .map_err(|e| open_error(path, e))?;
+        for warning in log.warnings {
+            diag!("rsp: warning: {warning}");
         }
+        let (recorded, good_len) = (log.recorded, log.good_len);
         let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| open_error(path, e))?;
         // Cut a truncated last line off, so the next line starts clean.
         file.set_len(good_len).map_err(|e| open_error(path, e))?;
@@ -301,16 +169,16 @@ impl JobLog {
         self.seq += 1;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
         let start = now - item.duration_ms / 1e3;
-        let digest = digest(&item.input, &mut self.scratch);
-        let _ = writeln!(
-            self.buf,
-            "{}\t{}\t{start:.3}\t{:.3}\t{}\t{}\t{digest:016x}",
-            self.seq,
-            item.index,
-            item.duration_ms,
-            item.status.as_str(),
-            item.attempts
-        );
+        let line = Line {
+            seq: self.seq,
+            index: item.index,
+            start,
+            runtime_ms: item.duration_ms,
+            status: item.status,
+            attempts: item.attempts,
+            digest: digest(&item.input, &mut self.scratch),
+        };
+        let _ = writeln!(self.buf, "{line}");
     }
 
     /// Bytes waiting to be written.
@@ -415,6 +283,24 @@ mod tests {
         .unwrap()
     }
 
+    fn read(path: &Path) -> (Recorded, Vec<String>, u64) {
+        let log = runspace::joblog::read(BufReader::new(File::open(path).unwrap()), "log").unwrap();
+        (log.recorded, log.warnings, log.good_len)
+    }
+
+    fn line(index: u64, value: Value, failed: bool) -> Line {
+        let status = if failed { Status::Failed } else { Status::Completed };
+        Line {
+            seq: 1,
+            index,
+            start: 0.0,
+            runtime_ms: 1.0,
+            status,
+            attempts: 1,
+            digest: digest(&value, &mut Vec::new()),
+        }
+    }
+
     #[test]
     fn lines_round_trip_and_the_latest_line_wins() {
         let dir = tempfile::tempdir().unwrap();
@@ -425,26 +311,23 @@ mod tests {
         log.record(&item(2, Status::Stopped));
         log.record(&item(1, Status::Completed));
         log.flush().unwrap();
-        let (rec, warnings, _) = read(&path).unwrap();
+        let (rec, warnings, _) = read(&path);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!((rec.finished, rec.failed, rec.last_seq), (2, 0, 3));
         let d = digest(&json!(1), &mut Vec::new());
         assert_eq!(rec.lookup(1, d), Some((true, false)));
-        assert_eq!(rec.lookup(1, d ^ (1 << 40)).map(|x| x.0), Some(false));
         assert_eq!(rec.lookup(2, d), None);
     }
 
     #[test]
-    fn a_truncated_last_line_is_cut_off_with_a_warning() {
+    fn a_truncated_last_line_is_cut_off_before_appending() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.tsv");
         let d = digest(&json!(0), &mut Vec::new());
         let text = format!("{HEADER}\n1\t0\t1.0\t1.0\tCompleted\t1\t{d:016x}\ngarbage line\n2\t1\t1.0\t1.");
         fs::write(&path, &text).unwrap();
-        let (rec, warnings, good) = read(&path).unwrap();
+        let (rec, _, good) = read(&path);
         assert_eq!(rec.finished, 1);
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
-        assert!(warnings[0].contains("line 3 is malformed") && warnings[1].contains("line 4 is truncated"));
         let (mut log, _) = JobLog::resume(&path).unwrap();
         assert_eq!(fs::metadata(&path).unwrap().len(), good);
         log.record(&item(1, Status::Completed));
@@ -458,9 +341,8 @@ mod tests {
     #[test]
     fn the_filter_skips_recorded_items_and_refuses_changed_inputs() {
         let mut rec = Recorded::default();
-        let mut s = Vec::new();
-        rec.record(0, digest(&json!(10), &mut s), false);
-        rec.record(1, digest(&json!(11), &mut s), true);
+        rec.record(&line(0, json!(10), false));
+        rec.record(&line(1, json!(11), true));
         let inputs = || vec![json!(10).into(), json!(11).into(), json!(12).into()].into_iter();
         let run = |mode, rec| {
             let mismatch = Arc::new(OnceLock::new());
@@ -471,7 +353,7 @@ mod tests {
         assert_eq!(run(Resume::Finished, rec.clone()), (vec![2], None));
         assert_eq!(run(Resume::Failed, rec.clone()), (vec![1, 2], None));
         let mut changed = rec.clone();
-        changed.record(0, digest(&json!(99), &mut s), false);
+        changed.record(&line(0, json!(99), false));
         let (got, mismatch) = run(Resume::Finished, changed);
         assert!(got.is_empty());
         assert!(mismatch.unwrap().contains("input 0 differs"));

@@ -4,6 +4,7 @@
 //! The program only parses, calls the libraries and formats; everything
 //! else lives in the `runspace` and `runspace-scan` crates.
 
+mod diag;
 mod inputs;
 mod job_cmd;
 mod joblog;
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match run_cmd::run(*args) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("rsp: error: {}", e.message);
+                diag::diag!("rsp: error: {}", e.message);
                 e.code
             }
         },

@@ -11,47 +11,31 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     runspace::units::parse_duration(text).map_err(|e| e.to_string())
 }
 
+/// A duration that must be longer than zero: a timeout of 0 would time
+/// out every item before it starts.
+pub fn timeout(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err(format!("invalid timeout '{text}': must be longer than zero (e.g. 500ms or 30s)")),
+        d => Ok(d),
+    }
+}
+
 /// `64MB`, `512K`, `1GiB`, `1048576` (bytes). Units are binary: 1 MB = 1024 KB.
 pub fn size(text: &str) -> Result<usize, String> {
     let bytes = runspace::units::parse_size(text).map_err(|e| e.to_string())?;
     usize::try_from(bytes).map_err(|_| format!("invalid size '{text}': too large for this machine"))
 }
 
-/// An inclusive integer range, PowerShell-style: `1..100`, `-5..5`, `10..1` (counting down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    pub start: i64,
-    pub end: i64,
-}
+pub use runspace::inputs::Range;
 
-impl Range {
-    pub fn len(&self) -> u64 {
-        self.start.abs_diff(self.end) + 1
-    }
-
-    pub fn iter(self) -> impl Iterator<Item = i64> + Send {
-        let up = self.start <= self.end;
-        let (lo, hi) = if up { (self.start, self.end) } else { (self.end, self.start) };
-        let forward = lo..=hi;
-        let backward = (lo..=hi).rev();
-        let (a, b) = if up { (Some(forward), None) } else { (None, Some(backward)) };
-        a.into_iter().flatten().chain(b.into_iter().flatten())
-    }
-}
-
+/// `1..100`, `-5..5`, `10..1`: the library's [`Range`], so `rsp run` and
+/// `rsp job start` agree.
 pub fn range(text: &str) -> Result<Range, String> {
-    let bad = |why: &str| format!("invalid range '{text}': {why} (expected START..END, e.g. 1..100)");
-    let (a, b) = text.split_once("..").ok_or_else(|| bad("no '..'"))?;
-    let b = b.strip_prefix('=').unwrap_or(b);
-    let start = a.trim().parse::<i64>().map_err(|_| bad(&format!("'{a}' is not an integer")))?;
-    let end = b.trim().parse::<i64>().map_err(|_| bad(&format!("'{b}' is not an integer")))?;
-    if start.abs_diff(end) >= (1 << 53) {
-        return Err(bad("more than 2^53 items"));
-    }
-    Ok(Range { start, end })
+    text.parse()
 }
 
-/// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON, else taken as a string.
+/// `NAME=VALUE`, VALUE parsed as JSON when it is valid JSON (integers beyond
+/// ±2^53 as strings, `{"$bytes": ...}` as bytes), else taken as a string.
 pub fn name_value(text: &str) -> Result<(String, Value), String> {
     let (name, value) = text
         .split_once('=')
@@ -59,7 +43,7 @@ pub fn name_value(text: &str) -> Result<(String, Value), String> {
     if name.is_empty() {
         return Err(format!("invalid '{text}': the name before '=' is empty"));
     }
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let value = runspace::json::parse(value.as_bytes()).unwrap_or_else(|_| Value::String(value.to_string()));
     Ok((name.to_string(), value))
 }
 
@@ -75,6 +59,10 @@ mod tests {
         assert_eq!(duration("1m30s").unwrap(), Duration::from_secs(90));
         assert!(duration("soon").unwrap_err().contains("invalid duration 'soon'"));
         assert!(duration("-1").is_err());
+        assert_eq!(timeout("0.5").unwrap(), Duration::from_millis(500));
+        for zero in ["0", "0s", "0.0", "0ms"] {
+            assert!(timeout(zero).unwrap_err().contains("must be longer than zero"), "{zero}");
+        }
     }
 
     #[test]
@@ -88,20 +76,13 @@ mod tests {
     }
 
     #[test]
-    fn ranges() {
-        assert_eq!(range("1..100").unwrap().len(), 100);
-        assert_eq!(range("3..1").unwrap().iter().collect::<Vec<_>>(), vec![3, 2, 1]);
-        assert_eq!(range("-1..=1").unwrap().iter().collect::<Vec<_>>(), vec![-1, 0, 1]);
-        assert!(range("1-100").unwrap_err().contains("no '..'"));
-        assert!(range("1..x").unwrap_err().contains("'x' is not an integer"));
-    }
-
-    #[test]
     fn name_values() {
         assert_eq!(name_value("n=10").unwrap(), ("n".into(), json!(10)));
         assert_eq!(name_value("s=hello").unwrap(), ("s".into(), json!("hello")));
         assert_eq!(name_value("o={\"a\":1}").unwrap(), ("o".into(), json!({"a": 1})));
         assert_eq!(name_value("e=").unwrap(), ("e".into(), json!("")));
+        assert_eq!(name_value("big=18446744073709551616").unwrap().1, json!("18446744073709551616"));
+        assert_eq!(name_value("neg=-9223372036854775809").unwrap().1, json!("-9223372036854775809"));
         assert!(name_value("novalue").unwrap_err().contains("expected NAME=VALUE"));
         assert!(name_value("=1").unwrap_err().contains("empty"));
     }

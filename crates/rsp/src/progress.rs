@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runspace::RunProgress;
 
+use crate::diag::diag;
 use crate::run_output::{human_count, human_rate};
 
 /// How often a plain progress line is printed when stderr is not a terminal.
@@ -64,7 +65,7 @@ impl Progress {
             Progress::Plain { last } => {
                 if p.finished || last.elapsed() >= PLAIN_EVERY {
                     *last = Instant::now();
-                    eprintln!("rsp: progress: {}", describe(p));
+                    diag!("rsp: progress: {}", describe(p));
                 }
             }
         }

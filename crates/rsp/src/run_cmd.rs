@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use runspace::{Halt, HaltRule, Next, RunControl, RunspacePool};
 
+use crate::diag::diag;
 use crate::inputs::InputArgs;
 use crate::joblog::{self, Feed, JobLog, ResultsDir, Resume, ResumeFilter};
 use crate::parse;
@@ -51,7 +52,7 @@ pub struct RunArgs {
     pub ordered: bool,
 
     /// Stop each item after this long (e.g. 500ms, 2s); it is reported as TimedOut.
-    #[arg(long, value_name = "DURATION", value_parser = parse::duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
     pub timeout: Option<Duration>,
 
     /// Output format (default: table on a terminal, jsonl otherwise).
@@ -204,6 +205,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         bar: progress.bar().cloned().filter(|_| format == Format::Table && stdout_tty),
         control: results.control(),
         closed: false,
+        reader_gone: false,
     };
     let started = Instant::now();
     let mut last_flush = Instant::now();
@@ -249,11 +251,11 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     tally.skipped = skipped.load(Ordering::Relaxed);
     tally.inputs = inputs.total.unwrap_or(snapshot.read + tally.skipped);
     if show_summary {
-        eprintln!("{}", tally.summary(started.elapsed(), interrupted, colour_err));
+        diag!("{}", tally.summary(started.elapsed(), interrupted, colour_err));
     }
     let halted = results.halted();
     if let Some(halt) = halted {
-        eprintln!(
+        diag!(
             "rsp: halted by --halt {halt} after {} failures and {} successes",
             snapshot.failures(),
             snapshot.completed
@@ -267,9 +269,15 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(message) = failure {
         return Err(CliError { message, code: 1 });
     }
+    // A reader that went away (`| head -1`) asked for no more: the items that
+    // stopped because of it are not failures.
+    let reader_had_enough = sink.reader_gone && tally.completed + tally.stopped == tally.total;
     Ok(if interrupted {
         130
-    } else if matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_))) || tally.all_completed() {
+    } else if matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_)))
+        || tally.all_completed()
+        || reader_had_enough
+    {
         0
     } else {
         1
@@ -301,8 +309,10 @@ struct Sink<W: Write> {
     printer: Printer<W>,
     bar: Option<ProgressBar>,
     control: RunControl,
-    /// The reader went away (`| head`): nothing more is written.
+    /// Writing failed: nothing more is written.
     closed: bool,
+    /// It failed because the reader went away (`| head`): not an error.
+    reader_gone: bool,
 }
 
 impl<W: Write> Sink<W> {
@@ -317,8 +327,9 @@ impl<W: Write> Sink<W> {
         if let Err(e) = result {
             self.closed = true;
             // A closed pipe is the reader saying "enough": stop quietly.
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                eprintln!("rsp: error writing output: {e}");
+            self.reader_gone = e.kind() == io::ErrorKind::BrokenPipe;
+            if !self.reader_gone {
+                diag!("rsp: error writing output: {e}");
             }
             self.control.stop();
         }
@@ -339,11 +350,11 @@ fn install_ctrl_c(control: RunControl) -> Arc<AtomicUsize> {
             let Some((count, control)) = STATE.get() else { return };
             match count.fetch_add(1, Ordering::SeqCst) {
                 0 => {
-                    eprintln!("\nrsp: interrupted: finishing running items (Ctrl-C again to stop them)");
+                    diag!("\nrsp: interrupted: finishing running items (Ctrl-C again to stop them)");
                     control.drain();
                 }
                 1 => {
-                    eprintln!("\nrsp: stopping running items");
+                    diag!("\nrsp: stopping running items");
                     control.stop();
                 }
                 _ => std::process::exit(130),

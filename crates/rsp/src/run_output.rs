@@ -8,6 +8,8 @@ use console::{style, Term};
 use runspace::{ItemResult, RunProgress, Status};
 use serde_json::Value;
 
+use crate::diag::diag;
+
 /// Output formats of `rsp run`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -76,10 +78,16 @@ impl<W: Write> Printer<W> {
             Format::Values => {
                 let ran = item.status == Status::Completed || item.status == Status::CompletedWithErrors;
                 if ran && !item.result.is_null() {
-                    writeln!(self.out, "{}", bare(&item.result))?;
+                    // Bytes that are not UTF-8 are written as they are: this
+                    // format is for shells, which take bytes.
+                    match runspace::json::as_bytes(&item.result) {
+                        Some(bytes) => self.out.write_all(&bytes)?,
+                        None => write!(self.out, "{}", bare(&item.result))?,
+                    }
+                    self.out.write_all(b"\n")?;
                 }
                 for error in &item.errors {
-                    eprintln!("rsp: item {}: {}", item.index, error);
+                    diag!("rsp: item {}: {}", item.index, error);
                 }
             }
             Format::Table => self.table_row(item)?,
@@ -335,6 +343,9 @@ mod tests {
             ],
         );
         assert_eq!(out, "a b\n[1]\n");
+        let mut p = Printer::new(Format::Values, Vec::new(), false);
+        p.item(&item(0, json!({"$bytes": "/wA="}), Status::Completed)).unwrap();
+        assert_eq!(p.out, b"\xff\x00\n");
     }
 
     #[test]

@@ -42,12 +42,22 @@ pub struct ScriptArgs {
 }
 
 impl ScriptArgs {
-    /// The script's source and the name errors use.
+    /// The script's source and the name errors use, as text (a job's
+    /// script travels as a JSON string).
     pub fn source(&self) -> Result<(String, String), CliError> {
+        let (name, bytes) = self.source_bytes()?;
+        let source = String::from_utf8(bytes)
+            .map_err(|_| CliError::usage(format!("script {name} is not UTF-8 text, which a job's script must be")))?;
+        Ok((name, source))
+    }
+
+    /// The script's source as bytes (a Lua string literal may hold any
+    /// byte) and the name errors use.
+    fn source_bytes(&self) -> Result<(String, Vec<u8>), CliError> {
         match (&self.code, &self.script) {
-            (Some(code), _) => Ok(("script".to_string(), code.clone())),
+            (Some(code), _) => Ok(("script".to_string(), code.clone().into_bytes())),
             (None, Some(path)) => {
-                let source = std::fs::read_to_string(path)
+                let source = std::fs::read(path)
                     .map_err(|e| CliError::usage(format!("cannot read script {}: {e}", path.display())))?;
                 let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
                 Ok((name, source))
@@ -58,7 +68,7 @@ impl ScriptArgs {
 
     /// The compiled script: a syntax error is reported here, with its line.
     pub fn script(&self) -> Result<Script, CliError> {
-        let (name, source) = self.source()?;
+        let (name, source) = self.source_bytes()?;
         Script::named(&name, &source).map_err(CliError::script)
     }
 

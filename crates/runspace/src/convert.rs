@@ -6,6 +6,9 @@
 //!
 //! - numbers are doubles in Luau, so integers beyond ±2^53 travel as strings
 //!   rather than being silently rounded;
+//! - Luau strings are bytes: one that is not UTF-8 becomes
+//!   `{"$bytes": "<base64>"}` and that object becomes the bytes again (see
+//!   [`crate::json`]);
 //! - a JSON `null` inside an array becomes `json.null` (so the array keeps its
 //!   length); elsewhere it is `nil`;
 //! - a table whose keys are exactly `1..n` is an array, an empty table is
@@ -17,8 +20,10 @@
 use mlua::{Lua, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
+use crate::json;
+
 /// The largest integer a double holds exactly.
-const MAX_SAFE_INTEGER: i64 = 1 << 53;
+const MAX_SAFE_INTEGER: i64 = json::MAX_SAFE_INTEGER as i64;
 
 /// Nesting depth past which a table is taken to be cyclic.
 const MAX_DEPTH: usize = 128;
@@ -42,10 +47,18 @@ pub(crate) fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
             LuaValue::Table(table)
         }
         Value::Object(map) => {
+            if let Some(bytes) = json::as_bytes(value) {
+                return Ok(LuaValue::String(lua.create_string(bytes)?));
+            }
             let table = lua.create_table_with_capacity(0, map.len())?;
             for (k, v) in map {
-                if !v.is_null() {
-                    table.raw_set(k.as_str(), to_lua(lua, v)?)?;
+                if v.is_null() {
+                    continue;
+                }
+                let v = to_lua(lua, v)?;
+                match k.starts_with('$').then(|| json::key_bytes(k)).flatten() {
+                    Some(bytes) => table.raw_set(lua.create_string(bytes)?, v)?,
+                    None => table.raw_set(k.as_str(), v)?,
                 }
             }
             LuaValue::Table(table)
@@ -76,9 +89,13 @@ fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
     Ok(match value {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
-        LuaValue::Integer(i) => Value::Number((*i).into()),
+        // mlua hands integral doubles over as integers; beyond 2^53 they
+        // are still doubles (perhaps already rounded), so they are written
+        // as floats, exactly as the `Number` case writes them.
+        LuaValue::Integer(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(i) => Value::Number((*i).into()),
+        LuaValue::Integer(i) => float_to_json(*i as f64),
         LuaValue::Number(f) => float_to_json(*f),
-        LuaValue::String(s) => Value::String(s.to_string_lossy()),
+        LuaValue::String(s) => json::bytes_value(&s.as_bytes()),
         LuaValue::Table(t) => {
             if depth >= MAX_DEPTH {
                 return Err(mlua::Error::runtime("cannot convert table to JSON: nested too deeply (is it cyclic?)"));
@@ -89,7 +106,7 @@ fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
         LuaValue::Vector(v) => Value::Array([v.x(), v.y(), v.z()].iter().map(|c| float_to_json(*c as f64)).collect()),
         LuaValue::Function(_) => Value::String("<function>".into()),
         LuaValue::Thread(_) => Value::String("<thread>".into()),
-        LuaValue::Buffer(b) => Value::String(String::from_utf8_lossy(&b.to_vec()).into_owned()),
+        LuaValue::Buffer(b) => json::bytes_value(&b.to_vec()),
         other => Value::String(format!("<{}>", other.type_name())),
     })
 }
@@ -132,7 +149,7 @@ fn table_to_json(t: &mlua::Table, depth: usize) -> mlua::Result<Value> {
     let mut map = Map::new();
     t.for_each::<LuaValue, LuaValue>(|k, v| {
         let key = match &k {
-            LuaValue::String(s) => s.to_string_lossy(),
+            LuaValue::String(s) => json::bytes_key(&s.as_bytes()),
             other => match from_lua_depth(other, depth)? {
                 Value::String(s) => s,
                 v => v.to_string(),
@@ -179,6 +196,41 @@ mod tests {
         assert_eq!(round_trip(json!(9007199254740993u64)), json!("9007199254740993"));
         assert_eq!(round_trip(json!(-9007199254740993i64)), json!("-9007199254740993"));
         assert_eq!(round_trip(json!(9007199254740992u64)), json!(9007199254740992u64));
+    }
+
+    #[test]
+    fn big_integer_text_comes_back_as_the_same_string() {
+        let v = json!(["18446744073709551616", "-9223372036854775809"]);
+        assert_eq!(round_trip(v.clone()), v);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_round_trip_exactly() {
+        let lua = Lua::new();
+        let v: LuaValue =
+            lua.load(r#"return {s = "\255\0a", ["\254k"] = "é", b = buffer.fromstring("\200")}"#).eval().unwrap();
+        let j = from_lua(&v).unwrap();
+        assert_eq!(j, json!({"s": {"$bytes": "/wBh"}, "$bytes:/ms=": "é", "b": {"$bytes": "yA=="}}));
+        let back = to_lua(&lua, &j).unwrap();
+        lua.globals().set("t", back).unwrap();
+        let ok: bool = lua.load(r#"return t.s == "\255\0a" and t["\254k"] == "é" and t.b == "\200""#).eval().unwrap();
+        assert!(ok);
+        // An object that merely looks similar stays an object.
+        assert_eq!(round_trip(json!({"$bytes": "!!"})), json!({"$bytes": "!!"}));
+        assert_eq!(round_trip(json!({"$bytes:x": 1})), json!({"$bytes:x": 1}));
+    }
+
+    #[test]
+    fn luau_numbers_beyond_two_to_the_53_are_floats_however_mlua_hands_them_over() {
+        // Found by the convert fuzz target: 2e16 came back as the integer
+        // 20000000000000000, 2.5e16 as a float.
+        let lua = Lua::new();
+        for code in ["return 2e16", "return 2^60", "return -2^53 - 2", "return 2.5e16"] {
+            let v: LuaValue = lua.load(code).eval().unwrap();
+            assert!(from_lua(&v).unwrap().is_f64(), "{code}");
+        }
+        let v: LuaValue = lua.load("return 2^53").eval().unwrap();
+        assert_eq!(from_lua(&v).unwrap(), json!(9007199254740992u64));
     }
 
     #[test]

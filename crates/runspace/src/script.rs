@@ -38,15 +38,23 @@ impl Script {
     }
 
     /// Compiles `source`, naming it `name` in errors and stack traces.
-    pub fn named(name: &str, source: &str) -> Result<Script> {
-        let bytecode = compile(name, source)?;
+    ///
+    /// The source is bytes, as Lua's is: a string literal may hold any byte,
+    /// so a file need not be UTF-8.
+    ///
+    /// ```
+    /// use runspace::Script;
+    /// assert!(Script::named("bytes.luau", b"return '\xff\xfe'").is_ok());
+    /// ```
+    pub fn named(name: &str, source: impl AsRef<[u8]>) -> Result<Script> {
+        let bytecode = compile(name, source.as_ref())?;
         Ok(Script(Arc::new(Compiled { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), name: name.to_string(), bytecode })))
     }
 
     /// Reads and compiles a script file; errors name the file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Script> {
         let path = path.as_ref();
-        let source = std::fs::read_to_string(path).map_err(|e| Error::Syntax {
+        let source = std::fs::read(path).map_err(|e| Error::Syntax {
             name: path.display().to_string(),
             line: None,
             message: format!("cannot read file: {e}"),
@@ -71,7 +79,7 @@ impl Script {
 
 /// Compiles with full optimisation (the sandbox makes builtins safe to
 /// inline) and line information for error messages.
-pub(crate) fn compile(name: &str, source: &str) -> Result<Vec<u8>> {
+pub(crate) fn compile(name: &str, source: &[u8]) -> Result<Vec<u8>> {
     let compiler = mlua::chunk::Compiler::new().set_optimization_level(2).set_debug_level(1);
     compiler.compile(source).map_err(|e| {
         let message = match e {
@@ -123,6 +131,15 @@ mod tests {
         let b = Script::new("return 1").unwrap();
         assert_ne!(a.id(), b.id());
         assert_eq!(a.clone().id(), a.id());
+    }
+
+    #[test]
+    fn files_that_are_not_utf8_compile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bytes.luau");
+        std::fs::write(&path, b"return '\xff\x80' -- \xc3\n").unwrap();
+        let script = Script::from_file(&path).unwrap();
+        assert_eq!(script.name(), "bytes.luau");
     }
 
     #[test]

@@ -137,13 +137,14 @@ impl SessionState {
 
     /// Adds a module from source: run once per runspace, its return value
     /// bound to the global `name`. Compiled now, so a syntax error is
-    /// reported before any runspace opens.
-    pub fn module(mut self, name: &str, source: &str) -> Result<SessionState> {
+    /// reported before any runspace opens. The source is bytes (a Lua string
+    /// literal may hold any byte); a `&str` works as well.
+    pub fn module(mut self, name: &str, source: impl AsRef<[u8]>) -> Result<SessionState> {
         check_name("module", name)?;
         if self.modules.iter().any(|m| m.name == name) {
             return Err(Error::Session(format!("module '{name}' is added twice")));
         }
-        let bytecode = compile(name, source)?;
+        let bytecode = compile(name, source.as_ref())?;
         self.modules.push(Module { name: name.to_string(), bytecode });
         Ok(self)
     }
@@ -153,7 +154,7 @@ impl SessionState {
     pub fn module_file(self, path: impl AsRef<Path>) -> Result<SessionState> {
         let path = path.as_ref();
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let source = std::fs::read_to_string(path).map_err(|e| Error::Module {
+        let source = std::fs::read(path).map_err(|e| Error::Module {
             name: path.display().to_string(),
             message: format!("cannot read file: {e}"),
         })?;

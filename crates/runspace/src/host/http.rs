@@ -264,7 +264,6 @@ fn decode_json(lua: &Lua, what: &str, url: &str, r: Response) -> mlua::Result<Lu
     if r.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(LuaValue::Nil);
     }
-    let v: Value =
-        serde_json::from_slice(&r.body).map_err(|e| fail(what, format!("{url}: the body is not JSON: {e}")))?;
+    let v: Value = crate::json::parse(&r.body).map_err(|e| fail(what, format!("{url}: the body is not JSON: {e}")))?;
     to_lua(lua, &v)
 }

@@ -153,8 +153,8 @@ fn json_library(lua: &Lua) -> mlua::Result<Table> {
     json.raw_set(
         "decode",
         lua.create_function(|lua, text: mlua::LuaString| {
-            let v: Value = serde_json::from_slice(&text.as_bytes())
-                .map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
+            let v: Value =
+                crate::json::parse(&text.as_bytes()).map_err(|e| mlua::Error::runtime(format!("json.decode: {e}")))?;
             to_lua(lua, &v)
         })?,
     )?;

@@ -222,8 +222,10 @@ impl RunProgress {
         let secs = elapsed.as_secs_f64();
         self.items_per_sec = if secs > 0.0 { self.done as f64 / secs } else { 0.0 };
         self.eta = match self.total {
+            // A huge total at a slow rate can exceed what a Duration holds:
+            // no estimate rather than a panic.
             Some(total) if self.items_per_sec > 0.0 => {
-                Some(Duration::from_secs_f64(total.saturating_sub(self.done) as f64 / self.items_per_sec))
+                Duration::try_from_secs_f64(total.saturating_sub(self.done) as f64 / self.items_per_sec).ok()
             }
             _ => None,
         };
@@ -267,5 +269,9 @@ mod tests {
         p.timed(Duration::from_secs(5));
         assert_eq!(p.items_per_sec, 5.0);
         assert_eq!(p.eta, Some(Duration::from_secs(15)));
+        // 2^53 items, one done in an hour: past what a Duration holds.
+        let mut p = RunProgress { total: Some(1 << 53), done: 1, ..RunProgress::default() };
+        p.timed(Duration::from_secs(3600));
+        assert_eq!(p.eta, None);
     }
 }
