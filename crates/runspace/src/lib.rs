@@ -30,6 +30,7 @@ mod pool;
 mod runspace;
 mod script;
 mod session;
+mod stdlib;
 mod streams;
 pub mod units;
 

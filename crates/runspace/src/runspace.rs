@@ -18,6 +18,7 @@ use crate::host::{self, Capture, HostContext};
 use crate::invocation::InvocationResult;
 use crate::script::Script;
 use crate::session::SessionState;
+use crate::stdlib;
 use crate::streams::Status;
 
 /// The standard libraries a script gets: pure computation only. `io`, `os`
@@ -70,7 +71,6 @@ pub struct Runspace {
     capture: Rc<RefCell<Capture>>,
     functions: HashMap<u64, Function>,
     memory_limit: Option<usize>,
-    generation: u64,
     healthy: bool,
     /// The interned key `_`, kept to spare a string lookup per item.
     underscore: mlua::LuaString,
@@ -87,9 +87,12 @@ impl Runspace {
     /// worker keeps one switch for life, across runspace replacements.
     pub(crate) fn open_with(session: &SessionState, control: Arc<Control>) -> Result<Runspace> {
         let vm = |e: mlua::Error| Error::Vm(e.to_string());
+        stdlib::set_flags();
         let lua = Lua::new_with(libraries(), LuaOptions::new()).map_err(vm)?;
+        stdlib::install(&lua).map_err(vm)?;
         if let Some(limit) = session.memory_limit {
             lua.set_memory_limit(limit).map_err(vm)?;
+            control.set_memory_limit(limit);
         }
         install_interrupt(&lua);
         let globals = lua.globals();
@@ -131,7 +134,6 @@ impl Runspace {
             capture,
             functions: HashMap::new(),
             memory_limit: session.memory_limit,
-            generation: 0,
             healthy: true,
         })
     }
@@ -162,9 +164,10 @@ impl Runspace {
         self.healthy
     }
 
+    /// The generation of the next invocation: handed out by the stop
+    /// switch, which outlives the runspace when a pool replaces it.
     pub(crate) fn next_generation(&mut self) -> u64 {
-        self.generation += 1;
-        self.generation
+        self.control.next_generation()
     }
 
     /// Loads `script` into this VM (once; later calls hit a cache).
@@ -273,6 +276,7 @@ impl Runspace {
         if abnormal && self.lua.gc_collect().is_err() {
             self.healthy = false;
         }
+        self.control.rearm_gc();
     }
 
     fn function(&mut self, script: &Script) -> mlua::Result<Function> {
@@ -392,4 +396,39 @@ fn human_bytes(n: usize) -> String {
         }
     }
     format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool worker keeps its stop switch when it replaces its runspace. A
+    /// stop for the old runspace's last invocation that arrives late must
+    /// neither hit the new runspace's invocations nor shadow stops meant
+    /// for them.
+    #[test]
+    fn a_replacement_runspace_continues_the_generations() {
+        let control = Arc::new(Control::default());
+        let session = SessionState::new();
+        let quick = Script::new("return 1").unwrap();
+        let mut old = Runspace::open_with(&session, control.clone()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(old.invoke(&quick, &[], &[]).status(), Status::Completed);
+        }
+        drop(old);
+        control.request_stop(3, StopReason::Stopped);
+
+        let mut new = Runspace::open_with(&session, control.clone()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(new.invoke(&quick, &[], &[]).status(), Status::Completed);
+        }
+        let stopper = new.stopper();
+        let stopping = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stopper.stop();
+        });
+        let endless = Script::new("while true do end").unwrap();
+        assert_eq!(new.invoke(&endless, &[], &[]).status(), Status::Stopped);
+        stopping.join().unwrap();
+    }
 }

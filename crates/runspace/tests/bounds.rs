@@ -1,0 +1,106 @@
+//! Every bound holds, whatever the script does: library calls that used to
+//! run past a timeout, memory that is garbage, output without end, endless
+//! modules, closing while inputs block. Bounds here are loose hang-catchers;
+//! the precise latencies are measured by `bench/limits.sh`.
+
+use std::time::{Duration, Instant};
+
+use runspace::{Runspace, RunspacePool, Script, SessionState, Status};
+use serde_json::json;
+
+/// A timeout of 1 s must end the item well before this.
+const HANG: Duration = Duration::from_secs(5);
+
+fn limited() -> SessionState {
+    SessionState::new().memory_limit(64 << 20).timeout(Duration::from_secs(1))
+}
+
+/// Runs `code` once under a 64 MB limit and a 1 s timeout; returns the
+/// status, the error and the wall time.
+fn run_limited(code: &str) -> (Status, Option<String>, Duration) {
+    let pool = RunspacePool::builder().max(1).session(limited()).open().unwrap();
+    let started = Instant::now();
+    let r = pool.invocation(&Script::new(code).unwrap()).invoke().unwrap();
+    (r.status(), r.error().map(str::to_string), started.elapsed())
+}
+
+fn assert_times_out(code: &str) {
+    let (status, error, took) = run_limited(code);
+    assert_eq!(status, Status::TimedOut, "{code}: {error:?}");
+    assert!(took < HANG, "{code} took {took:?}");
+}
+
+#[test]
+fn plain_find_is_linear() {
+    // The haystack is searched many times, so only a linear search fits
+    // in the second: 256 searches of 16 MB for a 64 KB needle.
+    let (status, error, _) = run_limited(
+        r#"local s = string.rep("a", 2^24) local p = string.rep("a", 2^16) .. "b"
+           for i = 1, 4 do assert(string.find(s, p, 1, true) == nil) assert(s:find(p) == nil) end
+           return true"#,
+    );
+    assert_eq!((status, error), (Status::Completed, None));
+    assert_times_out(
+        r#"local s = string.rep("a", 2^24) local p = string.rep("a", 2^16) .. "b"
+           while true do string.find(s, p, 1, true) end"#,
+    );
+}
+
+#[test]
+fn split_is_linear() {
+    assert_times_out(
+        r#"local s = string.rep("a", 2^24) local p = string.rep("a", 2^16) .. "b"
+           while true do string.split(s, p) end"#,
+    );
+}
+
+#[test]
+fn table_move_over_a_huge_empty_range_ends() {
+    assert_times_out("while true do table.move({}, -1073741824, 1073741822, -5, {}) end");
+    let (status, _, took) = run_limited("return table.move({1, 2}, -1073741824, 1073741822, -5, {})");
+    assert!(matches!(status, Status::Completed | Status::Failed), "{status:?}");
+    assert!(took < HANG, "took {took:?}");
+}
+
+#[test]
+fn find_and_split_keep_luau_semantics() {
+    let script = Script::new(
+        r#"
+        local function same(a, b)
+            if #a ~= #b then return false end
+            for i = 1, #a do if a[i] ~= b[i] then return false end end
+            return true
+        end
+        local function f(...) return { string.find(...) } end
+        assert(same(f("hello world", "o"), {5, 5}))
+        assert(same(f("hello world", "o", 6), {8, 8}))
+        assert(same(f("hello", "l", -2), {4, 4}))
+        assert(same(f("hello", "l", -100), {3, 3}))
+        assert(same(f("hello", "", 6), {6, 5}))
+        assert(same(f("hello", "", 7), {}))
+        assert(same(f("hello", "xyz"), {}))
+        assert(same(f("a.b", ".", 1, true), {2, 2}))
+        assert(same(f("a.b", "%."), {2, 2}))
+        assert(same(f("a.b", "(b)"), {3, 3, "b"}))
+        assert(same(f(12345, 34), {3, 4}))
+        assert(same(f("a\0b", "\0b"), {2, 3}))
+        assert(same({("x-y"):find("-", 1, true)}, {2, 2}))
+        assert(not pcall(string.find, "x"))
+        assert(same(string.split("a,b,,c"), {"a", "b", "", "c"}))
+        assert(same(string.split("a--b----c", "--"), {"a", "b", "", "c"}))
+        assert(same(string.split("", "--"), {""}))
+        assert(same(string.split("abc", "abcd"), {"abc"}))
+        assert(same(string.split("--", "--"), {"", ""}))
+        assert(same(string.split("a b", " "), {"a", "b"}))
+        assert(same(string.split("abc", ""), {"a", "b", "c"}))
+        assert(same(("x::y"):split("::"), {"x", "y"}))
+        assert(not pcall(string.split))
+        return true
+        "#,
+    )
+    .unwrap();
+    let mut rs = Runspace::open(&SessionState::new()).unwrap();
+    let r = rs.invoke(&script, &[], &[]);
+    assert_eq!((r.status(), r.error()), (Status::Completed, None));
+    assert_eq!(r.output(), &[json!(true)]);
+}
