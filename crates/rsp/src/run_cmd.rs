@@ -127,7 +127,11 @@ pub struct LargeRunArgs {
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
     let script = args.script.script()?;
-    let session = args.script.session()?;
+    let mut session = args.script.session()?;
+    if let Some(timeout) = args.timeout {
+        // Also the bound on loading --module files.
+        session = session.timeout(timeout);
+    }
     let params = args.script.params()?;
     let inputs = args.input.open()?;
     let throttle = match args.large.batch_size {

@@ -110,16 +110,8 @@ impl Runspace {
         }
 
         let loaded = lua.create_table().map_err(vm)?;
-        for module in &session.modules {
-            let value: LuaValue = lua
-                .load(&module.bytecode[..])
-                .set_name(format!("={}", module.name))
-                .set_mode(ChunkMode::Binary)
-                .eval()
-                .map_err(|e| Error::Module { name: module.name.clone(), message: clean_message(&e) })?;
-            seal(&value);
-            globals.raw_set(module.name.as_str(), value.clone()).map_err(vm)?;
-            loaded.raw_set(module.name.as_str(), value).map_err(vm)?;
+        if !session.modules.is_empty() {
+            load_modules(&lua, &globals, &loaded, session, &control)?;
         }
         globals.raw_set("require", session_require(&lua, loaded).map_err(vm)?).map_err(vm)?;
 
@@ -322,6 +314,65 @@ impl Stopper {
         let (generation, _) = self.control.running();
         self.control.request_stop(generation, StopReason::Stopped);
     }
+}
+
+/// How long loading a session's modules may take when the session has no
+/// default timeout: a module that builds its tables for longer than this
+/// is almost surely stuck.
+pub const MODULE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the session's modules, in order, under `control` with a time limit
+/// (the session's timeout, else [`MODULE_TIMEOUT`]): an endless module
+/// fails the open with an error naming it instead of hanging it.
+fn load_modules(
+    lua: &Lua,
+    globals: &Table,
+    loaded: &Table,
+    session: &SessionState,
+    control: &Arc<Control>,
+) -> Result<()> {
+    let limit = session.timeout.unwrap_or(MODULE_TIMEOUT);
+    let generation = control.next_generation();
+    control.begin(generation, 0, Some(Instant::now() + limit));
+    // Nothing else watches a runspace being opened, so a timer thread
+    // pulls the stop switch; it leaves as soon as loading is over.
+    let (done, finished) = crossbeam_channel::bounded::<()>(0);
+    let timer = control.clone();
+    let alarm = std::thread::Builder::new().name("runspace-module-timer".into()).spawn(move || {
+        if finished.recv_timeout(limit).is_err_and(|e| e.is_timeout()) {
+            timer.request_stop(generation, StopReason::TimedOut);
+        }
+    });
+    let result = {
+        let _active = ActiveGuard::new(control);
+        session.modules.iter().try_for_each(|module| {
+            let value: LuaValue = lua
+                .load(&module.bytecode[..])
+                .set_name(format!("={}", module.name))
+                .set_mode(ChunkMode::Binary)
+                .eval()
+                .map_err(|e| {
+                    let message = match control.stop_reason() {
+                        Some(StopReason::TimedOut) => {
+                            format!("did not finish loading within {}", humantime::format_duration(limit))
+                        }
+                        Some(StopReason::Stopped) => "stopped while loading".to_string(),
+                        None => clean_message(&e),
+                    };
+                    Error::Module { name: module.name.clone(), message }
+                })?;
+            seal(&value);
+            let vm = |e: mlua::Error| Error::Vm(e.to_string());
+            globals.raw_set(module.name.as_str(), value.clone()).map_err(vm)?;
+            loaded.raw_set(module.name.as_str(), value).map_err(vm)
+        })
+    };
+    drop(done);
+    if let Ok(alarm) = alarm {
+        let _ = alarm.join();
+    }
+    control.end();
+    result
 }
 
 /// Makes a session value read-only, all the way down, so scripts share it safely.

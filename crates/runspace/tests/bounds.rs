@@ -104,3 +104,40 @@ fn find_and_split_keep_luau_semantics() {
     assert_eq!((r.status(), r.error()), (Status::Completed, None));
     assert_eq!(r.output(), &[json!(true)]);
 }
+
+#[test]
+fn garbage_is_collected_before_memory_is_refused() {
+    let session = SessionState::new().memory_limit(64 << 20);
+    let mut rs = Runspace::open(&session).unwrap();
+    let churn = Script::new(r#"local s = string.rep("a", 2^23) for i = 1, 300 do local _ = s:upper() end return true"#)
+        .unwrap();
+    let r = rs.invoke(&churn, &[], &[]);
+    assert_eq!((r.status(), r.error()), (Status::Completed, None));
+
+    // A real bomb still fails with the limit's message, and the runspace
+    // goes on working (and collecting) afterwards.
+    let bomb = Script::new("local t = {} for i = 1, 1e9 do t[i] = {i} end").unwrap();
+    let r = rs.invoke(&bomb, &[], &[]);
+    assert_eq!(r.status(), Status::Failed);
+    assert_eq!(r.error(), Some("memory limit of 64 MB exceeded"));
+    let r = rs.invoke(&churn, &[], &[]);
+    assert_eq!((r.status(), r.error()), (Status::Completed, None));
+}
+
+#[test]
+fn an_endless_module_fails_the_open_in_time() {
+    let session =
+        SessionState::new().module("spin", "while true do end return {}").unwrap().timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let error = RunspacePool::builder().max(2).session(session.clone()).open().err().expect("the open must fail");
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert_eq!(error.to_string(), "module 'spin' failed to load: did not finish loading within 1s");
+    let error = Runspace::open(&session).err().expect("the open must fail");
+    assert!(error.to_string().contains("module 'spin'"), "{error}");
+    // A pcall inside the module cannot swallow the timeout.
+    let sneaky =
+        SessionState::new().module("sneaky", "while true do pcall(function() while true do end end) end").unwrap();
+    let started = Instant::now();
+    let error = Runspace::open(&sneaky.timeout(Duration::from_millis(200))).err().expect("the open must fail");
+    assert!(started.elapsed() < HANG && error.to_string().contains("module 'sneaky'"), "{error}");
+}
