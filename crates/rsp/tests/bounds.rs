@@ -66,3 +66,56 @@ fn long_library_calls_end_at_the_timeout() {
         assert!(took < HANG, "{code} took {took:?}");
     }
 }
+
+/// The input is a FIFO whose writer never writes: the feeder is blocked in
+/// `read` for good. One Ctrl-C must still end the run.
+#[test]
+fn ctrl_c_ends_a_run_whose_input_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("f");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo only creates the node.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    // Opening read-write does not wait for a reader; holding it open keeps
+    // rsp's reads blocked instead of seeing the end of the input.
+    let _writer = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+    let child = rsp()
+        .args(["run", "-e", "return _", "--summary"])
+        .stdin(std::fs::File::open(&fifo).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let started = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    let out = rx.recv_timeout(HANG).unwrap_or_else(|_| {
+        // SAFETY: as above; do not leave a hung rsp behind.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        panic!("rsp did not exit after Ctrl-C");
+    });
+    assert!(started.elapsed() < HANG);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+}
+
+/// A script stuck in one C call (`table.sort` with a C comparator) is
+/// reported TimedOut soon after its timeout, and the run ends without
+/// waiting for the call.
+#[test]
+fn rsp_reports_an_item_stuck_in_c_and_exits() {
+    let code = "if _ == 1 then local t = table.create(2^22, 1) for i = 1, #t do t[i] = i end \
+                table.sort(t, rawequal) end return _";
+    let (out, took) = run(&["run", "--timeout", "2s", "--throttle", "2", "-e", code, "--range", "1..20"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(2) + HANG, "took {took:?}");
+    let recs = records(&out);
+    assert_eq!(recs.len(), 20);
+    let stuck: Vec<_> = recs.iter().filter(|r| r["status"] != "Completed").collect();
+    assert_eq!(stuck.len(), 1, "{recs:?}");
+    assert_eq!((stuck[0]["input"].as_i64(), stuck[0]["status"].as_str()), (Some(1), Some("TimedOut")));
+    assert!(stuck[0]["errors"][0].as_str().unwrap().contains("runspace was replaced"), "{:?}", stuck[0]);
+}

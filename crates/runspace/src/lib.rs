@@ -33,6 +33,7 @@ mod session;
 mod stdlib;
 mod streams;
 pub mod units;
+mod watchdog;
 
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};

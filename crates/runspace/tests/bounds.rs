@@ -32,14 +32,19 @@ fn assert_times_out(code: &str) {
 
 #[test]
 fn plain_find_is_linear() {
-    // The haystack is searched many times, so only a linear search fits
-    // in the second: 256 searches of 16 MB for a 64 KB needle.
-    let (status, error, _) = run_limited(
+    // Quadratic, each search took 20 s; linear, all of them take well
+    // under a second (the bound is loose for loaded machines).
+    let mut rs = Runspace::open(&SessionState::new().memory_limit(64 << 20)).unwrap();
+    let script = Script::new(
         r#"local s = string.rep("a", 2^24) local p = string.rep("a", 2^16) .. "b"
            for i = 1, 4 do assert(string.find(s, p, 1, true) == nil) assert(s:find(p) == nil) end
            return true"#,
-    );
-    assert_eq!((status, error), (Status::Completed, None));
+    )
+    .unwrap();
+    let started = Instant::now();
+    let r = rs.invoke(&script, &[], &[]);
+    assert_eq!((r.status(), r.error()), (Status::Completed, None));
+    assert!(started.elapsed() < HANG * 2, "took {:?}", started.elapsed());
     assert_times_out(
         r#"local s = string.rep("a", 2^24) local p = string.rep("a", 2^16) .. "b"
            while true do string.find(s, p, 1, true) end"#,
@@ -140,4 +145,53 @@ fn an_endless_module_fails_the_open_in_time() {
     let started = Instant::now();
     let error = Runspace::open(&sneaky.timeout(Duration::from_millis(200))).err().expect("the open must fail");
     assert!(started.elapsed() < HANG && error.to_string().contains("module 'sneaky'"), "{error}");
+}
+
+/// `table.sort` with a C comparator never reaches an interrupt: seconds in
+/// one C call for 4 M elements. The watchdog's case. Filling the table is
+/// ordinary (interruptible) Luau and takes well under the 2 s the tests
+/// wait before they time out or stop the item.
+const STUCK_IN_C: &str =
+    "local t = table.create(2^22, 1) for i = 1, #t do t[i] = i end table.sort(t, rawequal) return 'sorted'";
+
+#[test]
+fn the_watchdog_abandons_a_runspace_stuck_in_c_and_the_throttle_holds() {
+    let pool = RunspacePool::builder().max(2).open().unwrap();
+    let script = Script::new(&format!("if _ == 0 then {STUCK_IN_C} end sleep(0.01) return _")).unwrap();
+    let started = Instant::now();
+    let mut results = pool.parallel(&script).timeout(Duration::from_secs(2)).run((0..40).map(|n| json!(n)));
+    let mut seen = Vec::new();
+    for item in results.by_ref() {
+        // A replacement takes the abandoned worker's place; no more.
+        assert!(pool.open_runspaces() <= 2, "{} runspaces", pool.open_runspaces());
+        seen.push(item);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2) + HANG, "took {:?}", started.elapsed());
+    assert_eq!(seen.len(), 40);
+    let stuck = seen.iter().find(|r| r.index == 0).unwrap();
+    assert_eq!(stuck.status, Status::TimedOut);
+    assert_eq!(stuck.input, json!(0));
+    assert!(stuck.errors[0].contains("runspace was replaced"), "{:?}", stuck.errors);
+    assert!(seen.iter().filter(|r| r.index != 0).all(|r| r.status == Status::Completed && r.result == json!(r.index)));
+    assert!(pool.abandoned_runspaces() <= 1);
+    assert_eq!(pool.open_runspaces(), 2);
+}
+
+#[test]
+fn a_stop_reaches_an_invocation_stuck_in_c() {
+    let pool = RunspacePool::builder().max(1).open().unwrap();
+    let handle = pool.invocation(&Script::new(STUCK_IN_C).unwrap()).begin().unwrap();
+    assert!(!handle.wait(Duration::from_secs(2)));
+    let started = Instant::now();
+    handle.stop();
+    let r = handle.end();
+    assert!(started.elapsed() < HANG, "took {:?}", started.elapsed());
+    assert_eq!(r.status(), Status::Stopped);
+    assert!(r.error().unwrap().contains("runspace was replaced"), "{:?}", r.error());
+    // The pool goes on with a fresh runspace, and closes at once.
+    let r = pool.invocation(&Script::new("return 1").unwrap()).invoke().unwrap();
+    assert_eq!(r.result(), json!(1));
+    let started = Instant::now();
+    pool.close();
+    assert!(started.elapsed() < HANG);
 }
