@@ -119,3 +119,55 @@ fn rsp_reports_an_item_stuck_in_c_and_exits() {
     assert_eq!((stuck[0]["input"].as_i64(), stuck[0]["status"].as_str()), (Some(1), Some("TimedOut")));
     assert!(stuck[0]["errors"][0].as_str().unwrap().contains("runspace was replaced"), "{:?}", stuck[0]);
 }
+
+/// rsp's peak resident memory in KB, from /proc (0 once it has exited).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Scripts that print, emit or warn without end: each item fails at the
+/// cap, the run goes on, and rsp's own memory stays small (it grew past
+/// 1 GB before the cap).
+#[test]
+fn endless_output_fails_its_item_and_keeps_rsp_small() {
+    for code in [
+        "while true do print(string.rep('x', 1000)) end",
+        "while true do emit(string.rep('x', 1000)) end",
+        "while true do write_warning(string.rep('x', 1000)) end",
+    ] {
+        let child = rsp()
+            .args(["run", "--max-output", "1MB", "--memory-limit", "16MB", "-e", code, "--range", "1..6"])
+            .args(["--throttle", "2"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+        let mut peak = 0;
+        let out = loop {
+            peak = peak.max(peak_rss_kb(pid));
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(out) => break out,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(out.status.code(), Some(1), "{code}: {}", stderr(&out));
+        let recs = records(&out);
+        assert_eq!(recs.len(), 6, "{code}");
+        for r in &recs {
+            assert_eq!(r["status"], "Failed", "{code}");
+            let error = r["errors"].as_array().unwrap().last().unwrap().as_str().unwrap();
+            assert_eq!(error, "output limit of 1 MB exceeded", "{code}");
+        }
+        assert!(peak < 300 * 1024, "{code}: rsp peaked at {peak} KB");
+    }
+}

@@ -46,7 +46,8 @@ pub use parallel::{
     Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
 };
 pub use pool::{PoolBuilder, RunspacePool};
-pub use runspace::{Runspace, Stopper};
+pub use runspace::{Runspace, Stopper, MODULE_TIMEOUT};
 pub use script::Script;
-pub use session::SessionState;
+pub use session::{SessionState, DEFAULT_MAX_OUTPUT};
 pub use streams::{ProgressRecord, Status, Streams};
+pub use watchdog::ABANDON_GRACE;

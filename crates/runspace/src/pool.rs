@@ -15,7 +15,7 @@ use crate::runspace::Runspace;
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::streams::Status;
-use crate::watchdog::{self, Slot, GRACE};
+use crate::watchdog::{self, Slot, ABANDON_GRACE};
 
 /// Work a pool worker takes from the queue.
 pub(crate) enum Work {
@@ -327,7 +327,7 @@ impl PoolInner {
         // A worker may take its last piece of work just after a stop request
         // went out, so keep asking until every worker has left; one stuck in
         // a C call past the grace is left behind.
-        let give_up = Instant::now() + GRACE;
+        let give_up = Instant::now() + ABANDON_GRACE;
         while !workers.iter().all(|w| w.thread.is_finished()) && Instant::now() < give_up {
             for worker in &workers {
                 let (generation, _) = worker.slot.control.running();

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason};
 use crate::convert::{from_lua, to_lua};
 use crate::error::{Error, Result};
-use crate::host::{self, Capture, HostContext};
+use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
 use crate::invocation::InvocationResult;
 use crate::script::Script;
 use crate::session::SessionState;
@@ -71,6 +71,7 @@ pub struct Runspace {
     capture: Rc<RefCell<Capture>>,
     functions: HashMap<u64, Function>,
     memory_limit: Option<usize>,
+    max_output: usize,
     healthy: bool,
     /// The interned key `_`, kept to spare a string lookup per item.
     underscore: mlua::LuaString,
@@ -100,7 +101,12 @@ impl Runspace {
             globals.raw_set(*name, LuaValue::Nil).map_err(vm)?;
         }
         let capture = Rc::new(RefCell::new(Capture::default()));
-        let ctx = HostContext { capture: capture.clone(), control: control.clone(), grants: session.grants.clone() };
+        let ctx = HostContext {
+            capture: capture.clone(),
+            control: control.clone(),
+            grants: session.grants.clone(),
+            max_output: session.max_output_bytes(),
+        };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 
         for (name, value) in &session.variables {
@@ -126,6 +132,7 @@ impl Runspace {
             capture,
             functions: HashMap::new(),
             memory_limit: session.memory_limit,
+            max_output: session.max_output_bytes(),
             healthy: true,
         })
     }
@@ -224,15 +231,21 @@ impl Runspace {
         stop: Option<StopReason>,
         elapsed: Duration,
     ) -> InvocationResult {
-        let Capture { mut output, mut streams } = capture;
+        let mut capture = capture;
         let failure = match outcome {
             Ok(values) => values.iter().try_for_each(|v| {
-                output.push(from_lua(v)?);
+                let value = from_lua(v)?;
+                capture.charge(value_size(&value), self.max_output)?;
+                capture.output.push(value);
                 Ok(())
             }),
             Err(e) => Err(e),
         };
+        let Capture { output, mut streams, exceeded, .. } = capture;
         let (status, failure) = match failure {
+            // However it ended (a `pcall` may have caught the error), an
+            // invocation past the output limit failed.
+            _ if exceeded && stop.is_none() => (Status::Failed, Some(output_limit_message(self.max_output))),
             Ok(()) if streams.error.is_empty() => (Status::Completed, None),
             Ok(()) => (Status::CompletedWithErrors, None),
             Err(e) => match stop {

@@ -5,7 +5,7 @@
 //! back-edge), which is microseconds away in Luau code. A C function that
 //! loops on its own (`table.sort` with a C comparator over millions of
 //! elements, say) never gets there. When an item is still running
-//! [`GRACE`] after its deadline or its stop, the watchdog reports it
+//! [`ABANDON_GRACE`] after its deadline or its stop, the watchdog reports it
 //! `TimedOut` or `Stopped` at once, hands the rest of its chunk to a fresh
 //! worker, and leaves the old thread to drop its VM when the call returns.
 //! So the throttle (runspaces taking work) and the pool's close still hold;
@@ -29,7 +29,7 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// How long an item may run past its deadline or its stop before its
 /// runspace is abandoned.
-pub const GRACE: Duration = Duration::from_millis(100);
+pub const ABANDON_GRACE: Duration = Duration::from_millis(100);
 
 /// One worker as the pool, its watchdog and its runs see it.
 pub(crate) struct Slot {
@@ -142,12 +142,12 @@ pub(crate) fn watch(shared: &Arc<Shared>, stop: &Receiver<()>) {
                     since
                 }
             };
-            if now >= since + GRACE && shared.may_abandon() {
+            if now >= since + ABANDON_GRACE && shared.may_abandon() {
                 if let Some(takeover) = slot.abandon(generation, reason) {
                     shared.replace(slot, takeover);
                 }
             } else {
-                next = next.min(since + GRACE);
+                next = next.min(since + ABANDON_GRACE);
             }
         }
         let wait = next.saturating_duration_since(Instant::now()).max(Duration::from_micros(200));

@@ -195,3 +195,28 @@ fn a_stop_reaches_an_invocation_stuck_in_c() {
     pool.close();
     assert!(started.elapsed() < HANG);
 }
+
+#[test]
+fn output_is_capped_per_item() {
+    let session = SessionState::new().max_output(1 << 20);
+    let mut rs = Runspace::open(&session).unwrap();
+    for code in [
+        "while true do print(string.rep('x', 1000)) end",
+        "while true do emit({ n = 1, s = string.rep('x', 100) }) end",
+        "while true do write_warning('careful') end",
+        "while true do write_progress('step', 50) end",
+        // Catching the error gets nothing more through, and fails anyway.
+        "for i = 1, 3000 do pcall(print, string.rep('x', 1000)) end return 'done'",
+        "return string.rep('x', 2^21)",
+    ] {
+        let r = rs.invoke(&Script::new(code).unwrap(), &[], &[]);
+        assert_eq!(r.status(), Status::Failed, "{code}");
+        assert!(r.error().unwrap().ends_with("output limit of 1 MB exceeded"), "{code}: {:?}", r.error());
+        let kept: usize = r.streams().information.iter().map(String::len).sum();
+        assert!(kept <= 1 << 20, "{code}: kept {kept}");
+        // The next item starts with the whole budget again.
+        let ok = rs.invoke(&Script::new("print(string.rep('y', 2^19)) return 1").unwrap(), &[], &[]);
+        assert_eq!((ok.status(), ok.output()), (Status::Completed, &[json!(1)][..]), "after {code}");
+    }
+    assert_eq!(SessionState::new().max_output_bytes(), 16 << 20);
+}
