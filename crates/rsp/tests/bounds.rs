@@ -171,3 +171,12 @@ fn endless_output_fails_its_item_and_keeps_rsp_small() {
         assert!(peak < 300 * 1024, "{code}: rsp peaked at {peak} KB");
     }
 }
+
+#[test]
+fn g_is_writable_and_does_not_leak_between_items() {
+    let code = "assert(_G.seen == nil) _G.seen = true _G[_] = _ * 2 return _G[_]";
+    let (out, _) = run(&["run", "--throttle", "1", "-e", code, "--range", "1..5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results: Vec<_> = records(&out).iter().map(|r| r["result"].as_i64().unwrap()).collect();
+    assert_eq!(results, vec![2, 4, 6, 8, 10]);
+}

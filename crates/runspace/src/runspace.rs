@@ -123,6 +123,7 @@ impl Runspace {
 
         lua.sandbox(true).map_err(vm)?;
         let proxy = lua.globals();
+        make_g_the_proxy(&globals, &proxy).map_err(vm)?;
         let underscore = lua.create_string("_").map_err(vm)?;
         Ok(Runspace {
             underscore,
@@ -386,6 +387,27 @@ fn load_modules(
     }
     control.end();
     result
+}
+
+/// Makes `_G` the item's own writable global table, as in plain Lua: the
+/// sandbox's proxy, which is cleared after every item. Reads fall through
+/// to the libraries and session globals; writes (`_G.x = 1`, `_G[i] = v`)
+/// land in the proxy. The proxy's metatable is protected, so no item can
+/// unhook the libraries for the items after it.
+fn make_g_the_proxy(globals: &Table, proxy: &Table) -> mlua::Result<()> {
+    globals.set_readonly(false);
+    let set = globals.raw_set("_G", proxy);
+    globals.set_readonly(true);
+    set?;
+    if let Some(meta) = proxy.metatable() {
+        // Luau made it read-only, which keeps its fields but not the
+        // proxy from being given another metatable.
+        meta.set_readonly(false);
+        let set = meta.raw_set("__metatable", false);
+        meta.set_readonly(true);
+        set?;
+    }
+    Ok(())
 }
 
 /// Makes a session value read-only, all the way down, so scripts share it safely.

@@ -220,3 +220,31 @@ fn output_is_capped_per_item() {
     }
     assert_eq!(SessionState::new().max_output_bytes(), 16 << 20);
 }
+
+#[test]
+fn g_is_the_items_writable_environment() {
+    let mut rs = Runspace::open(&SessionState::new().variable("limit", json!(3)).unwrap()).unwrap();
+    let script = Script::new(
+        r#"
+        assert(_G.foo == nil and foo == nil, "a global leaked from the last item")
+        _G.foo = 1
+        assert(foo == 1)
+        bar = 2
+        assert(_G.bar == 2)
+        for i = 1, limit do _G[i] = i * 10 end
+        assert(_G.string == string and _G.limit == 3 and _G._G == _G)
+        local keys = 0
+        for k, v in pairs(_G) do keys += 1 end
+        assert(keys >= 5)
+        assert(not pcall(setmetatable, _G, nil))
+        assert(not pcall(function() _G.string.x = 1 end))
+        return _G[2], _G._ 
+        "#,
+    )
+    .unwrap();
+    for n in 0..3 {
+        let r = rs.invoke(&script, &[json!(n)], &[]);
+        assert_eq!((r.status(), r.error()), (Status::Completed, None), "item {n}");
+        assert_eq!(r.output(), &[json!(20), json!(n)]);
+    }
+}
