@@ -118,6 +118,7 @@ fn rsp_reports_an_item_stuck_in_c_and_exits() {
     assert_eq!(stuck.len(), 1, "{recs:?}");
     assert_eq!((stuck[0]["input"].as_i64(), stuck[0]["status"].as_str()), (Some(1), Some("TimedOut")));
     assert!(stuck[0]["errors"][0].as_str().unwrap().contains("runspace was replaced"), "{:?}", stuck[0]);
+    assert!(stuck[0]["duration_ms"].as_f64().unwrap() >= 2000.0, "{:?}", stuck[0]);
 }
 
 /// rsp's peak resident memory in KB, from /proc (0 once it has exited).

@@ -108,6 +108,17 @@ pub(crate) fn abandoned_message(reason: StopReason) -> String {
     format!("{} (stuck in a library call; its runspace was replaced)", reason.message())
 }
 
+/// How long an abandoned invocation ran, known from its deadline and
+/// timeout (zero when it had none).
+pub(crate) fn ran_for(deadline: Option<Instant>, timeout: Option<Duration>) -> Duration {
+    match (deadline, timeout) {
+        (Some(deadline), Some(timeout)) => {
+            deadline.checked_sub(timeout).map_or(Duration::ZERO, |started| started.elapsed())
+        }
+        _ => Duration::ZERO,
+    }
+}
+
 /// Null for no output, the value for one, an array for several.
 pub(crate) fn collapse(mut output: Vec<Value>) -> Value {
     match output.len() {
@@ -283,12 +294,14 @@ impl Pending {
 
     /// Ends it as `reason` says while its worker is stuck in a C call (the
     /// watchdog abandons that worker).
-    pub(crate) fn finish_abandoned(&self, reason: StopReason) {
+    /// `deadline` is the running invocation's, from which its run time is known.
+    pub(crate) fn finish_abandoned(&self, reason: StopReason, deadline: Option<Instant>) {
         let status = match reason {
             StopReason::Stopped => Status::Stopped,
             StopReason::TimedOut => Status::TimedOut,
         };
-        self.complete(InvocationResult::ended(status, abandoned_message(reason), Duration::ZERO));
+        let ran = ran_for(deadline, self.timeout);
+        self.complete(InvocationResult::ended(status, abandoned_message(reason), ran));
     }
 
     /// Stops it if running; ends it with `reason` if still queued.

@@ -73,13 +73,14 @@ impl Slot {
         if self.control.running().0 != generation {
             return None;
         }
+        let deadline = self.control.deadline_ns().map(ns_instant);
         let takeover = match std::mem::replace(&mut *task, Task::Idle) {
             Task::Idle => return None,
             Task::Invoke(pending) => {
-                pending.finish_abandoned(reason);
+                pending.finish_abandoned(reason, deadline);
                 None
             }
-            Task::Chunk(chunk) => match chunk.take_over(reason) {
+            Task::Chunk(chunk) => match chunk.take_over(reason, deadline) {
                 Ok(takeover) => Some(takeover),
                 Err(chunk) => {
                     *task = Task::Chunk(chunk);
@@ -96,7 +97,7 @@ impl Slot {
     pub(crate) fn abandon_on_close(&self) {
         let mut task = self.task();
         if let Task::Invoke(pending) = &*task {
-            pending.finish_abandoned(StopReason::Stopped);
+            pending.finish_abandoned(StopReason::Stopped, self.control.deadline_ns().map(ns_instant));
         }
         *task = Task::Idle;
         self.abandoned.store(true, Ordering::Release);

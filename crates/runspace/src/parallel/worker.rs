@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{Input, ItemResult, RunShared};
 use crate::control::StopReason;
-use crate::invocation::{abandoned_message, collapse};
+use crate::invocation::{abandoned_message, collapse, ran_for};
 use crate::pool::Work;
 use crate::runspace::Runspace;
 use crate::streams::Status;
@@ -156,7 +156,8 @@ impl ChunkTask {
     /// Ends the running item as `reason` says and returns what a fresh
     /// worker must finish: the results staged so far, the ended item, the
     /// items not yet started. Gives the task back when no item is running.
-    pub(crate) fn take_over(mut self, reason: StopReason) -> Result<Takeover, ChunkTask> {
+    /// `deadline` is the running item's, from which its run time is known.
+    pub(crate) fn take_over(mut self, reason: StopReason, deadline: Option<Instant>) -> Result<Takeover, ChunkTask> {
         let Some(current) = self.current.take() else { return Err(self) };
         // SAFETY: see `Current::input`; we hold the slot's task lock.
         let input = unsafe { (*current.input).clone() };
@@ -167,6 +168,7 @@ impl ChunkTask {
         self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
         let mut deliveries: Vec<Delivery> = self.staging.take().into_iter().collect();
         let mut item = ItemResult::ended(current.index, input, status, abandoned_message(reason));
+        item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
         item.batch = self.batch;
         item.batch_index = self.batch.map(|_| current.position);
         let seq = self.staging.skip_one();
