@@ -72,6 +72,13 @@ fn main() {
 
     // The interrupt runs at every call and loop back-edge: time a tight
     // loop and recursive fib, without and with a memory limit.
+    // Allocation-heavy: 8 MB of garbage per iteration; at 64 MB this needs
+    // the collection the interrupt runs before the limit is reached.
+    let churn = Script::new(r#"local s = string.rep("a", 2^23) for i = 1, 300 do local _ = s:upper() end"#).unwrap();
+    let mut rs = Runspace::open(&SessionState::new().memory_limit(64 << 20)).unwrap();
+    let started = Instant::now();
+    let r = rs.invoke(&churn, &[], &[]);
+    println!("churn_300x8mb_ms_limit_64mb\t{:.0}\t{}", started.elapsed().as_secs_f64() * 1e3, r.status());
     let tight = Script::new("local n = 0 for i = 1, 2e7 do n += i end return n").unwrap();
     let fib = Script::new(
         "local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end return fib(27)",

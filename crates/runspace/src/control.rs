@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::os::raw::c_int;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -179,7 +179,9 @@ impl Control {
 /// once the heap passes three quarters of the limit, and then again only
 /// after it has grown by half the headroom left (at least 1/16 of the
 /// limit) since the last collection, so a heap that is really full is not
-/// collected over and over.
+/// collected over and over. The heap's size is read at collector steps
+/// (which only allocation causes), so the check at every safepoint is one
+/// load.
 #[derive(Debug)]
 struct GcTrigger {
     /// Heap size in KB at which the next collection runs; `usize::MAX` when
@@ -187,11 +189,13 @@ struct GcTrigger {
     at_kb: AtomicUsize,
     /// The limit in KB; 0 for none.
     limit_kb: AtomicUsize,
+    /// A collector step saw the heap past `at_kb`: the next safepoint collects.
+    due: AtomicBool,
 }
 
 impl Default for GcTrigger {
     fn default() -> GcTrigger {
-        GcTrigger { at_kb: AtomicUsize::new(usize::MAX), limit_kb: AtomicUsize::new(0) }
+        GcTrigger { at_kb: AtomicUsize::new(usize::MAX), limit_kb: AtomicUsize::new(0), due: AtomicBool::new(false) }
     }
 }
 
@@ -213,9 +217,25 @@ impl GcTrigger {
         }
     }
 
-    #[inline]
+    #[cfg(test)]
     fn at_kb(&self) -> usize {
         self.at_kb.load(Ordering::Relaxed)
+    }
+
+    /// Called at a collector step, which only allocation brings about:
+    /// notes whether the heap (`used_kb`) has passed the trigger.
+    #[inline]
+    fn allocating(&self, used_kb: impl FnOnce() -> usize) {
+        let at_kb = self.at_kb.load(Ordering::Relaxed);
+        if at_kb != usize::MAX && used_kb() >= at_kb {
+            self.due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the next safepoint should collect; clears the request.
+    #[inline]
+    fn take_due(&self) -> bool {
+        self.due.load(Ordering::Relaxed) && self.due.swap(false, Ordering::Relaxed)
     }
 
     /// Sets the next trigger after a collection left `live_kb` in use.
@@ -274,10 +294,6 @@ pub(crate) fn install_interrupt(lua: &mlua::Lua) {
 }
 
 unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) {
-    // A GC step (gc >= 0) is no place to raise an error.
-    if gc >= 0 {
-        return;
-    }
     let control = ACTIVE.with(|a| a.get());
     if control.is_null() {
         return;
@@ -285,6 +301,14 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
     // SAFETY: the pointer is set by an `ActiveGuard` that outlives the call
     // into Lua that got us here.
     let control = unsafe { &*control };
+    if gc >= 0 {
+        // A collector step, which only allocation brings about: no place to
+        // raise or collect, but the place to look at the heap's size, so
+        // the safepoint path below stays one load.
+        // SAFETY: reading the heap size is allowed anywhere.
+        control.gc.allocating(|| unsafe { ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) } as usize);
+        return;
+    }
     if let Some(reason) = control.stop_reason() {
         // The request stays set, so a `pcall` that catches this error is
         // interrupted again at its next safepoint.
@@ -295,8 +319,7 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
         // SAFETY: raising from the interrupt is how Luau hosts stop scripts.
         unsafe { ffi::luaL_error(state, message.as_ptr().cast()) };
     }
-    let at_kb = control.gc.at_kb();
-    if at_kb != usize::MAX {
+    if control.gc.take_due() {
         // SAFETY: `state` is the running VM at a safepoint. A full collection
         // here is what `collectgarbage("collect")` does from a script: the VM
         // saved its program counter before calling us (as it does before any
@@ -305,10 +328,8 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
         // interrupted C function holds (the pattern matcher calls us too)
         // into strings on its stack stay valid.
         unsafe {
-            if ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as usize >= at_kb {
-                ffi::lua_gc(state, ffi::LUA_GCCOLLECT, 0);
-                control.gc.collected(ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as usize);
-            }
+            ffi::lua_gc(state, ffi::LUA_GCCOLLECT, 0);
+            control.gc.collected(ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as usize);
         }
     }
 }
@@ -331,6 +352,25 @@ mod tests {
         assert_eq!(c.stop_reason(), None);
         c.request_stop(6, StopReason::Stopped);
         assert_eq!(c.stop_reason(), Some(StopReason::Stopped));
+    }
+
+    #[test]
+    fn collections_start_at_three_quarters_and_back_off_when_the_heap_is_full() {
+        let gc = GcTrigger::default();
+        assert_eq!(gc.at_kb(), usize::MAX, "no limit, no collections");
+        gc.set_limit(64 << 20);
+        assert_eq!(gc.at_kb(), 48 << 10);
+        // Mostly garbage: back to the high-water mark.
+        gc.collected(17 << 10);
+        assert_eq!(gc.at_kb(), 48 << 10);
+        // Really full: wait for half the headroom, at least 1/16 of the limit.
+        gc.collected(56 << 10);
+        assert_eq!(gc.at_kb(), 60 << 10);
+        gc.collected(63 << 10);
+        assert_eq!(gc.at_kb(), 67 << 10);
+        // The next item may collect at the high-water mark again.
+        gc.rearm();
+        assert_eq!(gc.at_kb(), 48 << 10);
     }
 
     #[test]
