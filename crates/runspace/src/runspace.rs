@@ -19,7 +19,7 @@ use crate::invocation::InvocationResult;
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::stdlib;
-use crate::streams::Status;
+use crate::streams::{Status, Streams};
 
 /// The standard libraries a script gets: pure computation only. `io`, `os`
 /// and `debug` are never loaded; files, processes and the network come
@@ -242,7 +242,14 @@ impl Runspace {
             }),
             Err(e) => Err(e),
         };
-        let Capture { output, mut streams, exceeded, .. } = capture;
+        let Capture { mut output, mut streams, exceeded, .. } = capture;
+        if exceeded {
+            // What ran away is dropped rather than handed on: the host's
+            // memory stays bounded by the items running, not the records
+            // waiting to be printed.
+            output = Vec::new();
+            streams = Streams::default();
+        }
         let (status, failure) = match failure {
             // However it ended (a `pcall` may have caught the error), an
             // invocation past the output limit failed.
