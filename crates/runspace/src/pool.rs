@@ -339,6 +339,8 @@ impl PoolInner {
             if worker.thread.is_finished() {
                 let _ = worker.thread.join();
             } else {
+                // Counted, as the thread uncounts itself when it leaves.
+                shared.abandoned.fetch_add(1, Ordering::AcqRel);
                 worker.slot.abandon_on_close();
             }
         }
@@ -365,6 +367,11 @@ impl Worker {
     fn run(self, first: Option<Work>, ready: Option<Sender<Result<()>>>) {
         let shared = &self.shared;
         let control = self.slot.control.clone();
+        let mut first = first;
+        if let Some(Work::Takeover(takeover)) = &mut first {
+            // The abandoned worker's results go out before a runspace opens.
+            takeover.deliver();
+        }
         let mut runspace = Runspace::open_with(&shared.session, control.clone());
         if let Some(ready) = ready {
             let _ = ready.send(runspace.as_ref().map(|_| ()).map_err(Clone::clone));

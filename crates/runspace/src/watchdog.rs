@@ -143,12 +143,12 @@ pub(crate) fn watch(shared: &Arc<Shared>, stop: &Receiver<()>) {
                     since
                 }
             };
-            if now >= since + ABANDON_GRACE && shared.may_abandon() {
+            if now < since + ABANDON_GRACE {
+                next = next.min(since + ABANDON_GRACE);
+            } else if shared.may_abandon() {
                 if let Some(takeover) = slot.abandon(generation, reason) {
                     shared.replace(slot, takeover);
                 }
-            } else {
-                next = next.min(since + ABANDON_GRACE);
             }
         }
         let wait = next.saturating_duration_since(Instant::now()).max(Duration::from_micros(200));

@@ -194,11 +194,16 @@ pub(crate) struct Takeover {
 }
 
 impl Takeover {
-    /// Delivers the results and runs the rest of the chunk.
-    pub(crate) fn finish(self, runspace: Result<&mut Runspace, &crate::Error>, slot: &Slot) {
-        for delivery in self.deliveries {
+    /// Delivers the results the abandoned worker left (once).
+    pub(crate) fn deliver(&mut self) {
+        for delivery in self.deliveries.drain(..) {
             let _ = self.results.send(delivery);
         }
+    }
+
+    /// Delivers the results and runs the rest of the chunk.
+    pub(crate) fn finish(mut self, runspace: Result<&mut Runspace, &crate::Error>, slot: &Slot) {
+        self.deliver();
         match (self.rest, runspace) {
             (Some(rest), Ok(rs)) => run_chunk(rs, rest, slot),
             (Some(rest), Err(e)) => rest.fail_all(&e.to_string()),
@@ -207,10 +212,8 @@ impl Takeover {
     }
 
     /// Delivers the results, drops the rest unrun (the pool is closing).
-    pub(crate) fn skip(self) {
-        for delivery in self.deliveries {
-            let _ = self.results.send(delivery);
-        }
+    pub(crate) fn skip(mut self) {
+        self.deliver();
         if let Some(rest) = self.rest {
             rest.skip();
         }
