@@ -298,8 +298,21 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
     }
     let task = std::mem::replace(&mut *slot.task(), Task::Idle);
     let Task::Chunk(ChunkTask { results, .. }) = task else { return }; // abandoned
+    finish_chunk(&run, &staging, &results, total, ran, started.elapsed());
+}
+
+/// Records the measured cost of an item, accounts for the items a chunk
+/// did not run, stops staging its results and delivers the last of them.
+fn finish_chunk(
+    run: &RunShared,
+    staging: &Arc<Staging>,
+    results: &Sender<Delivery>,
+    total: usize,
+    ran: usize,
+    took: Duration,
+) {
     if ran > 0 {
-        let per_item = started.elapsed().as_nanos() as u64 / ran as u64;
+        let per_item = took.as_nanos() as u64 / ran as u64;
         let old = run.item_ns.load(Ordering::Relaxed);
         let smoothed = if old == 0 { per_item } else { (old * 3 + per_item) / 4 };
         run.item_ns.store(smoothed.max(1), Ordering::Relaxed);
@@ -309,7 +322,7 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
         run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
     }
     if total > 1 {
-        run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &staging));
+        run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, staging));
     }
     if let Some(delivery) = staging.take() {
         let _ = results.send(delivery);
