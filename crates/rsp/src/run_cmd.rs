@@ -55,6 +55,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
     pub timeout: Option<Duration>,
 
+    /// The most output and stream records one item may produce (default 16MB, counted as
+    /// JSON); past it the item fails and the run goes on.
+    #[arg(long, value_name = "SIZE", value_parser = parse::size)]
+    pub max_output: Option<usize>,
+
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(short = 'f', long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
@@ -128,7 +133,14 @@ pub struct LargeRunArgs {
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
     let script = args.script.script()?;
-    let session = args.script.session()?;
+    let mut session = args.script.session()?;
+    if let Some(timeout) = args.timeout {
+        // Also the bound on loading --module files.
+        session = session.timeout(timeout);
+    }
+    if let Some(bytes) = args.max_output {
+        session = session.max_output(bytes);
+    }
     let params = args.script.params()?;
     let inputs = args.input.open()?;
     let throttle = match args.large.batch_size {

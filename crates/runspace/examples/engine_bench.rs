@@ -1,6 +1,8 @@
 //! Engine figures that only the library can measure: the cost of opening a
 //! runspace (time and memory), parallel throughput without the command
-//! line, and how fast a stop ends an endless loop. `bench/run.sh` runs it.
+//! line, how fast a stop ends an endless loop, and what the interrupt
+//! costs on call- and loop-heavy code with and without a memory limit
+//! (the limit adds the collection check). `bench/run.sh` runs it.
 //!
 //! `cargo run --release -p runspace --example engine_bench`
 
@@ -67,4 +69,33 @@ fn main() {
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
     }
     println!("stop_latency_ms\t{:.3}", median(latencies));
+
+    // The interrupt runs at every call and loop back-edge: time a tight
+    // loop and recursive fib, without and with a memory limit.
+    // Allocation-heavy: 8 MB of garbage per iteration; at 64 MB this needs
+    // the collection the interrupt runs before the limit is reached.
+    let churn = Script::new(r#"local s = string.rep("a", 2^23) for i = 1, 300 do local _ = s:upper() end"#).unwrap();
+    let mut rs = Runspace::open(&SessionState::new().memory_limit(64 << 20)).unwrap();
+    let started = Instant::now();
+    let r = rs.invoke(&churn, &[], &[]);
+    println!("churn_300x8mb_ms_limit_64mb\t{:.0}\t{}", started.elapsed().as_secs_f64() * 1e3, r.status());
+    let tight = Script::new("local n = 0 for i = 1, 2e7 do n += i end return n").unwrap();
+    let fib = Script::new(
+        "local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end return fib(27)",
+    )
+    .unwrap();
+    for (label, session) in
+        [("no_limit", SessionState::new()), ("limit_64mb", SessionState::new().memory_limit(64 << 20))]
+    {
+        let mut rs = Runspace::open(&session).unwrap();
+        for (name, script) in [("tight_loop", &tight), ("fib27", &fib)] {
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let started = Instant::now();
+                rs.invoke(script, &[], &[]);
+                times.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            println!("{name}_ms_{label}\t{:.1}", median(times));
+        }
+    }
 }

@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::os::raw::c_int;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -50,11 +50,33 @@ pub(crate) struct Control {
     deadline: AtomicU64,
     /// Who the running invocation belongs to (a parallel run's id), 0 for none.
     owner: AtomicU64,
+    /// The last generation handed out. Kept here, not in the runspace, so a
+    /// runspace opened to replace another continues the sequence: a late
+    /// request for the old runspace's invocation can never match a new one.
+    generations: AtomicU64,
+    /// The collection policy of the VM this switch drives: see [`GcTrigger`].
+    gc: GcTrigger,
     sleepers: Mutex<()>,
     wake: Condvar,
 }
 
 impl Control {
+    /// A new generation: the number of the next invocation run under this switch.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Turns on collection before the memory limit of `limit` bytes is reached.
+    pub(crate) fn set_memory_limit(&self, limit: usize) {
+        self.gc.set_limit(limit);
+    }
+
+    /// Lets the next item collect again once it passes the high-water mark
+    /// (a previous item may have left the trigger above it).
+    pub(crate) fn rearm_gc(&self) {
+        self.gc.rearm();
+    }
+
     /// Marks generation `gen` as running, for `owner`, until `deadline`.
     pub(crate) fn begin(&self, gen: u64, owner: u64, deadline: Option<Instant>) {
         self.owner.store(owner, Ordering::Relaxed);
@@ -147,6 +169,83 @@ impl Control {
     }
 }
 
+/// When the interrupt callback runs a full collection.
+///
+/// Luau has no emergency collection: an allocation past the memory limit
+/// fails even when most of the heap is garbage the incremental collector
+/// has not reached yet (a loop making 8 MB strings fails a 64 MB limit
+/// while holding 17 MB). The allocator cannot collect (it runs inside the
+/// collector's own allocations), so the interrupt does it at a safepoint:
+/// once the heap passes three quarters of the limit, and then again only
+/// after it has grown by half the headroom left (at least 1/16 of the
+/// limit) since the last collection, so a heap that is really full is not
+/// collected over and over. The heap's size is read at collector steps
+/// (which only allocation causes), so the check at every safepoint is one
+/// load.
+#[derive(Debug)]
+struct GcTrigger {
+    /// Heap size in KB at which the next collection runs; `usize::MAX` when
+    /// the VM has no limit (the hot path then costs one load).
+    at_kb: AtomicUsize,
+    /// The limit in KB; 0 for none.
+    limit_kb: AtomicUsize,
+    /// A collector step saw the heap past `at_kb`: the next safepoint collects.
+    due: AtomicBool,
+}
+
+impl Default for GcTrigger {
+    fn default() -> GcTrigger {
+        GcTrigger { at_kb: AtomicUsize::new(usize::MAX), limit_kb: AtomicUsize::new(0), due: AtomicBool::new(false) }
+    }
+}
+
+impl GcTrigger {
+    fn high_water(limit_kb: usize) -> usize {
+        limit_kb - limit_kb / 4
+    }
+
+    fn set_limit(&self, bytes: usize) {
+        let limit_kb = (bytes / 1024).max(1);
+        self.limit_kb.store(limit_kb, Ordering::Relaxed);
+        self.at_kb.store(GcTrigger::high_water(limit_kb), Ordering::Relaxed);
+    }
+
+    fn rearm(&self) {
+        let limit_kb = self.limit_kb.load(Ordering::Relaxed);
+        if limit_kb > 0 {
+            self.at_kb.fetch_min(GcTrigger::high_water(limit_kb), Ordering::Relaxed);
+        }
+    }
+
+    #[cfg(test)]
+    fn at_kb(&self) -> usize {
+        self.at_kb.load(Ordering::Relaxed)
+    }
+
+    /// Called at a collector step, which only allocation brings about:
+    /// notes whether the heap (`used_kb`) has passed the trigger.
+    #[inline]
+    fn allocating(&self, used_kb: impl FnOnce() -> usize) {
+        let at_kb = self.at_kb.load(Ordering::Relaxed);
+        if at_kb != usize::MAX && used_kb() >= at_kb {
+            self.due.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the next safepoint should collect; clears the request.
+    #[inline]
+    fn take_due(&self) -> bool {
+        self.due.load(Ordering::Relaxed) && self.due.swap(false, Ordering::Relaxed)
+    }
+
+    /// Sets the next trigger after a collection left `live_kb` in use.
+    fn collected(&self, live_kb: usize) {
+        let limit_kb = self.limit_kb.load(Ordering::Relaxed);
+        let step = (limit_kb.saturating_sub(live_kb) / 2).max(limit_kb / 16);
+        self.at_kb.store((live_kb + step).max(GcTrigger::high_water(limit_kb)), Ordering::Relaxed);
+    }
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -195,10 +294,6 @@ pub(crate) fn install_interrupt(lua: &mlua::Lua) {
 }
 
 unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) {
-    // A GC step (gc >= 0) is no place to raise an error.
-    if gc >= 0 {
-        return;
-    }
     let control = ACTIVE.with(|a| a.get());
     if control.is_null() {
         return;
@@ -206,6 +301,14 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
     // SAFETY: the pointer is set by an `ActiveGuard` that outlives the call
     // into Lua that got us here.
     let control = unsafe { &*control };
+    if gc >= 0 {
+        // A collector step, which only allocation brings about: no place to
+        // raise or collect, but the place to look at the heap's size, so
+        // the safepoint path below stays one load.
+        // SAFETY: reading the heap size is allowed anywhere.
+        control.gc.allocating(|| unsafe { ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) } as usize);
+        return;
+    }
     if let Some(reason) = control.stop_reason() {
         // The request stays set, so a `pcall` that catches this error is
         // interrupted again at its next safepoint.
@@ -215,6 +318,19 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
         };
         // SAFETY: raising from the interrupt is how Luau hosts stop scripts.
         unsafe { ffi::luaL_error(state, message.as_ptr().cast()) };
+    }
+    if control.gc.take_due() {
+        // SAFETY: `state` is the running VM at a safepoint. A full collection
+        // here is what `collectgarbage("collect")` does from a script: the VM
+        // saved its program counter before calling us (as it does before any
+        // call), every live value is reachable from the stack or the
+        // registry, and Luau's collector never moves objects, so pointers the
+        // interrupted C function holds (the pattern matcher calls us too)
+        // into strings on its stack stay valid.
+        unsafe {
+            ffi::lua_gc(state, ffi::LUA_GCCOLLECT, 0);
+            control.gc.collected(ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as usize);
+        }
     }
 }
 
@@ -236,6 +352,25 @@ mod tests {
         assert_eq!(c.stop_reason(), None);
         c.request_stop(6, StopReason::Stopped);
         assert_eq!(c.stop_reason(), Some(StopReason::Stopped));
+    }
+
+    #[test]
+    fn collections_start_at_three_quarters_and_back_off_when_the_heap_is_full() {
+        let gc = GcTrigger::default();
+        assert_eq!(gc.at_kb(), usize::MAX, "no limit, no collections");
+        gc.set_limit(64 << 20);
+        assert_eq!(gc.at_kb(), 48 << 10);
+        // Mostly garbage: back to the high-water mark.
+        gc.collected(17 << 10);
+        assert_eq!(gc.at_kb(), 48 << 10);
+        // Really full: wait for half the headroom, at least 1/16 of the limit.
+        gc.collected(56 << 10);
+        assert_eq!(gc.at_kb(), 60 << 10);
+        gc.collected(63 << 10);
+        assert_eq!(gc.at_kb(), 67 << 10);
+        // The next item may collect at the high-water mark again.
+        gc.rearm();
+        assert_eq!(gc.at_kb(), 48 << 10);
     }
 
     #[test]

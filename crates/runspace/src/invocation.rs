@@ -13,6 +13,7 @@ use crate::runspace::Runspace;
 use crate::script::Script;
 use crate::session::check_name;
 use crate::streams::{Status, Streams};
+use crate::watchdog::{Slot, Task};
 
 /// What one invocation produced: its output, its streams, how it ended.
 ///
@@ -102,6 +103,22 @@ impl InvocationResult {
     }
 }
 
+/// The error of an item the watchdog ended while it was stuck in a C call.
+pub(crate) fn abandoned_message(reason: StopReason) -> String {
+    format!("{} (stuck in a library call; its runspace was replaced)", reason.message())
+}
+
+/// How long an abandoned invocation ran, known from its deadline and
+/// timeout (zero when it had none).
+pub(crate) fn ran_for(deadline: Option<Instant>, timeout: Option<Duration>) -> Duration {
+    match (deadline, timeout) {
+        (Some(deadline), Some(timeout)) => {
+            deadline.checked_sub(timeout).map_or(Duration::ZERO, |started| started.elapsed())
+        }
+        _ => Duration::ZERO,
+    }
+}
+
 /// Null for no output, the value for one, an array for several.
 pub(crate) fn collapse(mut output: Vec<Value>) -> Value {
     match output.len() {
@@ -184,9 +201,6 @@ impl<'p> Invocation<'p> {
             state: Mutex::new(State::Queued),
             done: Condvar::new(),
         });
-        if self.timeout.is_some() {
-            self.pool.ensure_watchdog();
-        }
         self.pool.submit(Work::Invoke(shared.clone()))?;
         Ok(InvocationHandle { shared })
     }
@@ -269,9 +283,25 @@ impl Pending {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records the result, unless the watchdog already ended it.
     fn complete(&self, result: InvocationResult) {
-        *self.lock() = State::Done(result);
-        self.done.notify_all();
+        let mut state = self.lock();
+        if !matches!(*state, State::Done(_)) {
+            *state = State::Done(result);
+            self.done.notify_all();
+        }
+    }
+
+    /// Ends it as `reason` says while its worker is stuck in a C call (the
+    /// watchdog abandons that worker).
+    /// `deadline` is the running invocation's, from which its run time is known.
+    pub(crate) fn finish_abandoned(&self, reason: StopReason, deadline: Option<Instant>) {
+        let status = match reason {
+            StopReason::Stopped => Status::Stopped,
+            StopReason::TimedOut => Status::TimedOut,
+        };
+        let ran = ran_for(deadline, self.timeout);
+        self.complete(InvocationResult::ended(status, abandoned_message(reason), ran));
     }
 
     /// Stops it if running; ends it with `reason` if still queued.
@@ -292,15 +322,16 @@ impl Pending {
     }
 
     /// Runs it on `runspace` (called by a pool worker).
-    pub(crate) fn run(&self, runspace: &mut Runspace, control: &Arc<Control>) {
+    pub(crate) fn run(self: &Arc<Self>, runspace: &mut Runspace, slot: &Slot) {
         let generation = runspace.next_generation();
         {
             let mut state = self.lock();
             if !matches!(*state, State::Queued) {
                 return; // stopped before it started
             }
-            *state = State::Running { control: control.clone(), generation };
+            *state = State::Running { control: slot.control.clone(), generation };
         }
+        *slot.task() = Task::Invoke(self.clone());
         let result = match runspace.prepare(&self.script) {
             Ok(function) => {
                 let deadline = self.timeout.map(|t| Instant::now() + t);
@@ -308,6 +339,7 @@ impl Pending {
             }
             Err(failed) => failed,
         };
+        *slot.task() = Task::Idle;
         self.complete(result);
     }
 

@@ -33,8 +33,10 @@ mod pool;
 mod runspace;
 mod script;
 mod session;
+mod stdlib;
 mod streams;
 pub mod units;
+mod watchdog;
 
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
@@ -47,7 +49,8 @@ pub use parallel::{
     Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
 };
 pub use pool::{PoolBuilder, RunspacePool};
-pub use runspace::{Runspace, Stopper};
+pub use runspace::{Runspace, Stopper, MODULE_TIMEOUT};
 pub use script::Script;
-pub use session::SessionState;
+pub use session::{SessionState, DEFAULT_MAX_OUTPUT};
 pub use streams::{ProgressRecord, Status, Streams};
+pub use watchdog::ABANDON_GRACE;

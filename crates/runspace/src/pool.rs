@@ -1,28 +1,28 @@
 //! A pool of runspaces on worker threads: PowerShell's `RunspacePool`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
-use crate::control::{instant_ns, ns_instant, Control, StopReason};
+use crate::control::StopReason;
 use crate::error::{Error, Result};
 use crate::invocation::{Invocation, Pending};
-use crate::parallel::{self, Chunk, Parallel};
+use crate::parallel::{self, Chunk, Parallel, Takeover};
 use crate::runspace::Runspace;
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::streams::Status;
-
-/// How often, at most, the watchdog looks for items past their deadline.
-const WATCHDOG_TICK: Duration = Duration::from_millis(10);
+use crate::watchdog::{self, Slot, ABANDON_GRACE};
 
 /// Work a pool worker takes from the queue.
 pub(crate) enum Work {
     Invoke(Arc<Pending>),
     Chunk(Chunk),
+    /// What an abandoned worker left: results to deliver, the rest of its chunk.
+    Takeover(Takeover),
 }
 
 /// Configures and opens a [`RunspacePool`].
@@ -70,20 +70,33 @@ impl PoolBuilder {
         // Room for a few chunks per worker keeps workers fed without
         // letting the queue, and so memory, grow with the input.
         let (sender, receiver) = bounded(self.max * 4);
-        let inner = Arc::new(PoolInner {
+        let (close, closed) = bounded(0);
+        let shared = Arc::new(Shared {
             session: self.session,
             max: self.max,
-            sender: Mutex::new(Some(sender)),
             receiver,
+            closed,
             workers: Mutex::new(Vec::new()),
-            controls: Arc::new(RwLock::new(Vec::new())),
-            idle: Arc::new(AtomicUsize::new(0)),
-            queued: Arc::new(AtomicUsize::new(0)),
-            watchdog: Mutex::new(None),
-            closing: Arc::new(AtomicBool::new(false)),
+            idle: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            abandoned: Arc::new(AtomicUsize::new(0)),
+            spawned: AtomicUsize::new(0),
+        });
+        let (stop_watchdog, stop_rx) = bounded::<()>(0);
+        let watched = shared.clone();
+        let watchdog = thread::Builder::new()
+            .name("runspace-watchdog".into())
+            .spawn(move || watchdog::watch(&watched, &stop_rx))
+            .map_err(|e| Error::Pool(format!("cannot start the watchdog thread: {e}")))?;
+        let inner = Arc::new(PoolInner {
+            shared,
+            sender: Mutex::new(Some(sender)),
+            close: Mutex::new(Some(close)),
+            watchdog: Mutex::new(Some((stop_watchdog, watchdog))),
         });
         let pool = RunspacePool { inner };
-        pool.inner.spawn_workers(min, true)?;
+        pool.inner.shared.spawn_workers(min, true)?;
         Ok(pool)
     }
 }
@@ -121,17 +134,23 @@ impl RunspacePool {
 
     /// The throttle limit.
     pub fn max(&self) -> usize {
-        self.inner.max
+        self.inner.shared.max
     }
 
-    /// Runspaces open now.
+    /// Runspaces open now (not counting ones abandoned inside a C call).
     pub fn open_runspaces(&self) -> usize {
-        self.inner.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner.shared.workers().len()
+    }
+
+    /// Worker threads abandoned by the watchdog inside a C call that has
+    /// not returned yet (at most [`max`](Self::max)).
+    pub fn abandoned_runspaces(&self) -> usize {
+        self.inner.shared.abandoned.load(Ordering::Acquire)
     }
 
     /// The session every runspace of this pool starts with.
     pub fn session(&self) -> &SessionState {
-        &self.inner.session
+        &self.inner.shared.session
     }
 
     /// Prepares one invocation of `script` on this pool.
@@ -152,8 +171,8 @@ impl RunspacePool {
 
     pub(crate) fn submit(&self, work: Work) -> Result<()> {
         if matches!(work, Work::Invoke(_)) {
-            let queued = self.inner.queued.fetch_add(1, Ordering::AcqRel) + 1;
-            self.inner.grow_if_busy(queued);
+            let queued = self.inner.shared.queued.fetch_add(1, Ordering::AcqRel) + 1;
+            self.inner.shared.grow_if_busy(queued);
         }
         let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let closed = || Error::Pool("the pool is closed".into());
@@ -168,93 +187,104 @@ impl RunspacePool {
     /// Starts workers until `count` exist (never past `max`).
     pub(crate) fn ensure_workers(&self, count: usize) -> Result<()> {
         let have = self.open_runspaces();
-        let want = count.min(self.inner.max);
+        let want = count.min(self.inner.shared.max);
         if want > have {
-            self.inner.spawn_workers(want - have, false)?;
+            self.inner.shared.spawn_workers(want - have, false)?;
         }
         Ok(())
     }
 
     /// Stops the running items that belong to `owner` (a parallel run).
     pub(crate) fn stop_owner(&self, owner: u64) {
-        for control in self.inner.controls.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            let (generation, running_for) = control.running();
+        for slot in self.inner.shared.slots() {
+            let (generation, running_for) = slot.control.running();
             if running_for == owner {
-                control.request_stop(generation, StopReason::Stopped);
+                slot.control.request_stop(generation, StopReason::Stopped);
             }
-        }
-    }
-
-    /// Starts the thread that times out items past their deadline, once.
-    pub(crate) fn ensure_watchdog(&self) {
-        let mut watchdog = self.inner.watchdog.lock().unwrap_or_else(|e| e.into_inner());
-        if watchdog.is_some() {
-            return;
-        }
-        let (stop_tx, stop_rx) = bounded::<()>(0);
-        let controls = self.inner.controls.clone();
-        let handle =
-            thread::Builder::new().name("runspace-watchdog".into()).spawn(move || watch(&controls, &stop_rx)).ok();
-        if let Some(handle) = handle {
-            *watchdog = Some((stop_tx, handle));
         }
     }
 }
 
 pub(crate) struct PoolInner {
-    session: SessionState,
-    max: usize,
+    shared: Arc<Shared>,
     /// `None` once closed: nothing new is accepted.
     sender: Mutex<Option<Sender<Work>>>,
-    receiver: Receiver<Work>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
-    /// Every worker's stop switch, for the watchdog and for stopping runs.
-    controls: Arc<RwLock<Vec<Arc<Control>>>>,
-    idle: Arc<AtomicUsize>,
-    /// Invocations submitted and not yet taken by a worker.
-    queued: Arc<AtomicUsize>,
+    /// Dropped at close. Workers also wait on it, so they leave even while
+    /// a run's feeder, blocked in its input, still holds a work sender.
+    close: Mutex<Option<Sender<()>>>,
     watchdog: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
-    closing: Arc<AtomicBool>,
 }
 
-impl PoolInner {
+/// What the pool, its workers and its watchdog share.
+pub(crate) struct Shared {
+    session: SessionState,
+    max: usize,
+    receiver: Receiver<Work>,
+    closed: Receiver<()>,
+    workers: Mutex<Vec<WorkerHandle>>,
+    idle: AtomicUsize,
+    /// Invocations submitted and not yet taken by a worker.
+    queued: AtomicUsize,
+    closing: AtomicBool,
+    /// Abandoned worker threads still inside their C call.
+    abandoned: Arc<AtomicUsize>,
+    /// Names worker threads.
+    spawned: AtomicUsize,
+}
+
+struct WorkerHandle {
+    slot: Arc<Slot>,
+    thread: JoinHandle<()>,
+}
+
+impl Shared {
+    fn workers(&self) -> std::sync::MutexGuard<'_, Vec<WorkerHandle>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every worker's slot, for the watchdog and for stopping runs.
+    pub(crate) fn slots(&self) -> Vec<Arc<Slot>> {
+        self.workers().iter().map(|w| w.slot.clone()).collect()
+    }
+
+    /// Whether another worker may be abandoned: at most `max` abandoned
+    /// threads run at once.
+    pub(crate) fn may_abandon(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire) < self.max
+    }
+
+    /// Detaches the abandoned worker of `slot` and starts a fresh one in
+    /// its place, which first finishes `takeover`.
+    pub(crate) fn replace(self: &Arc<Self>, slot: &Arc<Slot>, takeover: Option<Takeover>) {
+        self.abandoned.fetch_add(1, Ordering::AcqRel);
+        let mut workers = self.workers();
+        workers.retain(|w| !Arc::ptr_eq(&w.slot, slot));
+        let _ = self.spawn(&mut workers, takeover.map(Work::Takeover), None);
+    }
+
     /// Adds a worker when more invocations wait than workers are idle and
     /// the throttle allows.
-    fn grow_if_busy(&self, queued: usize) {
+    fn grow_if_busy(self: &Arc<Self>, queued: usize) {
         if queued > self.idle.load(Ordering::Acquire) {
-            let have = self.workers.lock().unwrap_or_else(|e| e.into_inner()).len();
-            if have < self.max {
-                let _ = self.spawn_workers(1, false);
+            let mut workers = self.workers();
+            if workers.len() < self.max {
+                let _ = self.spawn(&mut workers, None, None);
             }
         }
     }
 
     /// Starts `count` workers; with `wait`, waits for their runspaces to open
     /// and reports the first failure.
-    fn spawn_workers(&self, count: usize, wait: bool) -> Result<()> {
-        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+    fn spawn_workers(self: &Arc<Self>, count: usize, wait: bool) -> Result<()> {
+        let mut workers = self.workers();
         let (ready_tx, ready_rx) = bounded::<Result<()>>(count);
         for _ in 0..count {
             if workers.len() >= self.max {
                 break;
             }
-            let control = Arc::new(Control::default());
-            self.controls.write().unwrap_or_else(|e| e.into_inner()).push(control.clone());
-            let worker = Worker {
-                session: self.session.clone(),
-                control,
-                receiver: self.receiver.clone(),
-                idle: self.idle.clone(),
-                queued: self.queued.clone(),
-                closing: self.closing.clone(),
-            };
-            let ready = ready_tx.clone();
-            let handle = thread::Builder::new()
-                .name(format!("runspace-{}", workers.len() + 1))
-                .spawn(move || worker.run(ready))
-                .map_err(|e| Error::Pool(format!("cannot start a worker thread: {e}")))?;
-            workers.push(handle);
+            self.spawn(&mut workers, None, Some(ready_tx.clone()))?;
         }
+        drop(workers);
         drop(ready_tx);
         if wait {
             for ready in ready_rx.iter() {
@@ -264,31 +294,59 @@ impl PoolInner {
         Ok(())
     }
 
+    fn spawn(
+        self: &Arc<Self>,
+        workers: &mut Vec<WorkerHandle>,
+        first: Option<Work>,
+        ready: Option<Sender<Result<()>>>,
+    ) -> Result<()> {
+        let slot = Arc::new(Slot::new());
+        let worker = Worker { shared: self.clone(), slot: slot.clone() };
+        let number = self.spawned.fetch_add(1, Ordering::Relaxed) + 1;
+        let thread = thread::Builder::new()
+            .name(format!("runspace-{number}"))
+            .spawn(move || worker.run(first, ready))
+            .map_err(|e| Error::Pool(format!("cannot start a worker thread: {e}")))?;
+        workers.push(WorkerHandle { slot, thread });
+        Ok(())
+    }
+}
+
+impl PoolInner {
     fn shutdown(&self) {
-        self.closing.store(true, Ordering::Release);
-        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
-        // A worker may take its last piece of work just after a stop request
-        // went out, so keep asking until every worker has left.
-        while !workers.iter().all(JoinHandle::is_finished) {
-            for control in self.controls.read().unwrap_or_else(|e| e.into_inner()).iter() {
-                let (generation, _) = control.running();
-                control.request_stop(generation, StopReason::Stopped);
-            }
-            thread::sleep(Duration::from_millis(1));
-        }
-        for handle in workers {
-            let _ = handle.join();
-        }
-        // Work that no worker took (there were none, or all failed to open).
-        while let Ok(work) = self.receiver.try_recv() {
-            if let Work::Invoke(pending) = work {
-                pending.abandon(Status::Stopped, "stopped: the pool was closed".into());
-            }
-        }
+        // First the watchdog, so it starts no replacement worker meanwhile.
         if let Some((stop, handle)) = self.watchdog.lock().unwrap_or_else(|e| e.into_inner()).take() {
             drop(stop);
             let _ = handle.join();
+        }
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::Release);
+        drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.close.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let workers = std::mem::take(&mut *shared.workers());
+        // A worker may take its last piece of work just after a stop request
+        // went out, so keep asking until every worker has left; one stuck in
+        // a C call past the grace is left behind.
+        let give_up = Instant::now() + ABANDON_GRACE;
+        while !workers.iter().all(|w| w.thread.is_finished()) && Instant::now() < give_up {
+            for worker in &workers {
+                let (generation, _) = worker.slot.control.running();
+                worker.slot.control.request_stop(generation, StopReason::Stopped);
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        for worker in workers {
+            if worker.thread.is_finished() {
+                let _ = worker.thread.join();
+            } else {
+                // Counted, as the thread uncounts itself when it leaves.
+                shared.abandoned.fetch_add(1, Ordering::AcqRel);
+                worker.slot.abandon_on_close();
+            }
+        }
+        // Work that no worker took (there were none, or all failed to open).
+        while let Ok(work) = shared.receiver.try_recv() {
+            abandon(work);
         }
     }
 }
@@ -301,45 +359,74 @@ impl Drop for PoolInner {
 
 /// One worker thread and the runspace it owns for its whole life.
 struct Worker {
-    session: SessionState,
-    control: Arc<Control>,
-    receiver: Receiver<Work>,
-    idle: Arc<AtomicUsize>,
-    queued: Arc<AtomicUsize>,
-    closing: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
 }
 
 impl Worker {
-    fn run(self, ready: Sender<Result<()>>) {
-        let mut runspace = Runspace::open_with(&self.session, self.control.clone());
-        let _ = ready.send(runspace.as_ref().map(|_| ()).map_err(Clone::clone));
-        drop(ready);
-        self.idle.fetch_add(1, Ordering::AcqRel);
-        while let Ok(work) = self.receiver.recv() {
-            self.idle.fetch_sub(1, Ordering::AcqRel);
+    fn run(self, first: Option<Work>, ready: Option<Sender<Result<()>>>) {
+        let shared = &self.shared;
+        let control = self.slot.control.clone();
+        let mut first = first;
+        if let Some(Work::Takeover(takeover)) = &mut first {
+            // The abandoned worker's results go out before a runspace opens.
+            takeover.deliver();
+        }
+        let mut runspace = Runspace::open_with(&shared.session, control.clone());
+        if let Some(ready) = ready {
+            let _ = ready.send(runspace.as_ref().map(|_| ()).map_err(Clone::clone));
+        }
+        if let Some(work) = first {
+            self.handle(&mut runspace, work);
+        }
+        if self.slot.is_abandoned() {
+            shared.abandoned.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        shared.idle.fetch_add(1, Ordering::AcqRel);
+        loop {
+            let work = crossbeam_channel::select! {
+                recv(shared.receiver) -> work => match work {
+                    Ok(work) => work,
+                    Err(_) => break,
+                },
+                recv(shared.closed) -> _ => break,
+            };
+            shared.idle.fetch_sub(1, Ordering::AcqRel);
             if matches!(work, Work::Invoke(_)) {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-            }
-            if self.closing.load(Ordering::Acquire) {
-                abandon(work);
-                continue;
+                shared.queued.fetch_sub(1, Ordering::AcqRel);
             }
             if runspace.as_ref().is_ok_and(|rs| !rs.is_healthy()) {
-                runspace = Runspace::open_with(&self.session, self.control.clone());
+                runspace = Runspace::open_with(&shared.session, control.clone());
             }
-            match &mut runspace {
-                Ok(rs) => match work {
-                    Work::Invoke(pending) => pending.run(rs, &self.control),
-                    Work::Chunk(chunk) => parallel::run_chunk(rs, chunk),
-                },
-                Err(e) => match work {
-                    Work::Invoke(pending) => pending.abandon(Status::Failed, e.to_string()),
-                    Work::Chunk(chunk) => chunk.fail_all(&e.to_string()),
-                },
+            self.handle(&mut runspace, work);
+            if self.slot.is_abandoned() {
+                // The watchdog reported the item and started a worker in
+                // this one's place; the VM is dropped on the way out.
+                shared.abandoned.fetch_sub(1, Ordering::AcqRel);
+                return;
             }
-            self.idle.fetch_add(1, Ordering::AcqRel);
+            shared.idle.fetch_add(1, Ordering::AcqRel);
         }
-        self.idle.fetch_sub(1, Ordering::AcqRel);
+        shared.idle.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn handle(&self, runspace: &mut Result<Runspace>, work: Work) {
+        if self.shared.closing.load(Ordering::Acquire) {
+            return abandon(work);
+        }
+        match runspace {
+            Ok(rs) => match work {
+                Work::Invoke(pending) => pending.run(rs, &self.slot),
+                Work::Chunk(chunk) => parallel::run_chunk(rs, chunk, &self.slot),
+                Work::Takeover(takeover) => takeover.finish(Ok(rs), &self.slot),
+            },
+            Err(e) => match work {
+                Work::Invoke(pending) => pending.abandon(Status::Failed, e.to_string()),
+                Work::Chunk(chunk) => chunk.fail_all(&e.to_string()),
+                Work::Takeover(takeover) => takeover.finish(Err(e), &self.slot),
+            },
+        }
     }
 }
 
@@ -347,28 +434,6 @@ fn abandon(work: Work) {
     match work {
         Work::Invoke(pending) => pending.abandon(Status::Stopped, "stopped: the pool was closed".into()),
         Work::Chunk(chunk) => chunk.skip(),
-    }
-}
-
-/// The watchdog loop: times out running items past their deadline, until
-/// the pool drops `stop`.
-fn watch(controls: &RwLock<Vec<Arc<Control>>>, stop: &Receiver<()>) {
-    loop {
-        let now = Instant::now();
-        let now_ns = instant_ns(now);
-        let mut next = now + WATCHDOG_TICK;
-        for control in controls.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            let (generation, _) = control.running();
-            match control.deadline_ns() {
-                Some(deadline) if deadline <= now_ns => control.request_stop(generation, StopReason::TimedOut),
-                Some(deadline) => next = next.min(ns_instant(deadline)),
-                None => {}
-            }
-        }
-        let wait = next.saturating_duration_since(Instant::now()).max(Duration::from_micros(200));
-        match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
+        Work::Takeover(takeover) => takeover.skip(),
     }
 }

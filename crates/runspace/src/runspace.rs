@@ -14,11 +14,12 @@ use serde_json::Value;
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason};
 use crate::convert::{from_lua, to_lua};
 use crate::error::{Error, Result};
-use crate::host::{self, Capture, HostContext};
+use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
 use crate::invocation::InvocationResult;
 use crate::script::Script;
 use crate::session::SessionState;
-use crate::streams::Status;
+use crate::stdlib;
+use crate::streams::{Status, Streams};
 
 /// The standard libraries a script gets: pure computation only. `io`, `os`
 /// and `debug` are never loaded; files, processes and the network come
@@ -70,7 +71,7 @@ pub struct Runspace {
     capture: Rc<RefCell<Capture>>,
     functions: HashMap<u64, Function>,
     memory_limit: Option<usize>,
-    generation: u64,
+    max_output: usize,
     healthy: bool,
     /// The interned key `_`, kept to spare a string lookup per item.
     underscore: mlua::LuaString,
@@ -87,9 +88,12 @@ impl Runspace {
     /// worker keeps one switch for life, across runspace replacements.
     pub(crate) fn open_with(session: &SessionState, control: Arc<Control>) -> Result<Runspace> {
         let vm = |e: mlua::Error| Error::Vm(e.to_string());
+        stdlib::set_flags();
         let lua = Lua::new_with(libraries(), LuaOptions::new()).map_err(vm)?;
+        stdlib::install(&lua).map_err(vm)?;
         if let Some(limit) = session.memory_limit {
             lua.set_memory_limit(limit).map_err(vm)?;
+            control.set_memory_limit(limit);
         }
         install_interrupt(&lua);
         let globals = lua.globals();
@@ -97,7 +101,12 @@ impl Runspace {
             globals.raw_set(*name, LuaValue::Nil).map_err(vm)?;
         }
         let capture = Rc::new(RefCell::new(Capture::default()));
-        let ctx = HostContext { capture: capture.clone(), control: control.clone(), grants: session.grants.clone() };
+        let ctx = HostContext {
+            capture: capture.clone(),
+            control: control.clone(),
+            grants: session.grants.clone(),
+            max_output: session.max_output_bytes(),
+        };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 
         for (name, value) in &session.variables {
@@ -107,21 +116,14 @@ impl Runspace {
         }
 
         let loaded = lua.create_table().map_err(vm)?;
-        for module in &session.modules {
-            let value: LuaValue = lua
-                .load(&module.bytecode[..])
-                .set_name(format!("={}", module.name))
-                .set_mode(ChunkMode::Binary)
-                .eval()
-                .map_err(|e| Error::Module { name: module.name.clone(), message: clean_message(&e) })?;
-            seal(&value);
-            globals.raw_set(module.name.as_str(), value.clone()).map_err(vm)?;
-            loaded.raw_set(module.name.as_str(), value).map_err(vm)?;
+        if !session.modules.is_empty() {
+            load_modules(&lua, &globals, &loaded, session, &control)?;
         }
         globals.raw_set("require", session_require(&lua, loaded).map_err(vm)?).map_err(vm)?;
 
         lua.sandbox(true).map_err(vm)?;
         let proxy = lua.globals();
+        make_g_the_proxy(&globals, &proxy).map_err(vm)?;
         let underscore = lua.create_string("_").map_err(vm)?;
         Ok(Runspace {
             underscore,
@@ -131,7 +133,7 @@ impl Runspace {
             capture,
             functions: HashMap::new(),
             memory_limit: session.memory_limit,
-            generation: 0,
+            max_output: session.max_output_bytes(),
             healthy: true,
         })
     }
@@ -162,9 +164,10 @@ impl Runspace {
         self.healthy
     }
 
+    /// The generation of the next invocation: handed out by the stop
+    /// switch, which outlives the runspace when a pool replaces it.
     pub(crate) fn next_generation(&mut self) -> u64 {
-        self.generation += 1;
-        self.generation
+        self.control.next_generation()
     }
 
     /// Loads `script` into this VM (once; later calls hit a cache).
@@ -229,15 +232,28 @@ impl Runspace {
         stop: Option<StopReason>,
         elapsed: Duration,
     ) -> InvocationResult {
-        let Capture { mut output, mut streams } = capture;
+        let mut capture = capture;
         let failure = match outcome {
             Ok(values) => values.iter().try_for_each(|v| {
-                output.push(from_lua(v)?);
+                let value = from_lua(v)?;
+                capture.charge(value_size(&value), self.max_output)?;
+                capture.output.push(value);
                 Ok(())
             }),
             Err(e) => Err(e),
         };
+        let Capture { mut output, mut streams, exceeded, .. } = capture;
+        if exceeded {
+            // What ran away is dropped rather than handed on: the host's
+            // memory stays bounded by the items running, not the records
+            // waiting to be printed.
+            output = Vec::new();
+            streams = Streams::default();
+        }
         let (status, failure) = match failure {
+            // However it ended (a `pcall` may have caught the error), an
+            // invocation past the output limit failed.
+            _ if exceeded && stop.is_none() => (Status::Failed, Some(output_limit_message(self.max_output))),
             Ok(()) if streams.error.is_empty() => (Status::Completed, None),
             Ok(()) => (Status::CompletedWithErrors, None),
             Err(e) => match stop {
@@ -273,6 +289,7 @@ impl Runspace {
         if abnormal && self.lua.gc_collect().is_err() {
             self.healthy = false;
         }
+        self.control.rearm_gc();
     }
 
     fn function(&mut self, script: &Script) -> mlua::Result<Function> {
@@ -318,6 +335,86 @@ impl Stopper {
         let (generation, _) = self.control.running();
         self.control.request_stop(generation, StopReason::Stopped);
     }
+}
+
+/// How long loading a session's modules may take when the session has no
+/// default timeout: a module that builds its tables for longer than this
+/// is almost surely stuck.
+pub const MODULE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs the session's modules, in order, under `control` with a time limit
+/// (the session's timeout, else [`MODULE_TIMEOUT`]): an endless module
+/// fails the open with an error naming it instead of hanging it.
+fn load_modules(
+    lua: &Lua,
+    globals: &Table,
+    loaded: &Table,
+    session: &SessionState,
+    control: &Arc<Control>,
+) -> Result<()> {
+    let limit = session.timeout.unwrap_or(MODULE_TIMEOUT);
+    let generation = control.next_generation();
+    control.begin(generation, 0, Some(Instant::now() + limit));
+    // Nothing else watches a runspace being opened, so a timer thread
+    // pulls the stop switch; it leaves as soon as loading is over.
+    let (done, finished) = crossbeam_channel::bounded::<()>(0);
+    let timer = control.clone();
+    let alarm = std::thread::Builder::new().name("runspace-module-timer".into()).spawn(move || {
+        if finished.recv_timeout(limit).is_err_and(|e| e.is_timeout()) {
+            timer.request_stop(generation, StopReason::TimedOut);
+        }
+    });
+    let result = {
+        let _active = ActiveGuard::new(control);
+        session.modules.iter().try_for_each(|module| {
+            let value: LuaValue = lua
+                .load(&module.bytecode[..])
+                .set_name(format!("={}", module.name))
+                .set_mode(ChunkMode::Binary)
+                .eval()
+                .map_err(|e| {
+                    let message = match control.stop_reason() {
+                        Some(StopReason::TimedOut) => {
+                            format!("did not finish loading within {}", humantime::format_duration(limit))
+                        }
+                        Some(StopReason::Stopped) => "stopped while loading".to_string(),
+                        None => clean_message(&e),
+                    };
+                    Error::Module { name: module.name.clone(), message }
+                })?;
+            seal(&value);
+            let vm = |e: mlua::Error| Error::Vm(e.to_string());
+            globals.raw_set(module.name.as_str(), value.clone()).map_err(vm)?;
+            loaded.raw_set(module.name.as_str(), value).map_err(vm)
+        })
+    };
+    drop(done);
+    if let Ok(alarm) = alarm {
+        let _ = alarm.join();
+    }
+    control.end();
+    result
+}
+
+/// Makes `_G` the item's own writable global table, as in plain Lua: the
+/// sandbox's proxy, which is cleared after every item. Reads fall through
+/// to the libraries and session globals; writes (`_G.x = 1`, `_G[i] = v`)
+/// land in the proxy. The proxy's metatable is protected, so no item can
+/// unhook the libraries for the items after it.
+fn make_g_the_proxy(globals: &Table, proxy: &Table) -> mlua::Result<()> {
+    globals.set_readonly(false);
+    let set = globals.raw_set("_G", proxy);
+    globals.set_readonly(true);
+    set?;
+    if let Some(meta) = proxy.metatable() {
+        // Luau made it read-only, which keeps its fields but not the
+        // proxy from being given another metatable.
+        meta.set_readonly(false);
+        let set = meta.raw_set("__metatable", false);
+        meta.set_readonly(true);
+        set?;
+    }
+    Ok(())
 }
 
 /// Makes a session value read-only, all the way down, so scripts share it safely.
@@ -392,4 +489,39 @@ fn human_bytes(n: usize) -> String {
         }
     }
     format!("{n} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool worker keeps its stop switch when it replaces its runspace. A
+    /// stop for the old runspace's last invocation that arrives late must
+    /// neither hit the new runspace's invocations nor shadow stops meant
+    /// for them.
+    #[test]
+    fn a_replacement_runspace_continues_the_generations() {
+        let control = Arc::new(Control::default());
+        let session = SessionState::new();
+        let quick = Script::new("return 1").unwrap();
+        let mut old = Runspace::open_with(&session, control.clone()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(old.invoke(&quick, &[], &[]).status(), Status::Completed);
+        }
+        drop(old);
+        control.request_stop(3, StopReason::Stopped);
+
+        let mut new = Runspace::open_with(&session, control.clone()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(new.invoke(&quick, &[], &[]).status(), Status::Completed);
+        }
+        let stopper = new.stopper();
+        let stopping = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stopper.stop();
+        });
+        let endless = Script::new("while true do end").unwrap();
+        assert_eq!(new.invoke(&endless, &[], &[]).status(), Status::Stopped);
+        stopping.join().unwrap();
+    }
 }

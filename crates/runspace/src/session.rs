@@ -120,7 +120,12 @@ pub struct SessionState {
     pub(crate) grants: Grants,
     pub(crate) memory_limit: Option<usize>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) max_output: Option<usize>,
 }
+
+/// Bytes of output and stream records one invocation may produce unless
+/// [`SessionState::max_output`] says otherwise.
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 
 impl SessionState {
     /// An empty, fully sandboxed session: no variables, modules or capabilities, no limits.
@@ -189,6 +194,21 @@ impl SessionState {
     pub fn timeout(mut self, timeout: Duration) -> SessionState {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Caps what one invocation or item may produce: its output values and
+    /// stream records, counted roughly as their JSON size as they are
+    /// captured (default [`DEFAULT_MAX_OUTPUT`], 16 MB). Past it the item
+    /// fails with "output limit of 16 MB exceeded" and the rest carry on, so
+    /// a script printing in an endless loop cannot exhaust the host's memory.
+    pub fn max_output(mut self, bytes: usize) -> SessionState {
+        self.max_output = Some(bytes);
+        self
+    }
+
+    /// The output cap of each invocation, in bytes.
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT)
     }
 
     /// The per-runspace memory limit, if any.

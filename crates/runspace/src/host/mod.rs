@@ -33,6 +33,40 @@ mod proc;
 pub(crate) struct Capture {
     pub(crate) output: Vec<Value>,
     pub(crate) streams: Streams,
+    /// Bytes of output and stream records so far (as JSON, roughly).
+    pub(crate) bytes: usize,
+    /// The output limit was reached: the invocation fails however it ends.
+    pub(crate) exceeded: bool,
+}
+
+impl Capture {
+    /// Counts `bytes` more against `limit`; past it, refuses them (and
+    /// everything after: a `pcall` that catches the error gets nothing more
+    /// through).
+    pub(crate) fn charge(&mut self, bytes: usize, limit: usize) -> mlua::Result<()> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.exceeded || self.bytes > limit {
+            self.exceeded = true;
+            return Err(mlua::Error::runtime(output_limit_message(limit)));
+        }
+        Ok(())
+    }
+}
+
+/// The error of an invocation that produced more than `limit` bytes.
+pub(crate) fn output_limit_message(limit: usize) -> String {
+    format!("output limit of {} exceeded", crate::units::format_size(limit as u64))
+}
+
+/// Roughly the size of `value` as JSON: what it costs to hold and print.
+pub(crate) fn value_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => items.iter().map(|v| value_size(v) + 1).sum::<usize>() + 2,
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + 4 + value_size(v)).sum::<usize>() + 2,
+    }
 }
 
 /// What host functions share: where to record, what to wait on, what is granted.
@@ -41,6 +75,8 @@ pub(crate) struct HostContext {
     pub(crate) capture: Rc<RefCell<Capture>>,
     pub(crate) control: Arc<Control>,
     pub(crate) grants: Grants,
+    /// Bytes of output and stream records an invocation may produce.
+    pub(crate) max_output: usize,
 }
 
 impl HostContext {
@@ -54,12 +90,15 @@ impl HostContext {
 /// Installs the always-available host functions into `globals`.
 pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Result<()> {
     let c = ctx.capture.clone();
+    let limit = ctx.max_output;
     globals.raw_set(
         "emit",
         lua.create_function(move |_, values: MultiValue| {
             let mut capture = c.borrow_mut();
             for v in values.iter() {
-                capture.output.push(from_lua(v)?);
+                let value = from_lua(v)?;
+                capture.charge(value_size(&value), limit)?;
+                capture.output.push(value);
             }
             Ok(())
         })?,
@@ -79,7 +118,9 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
             name,
             lua.create_function(move |_, values: MultiValue| {
                 let text = join(&values);
-                pick(&mut c.borrow_mut().streams).push(text);
+                let mut capture = c.borrow_mut();
+                capture.charge(text.len() + 3, limit)?;
+                pick(&mut capture.streams).push(text);
                 Ok(())
             })?,
         )?;
@@ -88,7 +129,10 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     globals.raw_set(
         "print",
         lua.create_function(move |_, values: MultiValue| {
-            c.borrow_mut().streams.information.push(join(&values));
+            let text = join(&values);
+            let mut capture = c.borrow_mut();
+            capture.charge(text.len() + 3, limit)?;
+            capture.streams.information.push(text);
             Ok(())
         })?,
     )?;
@@ -105,7 +149,10 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
                 },
                 other => ProgressRecord { activity: display(&other), status, percent },
             };
-            c.borrow_mut().streams.progress.push(record);
+            let size = record.activity.len() + record.status.as_ref().map_or(0, String::len) + 48;
+            let mut capture = c.borrow_mut();
+            capture.charge(size, limit)?;
+            capture.streams.progress.push(record);
             Ok(())
         })?,
     )?;

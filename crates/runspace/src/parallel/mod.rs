@@ -36,7 +36,7 @@ use crate::streams::{ProgressRecord, Status};
 pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
 pub use results::{Next, Results, RunControl};
 use worker::Staging;
-pub(crate) use worker::{run_chunk, Chunk};
+pub(crate) use worker::{run_chunk, Chunk, ChunkTask, Takeover};
 
 /// One input of a parallel run.
 ///
@@ -382,9 +382,6 @@ impl Parallel {
                 room: Condvar::new(),
             },
         });
-        if self.timeout.is_some() {
-            self.pool.ensure_watchdog();
-        }
         let _ = self.pool.ensure_workers(throttle);
         let feeder = self.pool.sender().map(|sender| {
             let shared = shared.clone();

@@ -10,10 +10,12 @@ use crossbeam_channel::Sender;
 use serde_json::Value;
 
 use super::{Input, ItemResult, RunShared};
-use crate::invocation::collapse;
+use crate::control::StopReason;
+use crate::invocation::{abandoned_message, collapse, ran_for};
 use crate::pool::Work;
 use crate::runspace::Runspace;
 use crate::streams::Status;
+use crate::watchdog::{Slot, Task};
 
 /// A chunk aims to take about this long, so trivial items are batched.
 const TARGET_CHUNK: Duration = Duration::from_micros(500);
@@ -51,6 +53,15 @@ impl Staging {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).1.push(item);
     }
 
+    /// Reserves the sequence number of the next item, which is delivered
+    /// some other way (the watchdog ended it).
+    fn skip_one(&self) -> u64 {
+        let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = staged.0 + staged.1.len() as u64;
+        staged.0 += 1;
+        seq
+    }
+
     /// Everything staged, as one delivery; `None` when nothing is.
     pub(crate) fn take(&self) -> Option<Delivery> {
         let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,6 +86,9 @@ pub(crate) struct Chunk {
     first_seq: u64,
     /// The batch id, in batch mode.
     batch: Option<u64>,
+    /// Position in the batch of the first item (not 0 only for the rest of
+    /// a batch taken over from an abandoned worker).
+    position: u64,
     items: Vec<(u64, Input)>,
 }
 
@@ -89,7 +103,7 @@ impl Chunk {
             .map(|(position, (index, input))| {
                 let mut item = ItemResult::ended(index, input_value(input), Status::Failed, message.to_string());
                 item.batch = batch;
-                item.batch_index = batch.map(|_| position as u64);
+                item.batch_index = batch.map(|_| self.position + position as u64);
                 item
             })
             .collect();
@@ -109,8 +123,105 @@ fn input_value(input: Input) -> Value {
     }
 }
 
+/// A chunk being run, kept where the watchdog can take it over if the
+/// worker gets stuck in a C call.
+pub(crate) struct ChunkTask {
+    run: Arc<RunShared>,
+    results: Sender<Delivery>,
+    batch: Option<u64>,
+    staging: Arc<Staging>,
+    /// The items not yet started, last first.
+    rest: Vec<(u64, Input)>,
+    /// Position in the batch of the next item to start.
+    position: u64,
+    /// The item running now.
+    current: Option<Current>,
+}
+
+/// The item a worker is running: its index, position and input.
+struct Current {
+    index: u64,
+    position: u64,
+    /// Points at the worker's own copy of the input, which it keeps in
+    /// place, and only reads, while this is set.
+    input: *const Value,
+}
+
+// SAFETY: `Current::input` is only dereferenced under the slot's task lock
+// while it is set, and the worker clears it under that lock before it moves
+// or drops the value it points at.
+unsafe impl Send for ChunkTask {}
+
+impl ChunkTask {
+    /// Ends the running item as `reason` says and returns what a fresh
+    /// worker must finish: the results staged so far, the ended item, the
+    /// items not yet started. Gives the task back when no item is running.
+    /// `deadline` is the running item's, from which its run time is known.
+    pub(crate) fn take_over(mut self, reason: StopReason, deadline: Option<Instant>) -> Result<Takeover, ChunkTask> {
+        let Some(current) = self.current.take() else { return Err(self) };
+        // SAFETY: see `Current::input`; we hold the slot's task lock.
+        let input = unsafe { (*current.input).clone() };
+        let status = match reason {
+            StopReason::Stopped => Status::Stopped,
+            StopReason::TimedOut => Status::TimedOut,
+        };
+        self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
+        let mut deliveries: Vec<Delivery> = self.staging.take().into_iter().collect();
+        let mut item = ItemResult::ended(current.index, input, status, abandoned_message(reason));
+        item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
+        item.batch = self.batch;
+        item.batch_index = self.batch.map(|_| current.position);
+        let seq = self.staging.skip_one();
+        deliveries.push(Delivery { first_seq: seq, items: vec![item] });
+        self.rest.reverse();
+        let rest = (!self.rest.is_empty()).then(|| Chunk {
+            run: self.run,
+            results: self.results.clone(),
+            first_seq: seq + 1,
+            batch: self.batch,
+            position: self.position,
+            items: self.rest,
+        });
+        Ok(Takeover { results: self.results, deliveries, rest })
+    }
+}
+
+/// What an abandoned worker left for a fresh one to finish.
+pub(crate) struct Takeover {
+    results: Sender<Delivery>,
+    deliveries: Vec<Delivery>,
+    rest: Option<Chunk>,
+}
+
+impl Takeover {
+    /// Delivers the results the abandoned worker left (once).
+    pub(crate) fn deliver(&mut self) {
+        for delivery in self.deliveries.drain(..) {
+            let _ = self.results.send(delivery);
+        }
+    }
+
+    /// Delivers the results and runs the rest of the chunk.
+    pub(crate) fn finish(mut self, runspace: Result<&mut Runspace, &crate::Error>, slot: &Slot) {
+        self.deliver();
+        match (self.rest, runspace) {
+            (Some(rest), Ok(rs)) => run_chunk(rs, rest, slot),
+            (Some(rest), Err(e)) => rest.fail_all(&e.to_string()),
+            (None, _) => {}
+        }
+    }
+
+    /// Delivers the results, drops the rest unrun (the pool is closing).
+    pub(crate) fn skip(mut self) {
+        self.deliver();
+        if let Some(rest) = self.rest {
+            rest.skip();
+        }
+    }
+}
+
 /// Runs a chunk on a worker's runspace (called by the pool).
-pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
+pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
     let function = match runspace.prepare(&chunk.run.script) {
         Ok(f) => f,
         Err(failed) => {
@@ -118,40 +229,90 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
             return chunk.fail_all(&message);
         }
     };
-    let Chunk { run, results, first_seq, batch, items } = chunk;
+    let Chunk { run, results, first_seq, batch, position, mut items } = chunk;
     let total = items.len();
     let staging = Arc::new(Staging::new(first_seq, total));
     if total > 1 {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).push(staging.clone());
     }
+    items.reverse();
+    // The task holds the chunk's only results sender, so a worker stuck in
+    // a C call does not keep the run's results channel open.
+    *slot.task() = Task::Chunk(ChunkTask {
+        run: run.clone(),
+        results,
+        batch,
+        staging: staging.clone(),
+        rest: items,
+        position,
+        current: None,
+    });
     let started = Instant::now();
     let mut last_flush = started;
     let mut ran = 0usize;
-    for (index, input) in items {
+    loop {
         if run.cancelled.load(Ordering::Relaxed) {
             break;
         }
-        let mut item = match input {
+        let next: (u64, Input);
+        let at;
+        {
+            let mut task = slot.task();
+            let Task::Chunk(chunk) = &mut *task else { return }; // abandoned
+            let Some(item) = chunk.rest.pop() else { break };
+            next = item;
+            at = chunk.position;
+            chunk.position += 1;
+            if let Input::Value(value) = &next.1 {
+                chunk.current = Some(Current { index: next.0, position: at, input: value });
+            }
+        }
+        let (index, input) = next;
+        let mut item = match &input {
             Input::Value(value) => run_item(runspace, &function, &run, index, value),
             Input::Invalid { text, error } => {
-                ItemResult::ended(index, Value::String(text), Status::Failed, format!("invalid input: {error}"))
+                ItemResult::ended(index, Value::String(text.clone()), Status::Failed, format!("invalid input: {error}"))
             }
         };
+        {
+            let mut task = slot.task();
+            let Task::Chunk(chunk) = &mut *task else { return }; // abandoned: the item was reported
+            chunk.current = None;
+        }
+        if let Input::Value(value) = input {
+            item.input = value;
+        }
         if batch.is_some() {
             item.batch = batch;
-            item.batch_index = Some(ran as u64);
+            item.batch_index = Some(at);
         }
         ran += 1;
         staging.push(item);
         if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
             last_flush = Instant::now();
             if let Some(delivery) = staging.take() {
+                let Some(results) = results_of(slot) else { return };
                 let _ = results.send(delivery);
             }
         }
     }
+    let task = std::mem::replace(&mut *slot.task(), Task::Idle);
+    let Task::Chunk(ChunkTask { results, .. }) = task else { return }; // abandoned
+    finish_chunk(&run, &staging, &results, total, ran, started.elapsed());
+}
+
+/// Records the measured cost of an item, accounts for the items a chunk
+/// did not run, stops staging its results and delivers the last of them.
+fn finish_chunk(
+    run: &RunShared,
+    staging: &Arc<Staging>,
+    results: &Sender<Delivery>,
+    total: usize,
+    ran: usize,
+    took: Duration,
+) {
     if ran > 0 {
-        let per_item = started.elapsed().as_nanos() as u64 / ran as u64;
+        let per_item = took.as_nanos() as u64 / ran as u64;
         let old = run.item_ns.load(Ordering::Relaxed);
         let smoothed = if old == 0 { per_item } else { (old * 3 + per_item) / 4 };
         run.item_ns.store(smoothed.max(1), Ordering::Relaxed);
@@ -161,10 +322,18 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk) {
         run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
     }
     if total > 1 {
-        run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &staging));
+        run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, staging));
     }
     if let Some(delivery) = staging.take() {
         let _ = results.send(delivery);
+    }
+}
+
+/// A clone of the running chunk's results sender; `None` once abandoned.
+fn results_of(slot: &Slot) -> Option<Sender<Delivery>> {
+    match &*slot.task() {
+        Task::Chunk(chunk) => Some(chunk.results.clone()),
+        _ => None,
     }
 }
 
@@ -175,7 +344,7 @@ fn run_item(
     function: &mlua::Function,
     run: &RunShared,
     index: u64,
-    value: Value,
+    value: &Value,
 ) -> ItemResult {
     let mut attempts = 1u32;
     loop {
@@ -183,7 +352,7 @@ fn run_item(
         let deadline = run.timeout.map(|t| Instant::now() + t);
         let r = runspace.execute(
             function,
-            std::slice::from_ref(&value),
+            std::slice::from_ref(value),
             &run.params,
             generation,
             run.id,
@@ -203,9 +372,11 @@ fn run_item(
                 continue;
             }
         }
+        // The caller moves the input in: it stays where the watchdog can
+        // read it until then.
         return ItemResult {
             index,
-            input: value,
+            input: Value::Null,
             result: collapse(output),
             status,
             errors: streams.error,
@@ -274,7 +445,7 @@ pub(super) fn feed<I, T>(
             counters.batches.store(batch_id, Ordering::Relaxed);
             batch_id - 1
         });
-        let chunk = Chunk { run: run.clone(), results: results.clone(), first_seq: seq, batch, items };
+        let chunk = Chunk { run: run.clone(), results: results.clone(), first_seq: seq, batch, position: 0, items };
         seq += n;
         if sender.send(Work::Chunk(chunk)).is_err() {
             break;
