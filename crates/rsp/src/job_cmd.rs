@@ -1,7 +1,6 @@
 //! `rsp job`: the client of `rsp serve` — Start-, Get-, Receive-, Wait-,
 //! Stop- and Remove-Job for the command line.
 
-mod client;
 mod show;
 
 use std::io::IsTerminal;
@@ -13,8 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::inputs::InputFormat;
 use crate::parse;
 use crate::script_args::ScriptArgs;
-use crate::serve::StatePaths;
-use client::{Client, ClientError};
+use runspace_server::{Client, ClientError, StatePaths};
 
 /// Exit code when a wait ran out of time.
 const EXIT_TIMEOUT: i32 = 3;
@@ -169,6 +167,9 @@ pub fn run(cmd: JobCommand) -> i32 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rsp job: error: {}", e.message);
+            if e.server_down {
+                eprintln!("rsp job: start one with 'rsp serve --detach' (or 'rsp job start', which starts one)");
+            }
             e.code
         }
     }
@@ -226,7 +227,7 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     let client = match Client::connect(&paths) {
         Ok(c) => c,
         Err(e) if e.server_down && !a.no_autostart => {
-            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
+            let (addr, pid) = crate::serve_cmd::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
             eprintln!(
                 "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
             );

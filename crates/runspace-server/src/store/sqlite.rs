@@ -1,4 +1,4 @@
-//! The job server's SQLite store: every job, its request, state history,
+//! The embedded SQLite store: every job, its request, state history,
 //! outputs and streams, so that a restart loses nothing.
 //!
 //! All writes go through one writer thread that commits whatever has
@@ -9,11 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
+
+use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
 
 /// The most operations committed in one transaction.
 const BATCH: usize = 1024;
@@ -50,24 +52,8 @@ CREATE TABLE IF NOT EXISTS outputs (
 );
 ";
 
-/// Seconds since the epoch, as stored.
-pub fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// RFC 3339 with milliseconds, as the API shows times.
-fn rfc3339(at: Option<f64>) -> Value {
-    match at {
-        Some(s) if s > 0.0 => {
-            let t = UNIX_EPOCH + Duration::from_secs_f64(s);
-            Value::String(humantime::format_rfc3339_millis(t).to_string())
-        }
-        _ => Value::Null,
-    }
-}
-
 /// A write for the writer thread.
-pub enum Op {
+enum Op {
     /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
     Insert { name: String, parallel: bool, request: String, total: u64, at: f64 },
     /// The job began running.
@@ -87,17 +73,8 @@ struct Msg {
     ack: Option<Sender<Result<(), String>>>,
 }
 
-/// Why a write failed.
-#[derive(Debug)]
-pub enum WriteError {
-    /// A job with this name is already stored.
-    Duplicate,
-    /// Anything else: the message says what.
-    Other(String),
-}
-
 /// The store: a writer thread and a handful of reader connections.
-pub struct Store {
+pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<(Sender<Msg>, JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
@@ -113,11 +90,11 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database and marks jobs that were
     /// queued or running when the previous server died as Interrupted.
     /// Returns the store and how many jobs were interrupted.
-    pub fn open(path: &Path) -> Result<(Store, usize), String> {
+    pub fn open(path: &Path) -> Result<(SqliteStore, usize), String> {
         let fail = |e: rusqlite::Error| format!("database {}: {e}", path.display());
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -131,35 +108,36 @@ impl Store {
             .spawn(move || write_loop(conn, &rx))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
         let store =
-            Store { path: path.to_path_buf(), writer: Mutex::new(Some((tx, writer))), readers: Mutex::default() };
+            SqliteStore { path: path.to_path_buf(), writer: Mutex::new(Some((tx, writer))), readers: Mutex::default() };
         Ok((store, interrupted))
     }
 
     /// Queues a write without waiting for it.
-    pub fn send(&self, op: Op) {
+    fn send(&self, op: Op) {
         if let Some((tx, _)) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = tx.send(Msg { op, ack: None });
         }
     }
 
     /// Writes and waits until it is committed.
-    pub fn write(&self, op: Op) -> Result<(), WriteError> {
+    fn write(&self, op: Op) -> Result<(), StoreError> {
         let (ack_tx, ack_rx) = bounded(1);
         {
             let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let (tx, _) = writer.as_ref().ok_or_else(|| WriteError::Other("the database is closed".into()))?;
-            tx.send(Msg { op, ack: Some(ack_tx) }).map_err(|_| WriteError::Other("the database is closed".into()))?;
+            let closed = || StoreError::Storage("the database is closed".into());
+            let (tx, _) = writer.as_ref().ok_or_else(closed)?;
+            tx.send(Msg { op, ack: Some(ack_tx) }).map_err(|_| closed())?;
         }
         match ack_rx.recv_timeout(ACK_TIMEOUT) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if e.contains("UNIQUE") => Err(WriteError::Duplicate),
-            Ok(Err(e)) => Err(WriteError::Other(e)),
-            Err(_) => Err(WriteError::Other("the database did not answer in time".into())),
+            Ok(Err(e)) if e.contains("UNIQUE") => Err(StoreError::Duplicate(String::new())),
+            Ok(Err(e)) => Err(StoreError::Storage(e)),
+            Err(_) => Err(StoreError::Storage("the database did not answer in time".into())),
         }
     }
 
     /// Commits everything queued, checkpoints the WAL and stops the writer.
-    pub fn close(&self) {
+    fn shutdown(&self) {
         let _ = self.write(Op::Flush);
         let taken = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((tx, handle)) = taken {
@@ -168,28 +146,72 @@ impl Store {
         }
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+    /// Whether a job of this name is stored.
+    fn exists(&self, name: &str) -> Result<bool, StoreError> {
+        self.read(|c| c.query_row("SELECT 1 FROM jobs WHERE name = ?1", [name], |_| Ok(())).optional())
+            .map(|r| r.is_some())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
-            None => open(&self.path).map_err(|e| format!("database: {e}"))?,
+            None => open(&self.path).map_err(|e| StoreError::Storage(format!("database: {e}")))?,
         };
-        let out = f(&conn).map_err(|e| format!("database: {e}"));
+        let out = f(&conn).map_err(|e| StoreError::Storage(format!("database: {e}")));
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         if readers.len() < 8 {
             readers.push(conn);
         }
         out
     }
+}
 
-    /// Whether a job of this name is stored.
-    pub fn exists(&self, name: &str) -> Result<bool, String> {
-        self.read(|c| c.query_row("SELECT 1 FROM jobs WHERE name = ?1", [name], |_| Ok(())).optional())
-            .map(|r| r.is_some())
+impl JobStore for SqliteStore {
+    fn insert(&self, job: NewJob) -> Result<(), StoreError> {
+        let name = job.name.clone();
+        let op = Op::Insert {
+            name: job.name,
+            parallel: job.parallel,
+            request: job.request,
+            total: job.total,
+            at: secs(job.at),
+        };
+        self.write(op).map_err(|e| match e {
+            StoreError::Duplicate(_) => StoreError::Duplicate(name),
+            other => other,
+        })
+    }
+
+    fn started(&self, name: &str, at: SystemTime) {
+        self.send(Op::Started { name: name.to_string(), at: secs(at) });
+    }
+
+    fn record_output(&self, name: &str, seq: u64, record: String, done: Option<u64>) {
+        self.send(Op::Output { name: name.to_string(), seq, record, done });
+    }
+
+    fn finished(&self, end: JobEnd) -> Result<(), StoreError> {
+        self.write(Op::Finished {
+            name: end.name,
+            state: end.state,
+            at: secs(end.at),
+            error: end.error,
+            streams: end.streams.to_string(),
+            done: end.done,
+        })
+    }
+
+    fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        if !self.exists(name)? {
+            return Ok(false);
+        }
+        self.write(Op::Delete { name: name.to_string() })?;
+        Ok(true)
     }
 
     /// One job with its history and streams; `None` if unknown.
-    pub fn get(&self, name: &str) -> Result<Option<Value>, String> {
+    fn get(&self, name: &str) -> Result<Option<Value>, StoreError> {
         self.read(|c| {
             let Some((id, mut job)) =
                 c.query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE name = ?1"), [name], row_to_job).optional()?
@@ -209,7 +231,7 @@ impl Store {
 
     /// A page of jobs, oldest first, optionally of one state; and the
     /// number of jobs that match.
-    pub fn list(&self, state: Option<&str>, offset: u64, limit: u64) -> Result<(u64, Vec<Value>), String> {
+    fn list(&self, state: Option<&str>, offset: u64, limit: u64) -> Result<(u64, Vec<Value>), StoreError> {
         self.read(|c| {
             let filter = if state.is_some() { "WHERE state = ?1" } else { "WHERE ?1 IS NULL" };
             let total: u64 = c.query_row(&format!("SELECT count(*) FROM jobs {filter}"), [state], |r| r.get(0))?;
@@ -224,7 +246,7 @@ impl Store {
     }
 
     /// A page of a job's output records and their total; `None` if unknown.
-    pub fn output(&self, name: &str, offset: u64, limit: u64) -> Result<Option<(u64, Vec<Value>)>, String> {
+    fn output(&self, name: &str, offset: u64, limit: u64) -> Result<Option<(u64, Vec<Value>)>, StoreError> {
         self.read(|c| {
             let Some(id) =
                 c.query_row("SELECT id FROM jobs WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?
@@ -247,6 +269,14 @@ impl Store {
                 .collect::<rusqlite::Result<_>>()?;
             Ok(Some((total, records)))
         })
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
+
+    fn close(&self) {
+        self.shutdown();
     }
 }
 

@@ -17,7 +17,7 @@ use runspace::{auto_job_name, check_job_name, Error, Grants, JobError, JobManage
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::store::{secs, Op, Store, WriteError};
+use crate::store::{JobStore, NewJob, StoreError};
 
 /// The longest a wait request may block.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -25,14 +25,14 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 const MAX_PAGE: u64 = 10_000;
 
 /// What every handler shares.
-pub struct App {
-    pub manager: JobManager,
-    pub store: Arc<Store>,
-    pub token: String,
+pub(crate) struct App {
+    pub(crate) manager: JobManager,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) token: String,
 }
 
 /// An error answer: a status and `{"error": message}`.
-pub struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -55,7 +55,7 @@ fn not_found(name: &str) -> ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// The router, with the token check in front of every route.
-pub fn router(app: Arc<App>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/jobs", post(submit).get(list))
@@ -201,20 +201,14 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         let mut attempts = 0;
         let name = loop {
             let name = given.clone().unwrap_or_else(auto_job_name);
-            let op = Op::Insert {
-                name: name.clone(),
-                parallel,
-                request: request.clone(),
-                total,
-                at: secs(SystemTime::now()),
-            };
-            match app.store.write(op) {
+            let job = NewJob { name: name.clone(), parallel, request: request.clone(), total, at: SystemTime::now() };
+            match app.store.insert(job) {
                 Ok(()) => break name,
-                Err(WriteError::Duplicate) if given.is_none() && attempts < 5 => attempts += 1,
-                Err(WriteError::Duplicate) => {
+                Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
+                Err(StoreError::Duplicate(_)) => {
                     return Err(ApiError(StatusCode::CONFLICT, JobError::Duplicate(name).to_string()))
                 }
-                Err(WriteError::Other(e)) => return Err(internal(e)),
+                Err(e) => return Err(internal(e.to_string())),
             }
         };
         match app.manager.start(spec.name(name.clone())) {
@@ -224,7 +218,7 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
                 Ok((StatusCode::CREATED, Json(body)).into_response())
             }
             Err(e) => {
-                let _ = app.store.write(Op::Delete { name });
+                let _ = app.store.delete(&name);
                 let status = match e {
                     JobError::Duplicate(_) => StatusCode::CONFLICT,
                     JobError::Closed => StatusCode::SERVICE_UNAVAILABLE,
@@ -268,12 +262,15 @@ async fn list(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, Strin
         Some(s) => Some(s.parse::<runspace::JobState>().map_err(bad)?.to_string()),
         None => None,
     };
-    let (total, jobs) = blocking(move || app.store.list(state.as_deref(), offset, limit)).await?.map_err(internal)?;
+    let (total, jobs) = blocking(move || app.store.list(state.as_deref(), offset, limit))
+        .await?
+        .map_err(|e| internal(e.to_string()))?;
     Ok(Json(json!({"total": total, "offset": offset, "limit": limit, "jobs": jobs})).into_response())
 }
 
 async fn get_job(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
-    let job = blocking(move || app.store.get(&name).map(|j| j.ok_or(name))).await?.map_err(internal)?;
+    let job =
+        blocking(move || app.store.get(&name).map(|j| j.ok_or(name))).await?.map_err(|e| internal(e.to_string()))?;
     job.map(|j| Json(j).into_response()).map_err(|name| not_found(&name))
 }
 
@@ -283,8 +280,9 @@ async fn output(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (offset, limit) = page(&q)?;
-    let found =
-        blocking(move || app.store.output(&name, offset, limit).map(|o| o.ok_or(name))).await?.map_err(internal)?;
+    let found = blocking(move || app.store.output(&name, offset, limit).map(|o| o.ok_or(name)))
+        .await?
+        .map_err(|e| internal(e.to_string()))?;
     let (total, records) = found.map_err(|name| not_found(&name))?;
     Ok(Json(json!({"total": total, "offset": offset, "limit": limit, "records": records})).into_response())
 }
@@ -292,7 +290,9 @@ async fn output(
 fn timeout_param(q: &HashMap<String, String>) -> Result<Duration, ApiError> {
     match q.get("timeout") {
         None => Ok(Duration::from_secs(30)),
-        Some(t) => crate::parse::duration(t).map(|d| d.min(MAX_WAIT)).map_err(|e| bad(format!("timeout: {e}"))),
+        Some(t) => {
+            runspace::units::parse_duration(t).map(|d| d.min(MAX_WAIT)).map_err(|e| bad(format!("timeout: {e}")))
+        }
     }
 }
 
@@ -310,7 +310,7 @@ async fn wait(
             Err(JobError::NotFound(_)) => true,
             Err(e) => return Err(internal(e.to_string())),
         };
-        let job = app.store.get(&name).map_err(internal)?.ok_or_else(|| not_found(&name))?;
+        let job = app.store.get(&name).map_err(|e| internal(e.to_string()))?.ok_or_else(|| not_found(&name))?;
         let finished = finished && !matches!(job["state"].as_str(), Some("Queued" | "Running"));
         Ok(Json(json!({"finished": finished, "job": job})).into_response())
     })
@@ -334,7 +334,7 @@ async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResul
             Ok(_) | Err(JobError::NotFound(_)) => {}
             Err(e) => return Err(internal(e.to_string())),
         }
-        let job = app.store.get(&name).map_err(internal)?.ok_or_else(|| not_found(&name))?;
+        let job = app.store.get(&name).map_err(|e| internal(e.to_string()))?.ok_or_else(|| not_found(&name))?;
         Ok(Json(job).into_response())
     })
     .await?
@@ -347,10 +347,10 @@ async fn remove(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiRes
             Err(JobError::NotFound(_)) => false,
             Err(e) => return Err(internal(e.to_string())),
         };
-        if !held && !app.store.exists(&name).map_err(internal)? {
+        let stored = app.store.delete(&name).map_err(|e| internal(e.to_string()))?;
+        if !held && !stored {
             return Err(not_found(&name));
         }
-        app.store.write(Op::Delete { name }).map_err(|e| internal(format!("{e:?}")))?;
         Ok(StatusCode::NO_CONTENT.into_response())
     })
     .await?

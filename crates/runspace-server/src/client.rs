@@ -1,4 +1,4 @@
-//! Talking to `rsp serve`: finds it through the state directory, sends the
+//! Talking to a job server: finds it through the state directory, sends the
 //! token, and turns every failure into a message that says what to do.
 
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use ureq::Agent;
 
-use crate::serve::StatePaths;
+use crate::state::StatePaths;
 
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -15,16 +15,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// server is simply not running (so `rsp job start` may start one).
 #[derive(Debug)]
 pub struct ClientError {
+    /// What went wrong.
     pub message: String,
+    /// The exit code it deserves: 2 for a request the server refused as
+    /// invalid, 1 otherwise.
     pub code: i32,
+    /// No server runs (or answers) for the state directory.
     pub server_down: bool,
 }
 
 impl ClientError {
+    /// A request that is invalid as given (exit code 2).
     pub fn usage(message: impl Into<String>) -> ClientError {
         ClientError { message: message.into(), code: 2, server_down: false }
     }
 
+    /// Any other failure (exit code 1).
     pub fn other(message: impl Into<String>) -> ClientError {
         ClientError { message: message.into(), code: 1, server_down: false }
     }
@@ -47,13 +53,12 @@ impl Client {
     /// token readable.
     pub fn connect(paths: &StatePaths) -> Result<Client, ClientError> {
         let dir = paths.dir.display().to_string();
-        let hint = "start one with 'rsp serve --detach' (or 'rsp job start', which starts one)";
         if !paths.server_running() {
-            return Err(ClientError::down(format!("no job server is running for {dir}; {hint}")));
+            return Err(ClientError::down(format!("no job server is running for {dir}")));
         }
-        let (addr, _) = paths.address().ok_or_else(|| {
-            ClientError::down(format!("the job server for {dir} has not written its address yet; {hint}"))
-        })?;
+        let (addr, _) = paths
+            .address()
+            .ok_or_else(|| ClientError::down(format!("the job server for {dir} has not written its address yet")))?;
         let token = std::fs::read_to_string(&paths.token)
             .map_err(|e| ClientError::other(format!("cannot read the token {}: {e}", paths.token.display())))?
             .trim()
@@ -63,11 +68,13 @@ impl Client {
         Ok(Client { base: format!("http://{addr}"), token, agent, dir })
     }
 
+    /// `GET path`, answered as JSON.
     pub fn get(&self, path: &str) -> Result<Value, ClientError> {
         let r = self.agent.get(format!("{}{path}", self.base)).header("Authorization", self.bearer()).call();
         self.answer(r)
     }
 
+    /// `POST path` with a JSON body, answered as JSON.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let r = self.agent.post(format!("{}{path}", self.base)).header("Authorization", self.bearer()).send_json(body);
         self.answer(r)
@@ -86,6 +93,7 @@ impl Client {
         self.answer(r)
     }
 
+    /// `DELETE path`.
     pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
         let r = self.agent.delete(format!("{}{path}", self.base)).header("Authorization", self.bearer()).call();
         self.answer(r)
@@ -100,7 +108,7 @@ impl Client {
             Ok(r) => r,
             Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 return Err(ClientError::down(format!(
-                    "the job server for {} does not answer at {} (it may have died; start it with 'rsp serve --detach')",
+                    "the job server for {} does not answer at {} (it may have died)",
                     self.dir, self.base
                 )))
             }
