@@ -15,42 +15,14 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
+mod schema;
+
 use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
 
 /// The most operations committed in one transaction.
 const BATCH: usize = 1024;
 /// How long a caller waits for its write to commit before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    state TEXT NOT NULL,
-    parallel INTEGER NOT NULL,
-    request TEXT NOT NULL,
-    submitted_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    progress_done INTEGER NOT NULL DEFAULT 0,
-    progress_total INTEGER NOT NULL,
-    error TEXT,
-    streams TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, id);
-CREATE TABLE IF NOT EXISTS history (
-    job_id INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS history_by_job ON history(job_id);
-CREATE TABLE IF NOT EXISTS outputs (
-    job_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-";
 
 /// A write for the writer thread.
 enum Op {
@@ -100,7 +72,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let mut conn = open(path).map_err(fail)?;
-        conn.execute_batch(SCHEMA).map_err(fail)?;
+        schema::migrate(&mut conn).map_err(|e| format!("database {}: {e}", path.display()))?;
         let interrupted = interrupt_unfinished(&mut conn).map_err(fail)?;
         let (tx, rx) = unbounded::<Msg>();
         let writer = std::thread::Builder::new()
@@ -350,6 +322,11 @@ fn write_loop(mut conn: Connection, rx: &Receiver<Msg>) {
             }
             Err(e) => batch.iter().map(|_| Err(format!("cannot begin a transaction: {e}"))).collect(),
         };
+        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. })) {
+            // Give the deleted jobs' pages back to the file system (auto_vacuum
+            // is INCREMENTAL since schema version 2). A failure only delays it.
+            let _ = conn.execute_batch("PRAGMA incremental_vacuum");
+        }
         for (msg, result) in batch.into_iter().zip(results) {
             if let Some(ack) = msg.ack {
                 let _ = ack.send(result);
