@@ -176,7 +176,11 @@ pub fn run(cmd: JobCommand) -> i32 {
 }
 
 fn connect(common: &Common) -> Result<Client, ClientError> {
-    Client::connect(&StatePaths::new(common.state_dir.as_deref()))
+    Client::connect(&state_paths(common)?)
+}
+
+fn state_paths(common: &Common) -> Result<StatePaths, ClientError> {
+    StatePaths::new(common.state_dir.as_deref()).map_err(|e| ClientError::usage(format!("{e} (--state-dir)")))
 }
 
 fn start(a: StartArgs) -> Result<i32, ClientError> {
@@ -223,7 +227,7 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     if let Some(path) = &a.input {
         body.insert("inputs".into(), Value::Array(read_inputs(path, a.input_format)?));
     }
-    let paths = StatePaths::new(a.common.state_dir.as_deref());
+    let paths = state_paths(&a.common)?;
     let client = match Client::connect(&paths) {
         Ok(c) => c,
         Err(e) if e.server_down && !a.no_autostart => {

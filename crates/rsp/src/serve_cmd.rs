@@ -51,7 +51,13 @@ pub fn run(args: ServeArgs) -> i32 {
         eprintln!("rsp serve: error: --max-jobs must be at least 1");
         return 2;
     }
-    let paths = StatePaths::new(args.state_dir.as_deref());
+    let paths = match StatePaths::new(args.state_dir.as_deref()) {
+        Ok(paths) => paths,
+        Err(e) => {
+            eprintln!("rsp serve: error: {e} (--state-dir)");
+            return 2;
+        }
+    };
     if args.detach {
         return match spawn_detached(&paths, &child_args(&args)) {
             Ok((addr, pid)) => {

@@ -59,10 +59,7 @@ impl Client {
         let (addr, _) = paths
             .address()
             .ok_or_else(|| ClientError::down(format!("the job server for {dir} has not written its address yet")))?;
-        let token = std::fs::read_to_string(&paths.token)
-            .map_err(|e| ClientError::other(format!("cannot read the token {}: {e}", paths.token.display())))?
-            .trim()
-            .to_string();
+        let token = paths.read_token().map_err(ClientError::other)?;
         let agent: Agent =
             Agent::config_builder().http_status_as_error(false).timeout_global(Some(REQUEST_TIMEOUT)).build().into();
         Ok(Client { base: format!("http://{addr}"), token, agent, dir })

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod client;
+mod private;
 pub mod server;
 pub mod state;
 pub mod store;

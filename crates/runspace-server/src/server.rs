@@ -4,10 +4,9 @@
 //! started in the background).
 
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::future::IntoFuture;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,6 +17,7 @@ use runspace::{JobEvent, JobManager};
 use serde_json::json;
 
 use crate::api;
+use crate::private;
 use crate::state::{self, StatePaths};
 use crate::store::{JobEnd, JobStore, SqliteStore};
 
@@ -44,12 +44,7 @@ pub struct ServerConfig {
 /// (up to 10 s) until it has written its address.
 pub fn spawn_detached(paths: &StatePaths, program: &Path, args: &[OsString]) -> Result<(SocketAddr, u32), String> {
     state::create_state_dir(&paths.dir)?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&paths.log)
-        .map_err(|e| format!("cannot open {}: {e}", paths.log.display()))?;
+    let log = state::open_log(paths)?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(program);
     command.args(args);
@@ -168,10 +163,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
 
 fn write_address(paths: &StatePaths, addr: SocketAddr, db: &Path) -> Result<(), String> {
     let info = json!({"addr": addr.to_string(), "pid": std::process::id(), "db": db.display().to_string()});
-    let tmp = paths.address.with_extension("json.tmp");
-    fs::write(&tmp, info.to_string()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    // Rename, so a client never reads half a file.
-    fs::rename(&tmp, &paths.address).map_err(|e| format!("cannot write {}: {e}", paths.address.display()))
+    private::write_atomically(&paths.address, info.to_string().as_bytes())
 }
 
 async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) -> Result<(), String> {

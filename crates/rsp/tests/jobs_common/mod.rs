@@ -145,3 +145,34 @@ pub fn call(base: &str, token: Option<&str>, method: &str, path: &str, body: Opt
     let text = response.body_mut().read_to_string().unwrap_or_default();
     (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
 }
+
+/// Runs `rsp ARGS` (set up by `setup`) to its end, killing it after 30 s:
+/// a command here must never hang, even one that wrongly starts serving.
+pub fn rsp_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> std::process::Output {
+    let mut command = Command::new(RSP);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    setup(&mut command);
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rsp {args:?} did not finish within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Kills (SIGKILL) the server whose pid `DIR/server.json` names.
+pub struct KillServerOf(pub PathBuf);
+
+impl Drop for KillServerOf {
+    fn drop(&mut self) {
+        let info: Option<Value> =
+            std::fs::read_to_string(self.0.join("server.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(pid) = info.and_then(|i| i["pid"].as_i64()) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}

@@ -6,16 +6,20 @@
 //! many clients costs one fsync per batch, not one per job. Reads use their
 //! own connections, which WAL lets run beside the writer.
 
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 
 mod schema;
+
+use crate::private::{self, Access};
 
 use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
 
@@ -50,10 +54,16 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<(Sender<Msg>, JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    /// The database file, opened by us and `flock`ed: no second server
+    /// uses this database while we hold it. Last, so it closes after every
+    /// connection (closing a descriptor drops the process's POSIX locks on
+    /// the file, SQLite's included).
+    _lock: File,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    // NOFOLLOW: SQLite itself refuses a database path that is a symbolic link.
+    let conn = Connection::open_with_flags(path, OpenFlags::default() | OpenFlags::SQLITE_OPEN_NOFOLLOW)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL: readers never block the writer; NORMAL sync is durable across
     // a process crash (kill -9), which is the failure this store is for.
@@ -62,25 +72,46 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// `jobs.db` + `-wal` = `jobs.db-wal`, as SQLite names its side files.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database and marks jobs that were
     /// queued or running when the previous server died as Interrupted.
     /// Returns the store and how many jobs were interrupted.
     pub fn open(path: &Path) -> Result<(SqliteStore, usize), String> {
         let fail = |e: rusqlite::Error| format!("database {}: {e}", path.display());
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            private::ensure_private_dir(dir)?;
         }
+        let lock = private::open_private(path, Access::ReadWrite)?;
+        // SAFETY: flock on a descriptor we own; the lock lives as long as the file.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!("the database {} is in use by another job server", path.display()));
+        }
+        let side_files = [with_suffix(path, "-wal"), with_suffix(path, "-shm")];
+        // SQLite gives its side files the database's mode (0600 now); a
+        // planted link or a foreign file there is refused before it opens them.
+        side_files.iter().try_for_each(|f| private::tighten_if_present(f))?;
         let mut conn = open(path).map_err(fail)?;
         schema::migrate(&mut conn).map_err(|e| format!("database {}: {e}", path.display()))?;
+        side_files.iter().try_for_each(|f| private::tighten_if_present(f))?;
         let interrupted = interrupt_unfinished(&mut conn).map_err(fail)?;
         let (tx, rx) = unbounded::<Msg>();
         let writer = std::thread::Builder::new()
             .name("rsp-db-writer".into())
             .spawn(move || write_loop(conn, &rx))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
-        let store =
-            SqliteStore { path: path.to_path_buf(), writer: Mutex::new(Some((tx, writer))), readers: Mutex::default() };
+        let store = SqliteStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(Some((tx, writer))),
+            readers: Mutex::default(),
+            _lock: lock,
+        };
         Ok((store, interrupted))
     }
 
