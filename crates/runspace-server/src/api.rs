@@ -93,10 +93,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(|e| internal(format!("handler failed: {e}")))
 }
 
+/// The server answers; `ok` (and the status, 503 when not) says whether
+/// its store is writing: a monitor polling this sees a full disk.
 async fn health(State(app): State<Arc<App>>) -> ApiResult {
-    let running = blocking(move || app.manager.running().len()).await?;
-    Ok(Json(json!({"ok": true, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "running": running}))
-        .into_response())
+    let (running, store) = blocking(move || (app.manager.running().len(), app.store.health())).await?;
+    let ok = store.failing.is_none();
+    let body = json!({
+        "ok": ok,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "running": running,
+        "store": {"ok": ok, "error": store.failing, "failed_jobs": store.failed_jobs},
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(body)).into_response())
 }
 
 /// The body of `POST /v1/jobs`.

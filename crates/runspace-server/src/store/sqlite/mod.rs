@@ -1,59 +1,41 @@
 //! The embedded SQLite store: every job, its request, state history,
 //! outputs and streams, so that a restart loses nothing.
 //!
-//! All writes go through one writer thread that commits whatever has
-//! queued up in one transaction (group commit): a burst of submissions from
-//! many clients costs one fsync per batch, not one per job. Reads use their
+//! All writes go through one writer thread ([`writer`]); reads use their
 //! own connections, which WAL lets run beside the writer.
 
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 
 mod schema;
+mod writer;
 
 use crate::private::{self, Access};
 
+use writer::{Failures, Msg, Op};
+
 use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
 
-/// The most operations committed in one transaction.
-const BATCH: usize = 1024;
 /// How long a caller waits for its write to commit before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A write for the writer thread.
-enum Op {
-    /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
-    Insert { name: String, parallel: bool, request: String, total: u64, at: f64 },
-    /// The job began running.
-    Started { name: String, at: f64 },
-    /// One output record (an item of a run over inputs, or an output value).
-    Output { name: String, seq: u64, record: String, done: Option<u64> },
-    /// The job ended.
-    Finished { name: String, state: String, at: f64, error: Option<String>, streams: String, done: u64 },
-    /// Forget the job entirely.
-    Delete { name: String },
-    /// Nothing: acknowledged once everything sent before it is committed.
-    Flush,
-}
-
-struct Msg {
-    op: Op,
-    ack: Option<Sender<Result<(), String>>>,
-}
+/// The most writes queued for the writer: a job producing records faster
+/// than the disk takes them waits, rather than the server's memory growing.
+const QUEUE: usize = 4096;
 
 /// The store: a writer thread and a handful of reader connections.
 pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<(Sender<Msg>, JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    failures: Arc<Failures>,
     /// The database file, opened by us and `flock`ed: no second server
     /// uses this database while we hold it. Last, so it closes after every
     /// connection (closing a descriptor drops the process's POSIX locks on
@@ -101,36 +83,42 @@ impl SqliteStore {
         schema::migrate(&mut conn).map_err(|e| format!("database {}: {e}", path.display()))?;
         side_files.iter().try_for_each(|f| private::tighten_if_present(f))?;
         let interrupted = interrupt_unfinished(&mut conn).map_err(fail)?;
-        let (tx, rx) = unbounded::<Msg>();
+        let (tx, rx) = bounded::<Msg>(QUEUE);
+        let failures = Arc::new(Failures::default());
+        let writer_failures = failures.clone();
         let writer = std::thread::Builder::new()
             .name("rsp-db-writer".into())
-            .spawn(move || write_loop(conn, &rx))
+            .spawn(move || writer::write_loop(conn, &rx, &writer_failures))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
         let store = SqliteStore {
             path: path.to_path_buf(),
             writer: Mutex::new(Some((tx, writer))),
             readers: Mutex::default(),
+            failures,
             _lock: lock,
         };
         Ok((store, interrupted))
     }
 
-    /// Queues a write without waiting for it.
-    fn send(&self, op: Op) {
-        if let Some((tx, _)) = &*self.writer.lock().unwrap_or_else(|e| e.into_inner()) {
-            let _ = tx.send(Msg { op, ack: None });
+    /// The writer's queue, unless the store is closed.
+    fn sender(&self) -> Option<Sender<Msg>> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(tx, _)| tx.clone())
+    }
+
+    /// Queues a write without waiting for it to commit (waiting while the
+    /// queue is full); a failure marks its job failed.
+    fn send(&self, op: Op, name: &str) {
+        let sent = self.sender().is_some_and(|tx| tx.send(Msg { op, ack: None }).is_ok());
+        if !sent {
+            self.failures.lost_write(name, "the database is closed");
         }
     }
 
     /// Writes and waits until it is committed.
     fn write(&self, op: Op) -> Result<(), StoreError> {
         let (ack_tx, ack_rx) = bounded(1);
-        {
-            let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let closed = || StoreError::Storage("the database is closed".into());
-            let (tx, _) = writer.as_ref().ok_or_else(closed)?;
-            tx.send(Msg { op, ack: Some(ack_tx) }).map_err(|_| closed())?;
-        }
+        let closed = || StoreError::Storage("the database is closed".into());
+        self.sender().ok_or_else(closed)?.send(Msg { op, ack: Some(ack_tx) }).map_err(|_| closed())?;
         match ack_rx.recv_timeout(ACK_TIMEOUT) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if e.contains("UNIQUE") => Err(StoreError::Duplicate(String::new())),
@@ -153,6 +141,17 @@ impl SqliteStore {
     fn exists(&self, name: &str) -> Result<bool, StoreError> {
         self.read(|c| c.query_row("SELECT 1 FROM jobs WHERE name = ?1", [name], |_| Ok(())).optional())
             .map(|r| r.is_some())
+    }
+
+    /// A job as stored, corrected by what the writer knows and the
+    /// database may not: that the job lost records (even its end) to a
+    /// storage error, so it failed.
+    fn overlay(&self, mut job: Value) -> Value {
+        if let Some(message) = job["name"].as_str().and_then(|name| self.failures.message(name)) {
+            job["state"] = json!("Failed");
+            job["error"] = json!(message);
+        }
+        job
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -187,22 +186,28 @@ impl JobStore for SqliteStore {
     }
 
     fn started(&self, name: &str, at: SystemTime) {
-        self.send(Op::Started { name: name.to_string(), at: secs(at) });
+        self.send(Op::Started { name: name.to_string(), at: secs(at) }, name);
     }
 
     fn record_output(&self, name: &str, seq: u64, record: String, done: Option<u64>) {
-        self.send(Op::Output { name: name.to_string(), seq, record, done });
+        self.send(Op::Output { name: name.to_string(), seq, record, done }, name);
     }
 
     fn finished(&self, end: JobEnd) -> Result<(), StoreError> {
-        self.write(Op::Finished {
+        let name = end.name.clone();
+        let result = self.write(Op::Finished {
             name: end.name,
             state: end.state,
             at: secs(end.at),
             error: end.error,
             streams: end.streams.to_string(),
             done: end.done,
-        })
+        });
+        if let Err(StoreError::Storage(e)) = &result {
+            // Not even its end could be stored: reads still say how it ended.
+            self.failures.lost_write(&name, e);
+        }
+        result
     }
 
     fn delete(&self, name: &str) -> Result<bool, StoreError> {
@@ -210,6 +215,7 @@ impl JobStore for SqliteStore {
             return Ok(false);
         }
         self.write(Op::Delete { name: name.to_string() })?;
+        self.failures.forget(name);
         Ok(true)
     }
 
@@ -230,6 +236,7 @@ impl JobStore for SqliteStore {
             job["output_count"] = json!(outputs);
             Ok(Some(job))
         })
+        .map(|job| job.map(|j| self.overlay(j)))
     }
 
     /// A page of jobs, oldest first, optionally of one state; and the
@@ -246,6 +253,7 @@ impl JobStore for SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             Ok((total, jobs))
         })
+        .map(|(total, jobs): (u64, Vec<Value>)| (total, jobs.into_iter().map(|j| self.overlay(j)).collect()))
     }
 
     /// A page of a job's output records and their total; `None` if unknown.
@@ -275,7 +283,7 @@ impl JobStore for SqliteStore {
     }
 
     fn health(&self) -> StoreHealth {
-        StoreHealth::default()
+        StoreHealth { failing: self.failures.failing(), failed_jobs: self.failures.failed_jobs() }
     }
 
     fn close(&self) {
@@ -332,87 +340,4 @@ fn interrupt_unfinished(conn: &mut Connection) -> rusqlite::Result<usize> {
     )?;
     tx.commit()?;
     Ok(n)
-}
-
-fn write_loop(mut conn: Connection, rx: &Receiver<Msg>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(msg) => batch.push(msg),
-                Err(_) => break,
-            }
-        }
-        let results: Vec<Result<(), String>> = match conn.transaction() {
-            Ok(tx) => {
-                let results = batch.iter().map(|m| apply(&tx, &m.op).map_err(|e| e.to_string())).collect();
-                match tx.commit() {
-                    Ok(()) => results,
-                    Err(e) => batch.iter().map(|_| Err(format!("commit failed: {e}"))).collect(),
-                }
-            }
-            Err(e) => batch.iter().map(|_| Err(format!("cannot begin a transaction: {e}"))).collect(),
-        };
-        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. })) {
-            // Give the deleted jobs' pages back to the file system (auto_vacuum
-            // is INCREMENTAL since schema version 2). A failure only delays it.
-            let _ = conn.execute_batch("PRAGMA incremental_vacuum");
-        }
-        for (msg, result) in batch.into_iter().zip(results) {
-            if let Some(ack) = msg.ack {
-                let _ = ack.send(result);
-            }
-        }
-    }
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
-}
-
-fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
-    let job_id = |name: &str| tx.query_row("SELECT id FROM jobs WHERE name = ?1", [name], |r| r.get::<_, i64>(0));
-    match op {
-        Op::Insert { name, parallel, request, total, at } => {
-            tx.execute(
-                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
-                 VALUES (?1, 'Queued', ?2, ?3, ?4, ?5)",
-                params![name, parallel, request, at, *total as i64],
-            )?;
-            tx.execute(
-                "INSERT INTO history (job_id, state, at) VALUES (?1, 'Queued', ?2)",
-                params![tx.last_insert_rowid(), at],
-            )?;
-        }
-        Op::Started { name, at } => {
-            let id = job_id(name)?;
-            tx.execute("UPDATE jobs SET state = 'Running', started_at = ?2 WHERE id = ?1", params![id, at])?;
-            tx.execute("INSERT INTO history (job_id, state, at) VALUES (?1, 'Running', ?2)", params![id, at])?;
-        }
-        Op::Output { name, seq, record, done } => {
-            let id = job_id(name)?;
-            tx.execute(
-                "INSERT OR REPLACE INTO outputs (job_id, seq, record) VALUES (?1, ?2, ?3)",
-                params![id, *seq as i64, record],
-            )?;
-            if let Some(done) = done {
-                tx.execute("UPDATE jobs SET progress_done = ?2 WHERE id = ?1", params![id, *done as i64])?;
-            }
-        }
-        Op::Finished { name, state, at, error, streams, done } => {
-            let id = job_id(name)?;
-            tx.execute(
-                "UPDATE jobs SET state = ?2, ended_at = ?3, error = ?4, streams = ?5, progress_done = ?6, \
-                 started_at = coalesce(started_at, CASE WHEN ?2 = 'Stopped' THEN NULL ELSE ?3 END) WHERE id = ?1",
-                params![id, state, at, error, streams, *done as i64],
-            )?;
-            tx.execute("INSERT INTO history (job_id, state, at) VALUES (?1, ?2, ?3)", params![id, state, at])?;
-        }
-        Op::Delete { name } => {
-            if let Some(id) = job_id(name).optional()? {
-                tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id])?;
-                tx.execute("DELETE FROM history WHERE job_id = ?1", [id])?;
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
-            }
-        }
-        Op::Flush => {}
-    }
-    Ok(())
 }
