@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 use crate::inputs::InputFormat;
 use crate::parse;
 use crate::script_args::ScriptArgs;
+use runspace_server::limits::{self, JobLimits};
 use runspace_server::{Client, ClientError, StatePaths};
 
 /// Exit code when a wait ran out of time.
@@ -211,21 +212,39 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     body.insert("modules".into(), Value::Array(modules));
     a.script.grants().map_err(usage)?;
     body.insert("allow".into(), json!(a.script.allow));
-    if let Some(limit) = &a.script.memory_limit {
-        let bytes = parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))?;
-        body.insert("memory_limit".into(), json!(bytes));
-    }
-    if let Some(t) = a.timeout {
-        body.insert("timeout_ms".into(), json!(t.as_millis() as u64));
-    }
-    if let Some(t) = a.throttle {
-        body.insert("throttle".into(), json!(t));
+    let memory_limit = match &a.script.memory_limit {
+        Some(limit) => Some(parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))? as u64),
+        None => None,
+    };
+    let inputs = match &a.input {
+        Some(path) => Some(read_inputs(path, a.input_format)?),
+        None => None,
+    };
+    let items = match (&inputs, a.range) {
+        (Some(inputs), _) => inputs.len() as u64,
+        (None, Some(r)) => r.len(),
+        (None, None) => 1,
+    };
+    // The server's own check, here first, so a bad flag is named as such.
+    let limits = JobLimits {
+        throttle: a.throttle.map(|t| t as u64),
+        memory_limit,
+        timeout_ms: a.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        items,
+    };
+    limits.check().map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))?;
+    let fields =
+        [("memory_limit", limits.memory_limit), ("timeout_ms", limits.timeout_ms), ("throttle", limits.throttle)];
+    for (field, value) in fields {
+        if let Some(value) = value {
+            body.insert(field.into(), json!(value));
+        }
     }
     if let Some(r) = a.range {
         body.insert("range".into(), json!({"start": r.start, "end": r.end}));
     }
-    if let Some(path) = &a.input {
-        body.insert("inputs".into(), Value::Array(read_inputs(path, a.input_format)?));
+    if let Some(inputs) = inputs {
+        body.insert("inputs".into(), Value::Array(inputs));
     }
     let paths = state_paths(&a.common)?;
     let client = match Client::connect(&paths) {
@@ -251,6 +270,18 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     wait_names(&client, &[name], Duration::from_secs(3600), a.common.format())
 }
 
+/// The option that sets an API field of [`JobLimits`].
+fn flag_of(field: &str) -> &'static str {
+    match field {
+        "throttle" => "--throttle",
+        "memory_limit" => "--memory-limit",
+        "timeout_ms" => "--timeout",
+        "offset" => "--offset",
+        "limit" => "--limit",
+        _ => "--range/--input",
+    }
+}
+
 /// Reads `--input` items now: the server runs them later, maybe after the file is gone.
 fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, ClientError> {
     let file = std::fs::File::open(path)
@@ -268,7 +299,13 @@ fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, Client
         .collect()
 }
 
+/// The server's page check, with the option named.
+fn check_page(offset: u64, limit: u64) -> Result<(), ClientError> {
+    limits::check_page(offset, limit).map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))
+}
+
 fn list(a: ListArgs) -> Result<i32, ClientError> {
+    check_page(a.offset, a.limit)?;
     let client = connect(&a.common)?;
     let mut path = format!("/v1/jobs?offset={}&limit={}", a.offset, a.limit);
     if let Some(state) = a.state {
@@ -294,6 +331,7 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
 }
 
 fn output(a: OutputArgs) -> Result<i32, ClientError> {
+    check_page(a.offset, 1)?;
     let client = connect(&a.common)?;
     let format = a.common.format();
     let mut offset = a.offset;
@@ -370,16 +408,23 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
 fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
     let client = connect(&a.common)?;
     let path = format!("/v1/jobs/{}", a.name);
+    let stuck = "it is inside a call that cannot be interrupted and ends when that call returns";
     match verb {
         "stop" => {
             let job = client.post(&format!("{path}/stop"), &json!({}))?;
+            if job["stopping"] == json!(true) {
+                eprintln!("rsp job: '{}' is stopping: {stuck}", a.name);
+            }
             match a.common.format() {
                 Format::Json => show::json(&job),
                 Format::Table => show::job_table(std::slice::from_ref(&job), None),
             }
         }
         _ => {
-            client.delete(&path)?;
+            let answer = client.delete(&path)?;
+            if answer["stopping"] == json!(true) {
+                eprintln!("rsp job: '{}' is removed but still stopping: {stuck}", a.name);
+            }
             if a.common.format() == Format::Json {
                 show::json(&json!({"removed": a.name}));
             } else {

@@ -5,12 +5,14 @@
 //! - [`store`]: the [`store::JobStore`] trait and its embedded SQLite backend;
 //! - [`server`]: a server's lifecycle ([`server::serve`], [`server::spawn_detached`]);
 //! - [`state`]: the state directory a server and its clients share;
-//! - [`client`]: a blocking HTTP client for the API.
+//! - [`client`]: a blocking HTTP client for the API;
+//! - [`limits`]: the one check of a job's limits, shared by the API and the command line.
 //!
 //! The API is described in docs/jobs.md and docs/jobs-openapi.yaml.
 
 mod api;
 pub mod client;
+pub mod limits;
 mod private;
 pub mod server;
 pub mod state;

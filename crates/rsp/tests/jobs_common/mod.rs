@@ -49,6 +49,25 @@ impl Server {
         }
     }
 
+    /// Takes over a server started by the test itself (under a wrapper,
+    /// say) and waits until it has written its address.
+    pub fn adopt(child: Child, dir: &Path) -> Server {
+        let mut server =
+            Server { child: Some(child), dir: dir.to_path_buf(), base: String::new(), token: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info: Option<Value> =
+                std::fs::read_to_string(dir.join("server.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(info) = info {
+                server.token = std::fs::read_to_string(dir.join("token")).unwrap().trim().to_string();
+                server.base = format!("http://{}", info["addr"].as_str().unwrap());
+                return server;
+            }
+            assert!(Instant::now() < deadline, "server did not start: {}", log_of(dir));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

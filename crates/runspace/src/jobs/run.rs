@@ -71,10 +71,22 @@ fn run_one(shared: &Shared, job: &Job) {
     };
     job.changed.notify_all();
     notify(shared, &JobEvent::Started { name: &job.name, at: started });
-    let outcome = match spec.inputs.is_some() {
+    // A panic below (a thread the engine could not start, say) ends the job
+    // Failed with the reason and frees its slot, instead of leaving it
+    // Running forever.
+    let run = catch_unwind(AssertUnwindSafe(|| match spec.inputs.is_some() {
         false => run_single(shared, job, spec),
         true => run_parallel(shared, job, spec),
-    };
+    }));
+    let outcome = run.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        *job.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Stopper::None;
+        Outcome::failed(format!("internal error: the job's thread panicked: {why}"))
+    });
     finish(shared, job, outcome);
 }
 
@@ -186,14 +198,23 @@ fn run_parallel(shared: &Shared, job: &Job, spec: JobSpec) -> Outcome {
     record.items.sort_by_key(|i| i.index);
     let output = record.items.iter().map(|i| i.result.clone()).collect();
     let streams = merge_streams(&record.items);
-    let unfinished = record.items.iter().filter(|i| i.status != Status::Completed).count();
+    // An item that wrote errors did complete: it is counted apart.
+    let count = |status: Status| record.items.iter().filter(|i| i.status == status).count();
+    let with_errors = count(Status::CompletedWithErrors);
+    let unfinished = record.items.len() - count(Status::Completed) - with_errors;
     drop(record);
     let (state, error) = if job.stop_requested.load(Ordering::SeqCst) {
         (JobState::Stopped, Some(format!("stopped after {done} of {total} items")))
-    } else if unfinished > 0 {
-        (JobState::CompletedWithErrors, Some(format!("{unfinished} of {total} items did not complete")))
     } else {
-        (JobState::Completed, None)
+        match (unfinished, with_errors) {
+            (0, 0) => (JobState::Completed, None),
+            (0, n) => (JobState::CompletedWithErrors, Some(format!("{n} of {total} items completed with errors"))),
+            (u, 0) => (JobState::CompletedWithErrors, Some(format!("{u} of {total} items did not complete"))),
+            (u, n) => (
+                JobState::CompletedWithErrors,
+                Some(format!("{u} of {total} items did not complete; {n} completed with errors")),
+            ),
+        }
     };
     Outcome { state, output, streams, error }
 }

@@ -13,16 +13,19 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use runspace::{auto_job_name, check_job_name, Error, Grants, JobError, JobManager, JobSpec, Script, SessionState};
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use runspace::{auto_job_name, check_job_name, Error, JobError, JobManager};
+use serde_json::json;
 
-use crate::store::{JobStore, NewJob, StoreError};
+use crate::limits;
+use crate::store::{JobEnd, JobStore, NewJob, StoreError};
+use request::{build_spec, request_record, Submit};
 
+mod request;
+
+/// The longest a stop or remove request waits for the job to stop.
+const STOP_ANSWER: Duration = Duration::from_secs(5);
 /// The longest a wait request may block.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
-/// The most records in one page.
-const MAX_PAGE: u64 = 10_000;
 
 /// What every handler shares.
 pub(crate) struct App {
@@ -109,99 +112,11 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
     Ok((status, Json(body)).into_response())
 }
 
-/// The body of `POST /v1/jobs`.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Submit {
-    name: Option<String>,
-    script: String,
-    script_name: Option<String>,
-    #[serde(default)]
-    params: Map<String, Value>,
-    #[serde(default)]
-    variables: Map<String, Value>,
-    #[serde(default)]
-    modules: Vec<ModuleSource>,
-    #[serde(default)]
-    allow: Vec<String>,
-    memory_limit: Option<usize>,
-    timeout_ms: Option<u64>,
-    inputs: Option<Vec<Value>>,
-    range: Option<RangeSpec>,
-    throttle: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ModuleSource {
-    name: String,
-    source: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RangeSpec {
-    start: i64,
-    end: i64,
-}
-
-/// Builds the job from a request: compiles the script and modules, so a
-/// syntax error is a 400 that names the line.
-fn build_spec(req: &Submit) -> Result<(JobSpec, u64), ApiError> {
-    let script_name = req.script_name.as_deref().unwrap_or("script");
-    let script = Script::named(script_name, &req.script).map_err(engine_error)?;
-    let mut spec = JobSpec::new(&script);
-    for (k, v) in &req.params {
-        spec = spec.param(k, v.clone());
-    }
-    let custom = !req.variables.is_empty() || !req.modules.is_empty() || !req.allow.is_empty();
-    if custom || req.memory_limit.is_some() {
-        let mut session = SessionState::new();
-        for (k, v) in &req.variables {
-            session = session.variable(k, v.clone()).map_err(engine_error)?;
-        }
-        for m in &req.modules {
-            session = session.module(&m.name, &m.source).map_err(engine_error)?;
-        }
-        let mut grants = Grants::default();
-        for cap in &req.allow {
-            grants.grant_spec(cap).map_err(|e| bad(format!("allow: {e}")))?;
-        }
-        session = session.grants_from(grants);
-        if let Some(limit) = req.memory_limit {
-            session = session.memory_limit(limit);
-        }
-        spec = spec.session(session);
-    }
-    if let Some(ms) = req.timeout_ms {
-        spec = spec.timeout(Duration::from_millis(ms));
-    }
-    if let Some(t) = req.throttle {
-        spec = spec.throttle(t);
-    }
-    match (&req.inputs, &req.range) {
-        (Some(_), Some(_)) => return Err(bad("give inputs or range, not both")),
-        (Some(inputs), None) => spec = spec.inputs(inputs.clone()),
-        (None, Some(r)) if r.start.abs_diff(r.end) >= 10_000_000 => {
-            return Err(bad("range: more than 10,000,000 items; split it into several jobs"))
-        }
-        (None, Some(r)) => spec = spec.range(r.start, r.end),
-        (None, None) => {}
-    }
-    let total = spec.total();
-    Ok((spec, total))
-}
-
-fn engine_error(e: Error) -> ApiError {
-    let kind = if matches!(e, Error::Syntax { .. }) { "syntax error" } else { "invalid job" };
-    ApiError(StatusCode::BAD_REQUEST, format!("{kind}: {e}").replacen("syntax error: syntax error", "syntax error", 1))
-}
-
 async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let req: Submit = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
     blocking(move || {
         let (spec, total) = build_spec(&req)?;
-        let parallel = req.inputs.is_some() || req.range.is_some();
+        let parallel = req.parallel();
         let request = serde_json::to_string(&request_record(&req)).map_err(|e| internal(e.to_string()))?;
         let given = req.name.clone();
         if let Some(name) = &given {
@@ -227,6 +142,21 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
                 let body = json!({"name": name, "state": state, "progress": {"done": 0, "total": total}});
                 Ok((StatusCode::CREATED, Json(body)).into_response())
             }
+            Err(JobError::Engine(Error::Pool(why))) => {
+                // The job could not start (no thread for it): it ends Failed
+                // with the reason, and holds no slot.
+                let end = JobEnd {
+                    name: name.clone(),
+                    state: "Failed".into(),
+                    at: SystemTime::now(),
+                    error: Some(format!("the job could not start: {why}")),
+                    streams: json!({}),
+                    done: 0,
+                };
+                app.store.finished(end).map_err(|e| internal(e.to_string()))?;
+                let body = json!({"name": name, "state": "Failed", "progress": {"done": 0, "total": total}});
+                Ok((StatusCode::CREATED, Json(body)).into_response())
+            }
             Err(e) => {
                 let _ = app.store.delete(&name);
                 let status = match e {
@@ -241,29 +171,13 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     .await?
 }
 
-/// What is kept of a request: everything but bulky inputs, which are
-/// summarised (their results are stored as output records anyway).
-fn request_record(req: &Submit) -> Value {
-    json!({
-        "script": req.script,
-        "script_name": req.script_name.as_deref().unwrap_or("script"),
-        "params": req.params,
-        "variables": req.variables,
-        "modules": req.modules.iter().map(|m| json!({"name": m.name, "source": m.source})).collect::<Vec<_>>(),
-        "allow": req.allow,
-        "memory_limit": req.memory_limit,
-        "timeout_ms": req.timeout_ms,
-        "throttle": req.throttle,
-        "range": req.range.as_ref().map(|r| json!({"start": r.start, "end": r.end})),
-        "inputs": req.inputs.as_ref().map(|i| i.len()),
-    })
-}
-
 fn page(q: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
     let num = |key: &str, default: u64| -> Result<u64, ApiError> {
         q.get(key).map_or(Ok(default), |v| v.parse().map_err(|_| bad(format!("{key}: '{v}' is not a whole number"))))
     };
-    Ok((num("offset", 0)?, num("limit", 100)?.clamp(1, MAX_PAGE)))
+    let (offset, limit) = (num("offset", 0)?, num("limit", 100)?);
+    limits::check_page(offset, limit).map_err(|e| bad(e.to_string()))?;
+    Ok((offset, limit))
 }
 
 async fn list(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
@@ -338,30 +252,51 @@ async fn wait_all(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, S
     .await?
 }
 
-async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
-    blocking(move || {
-        match app.manager.stop(&name) {
-            Ok(_) | Err(JobError::NotFound(_)) => {}
-            Err(e) => return Err(internal(e.to_string())),
-        }
-        let job = app.store.get(&name).map_err(|e| internal(e.to_string()))?.ok_or_else(|| not_found(&name))?;
-        Ok(Json(job).into_response())
-    })
-    .await?
+/// Asks the manager to stop a job and waits at most [`STOP_ANSWER`]: a job
+/// busy in a long call into C cannot be interrupted, and a client must not
+/// hang on it. True when it has stopped (or is not held: it ended earlier).
+async fn stop_within(app: &Arc<App>, name: &str) -> Result<bool, ApiError> {
+    let (app, name) = (app.clone(), name.to_string());
+    let stop = tokio::task::spawn_blocking(move || app.manager.stop(&name));
+    match tokio::time::timeout(STOP_ANSWER, stop).await {
+        Ok(Ok(Ok(_) | Err(JobError::NotFound(_)))) => Ok(true),
+        // Still stopping: it ends as soon as its current call returns.
+        Ok(Ok(Err(JobError::Timeout { .. }))) | Err(_) => Ok(false),
+        Ok(Ok(Err(e))) => Err(internal(e.to_string())),
+        Ok(Err(e)) => Err(internal(format!("handler failed: {e}"))),
+    }
 }
 
+/// 200 and the job once stopped; 202 and the job with `"stopping": true`
+/// when it has not stopped within [`STOP_ANSWER`].
+async fn stop(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+    let stopped = stop_within(&app, &name).await?;
+    let mut job = blocking(move || app.store.get(&name).map(|j| j.ok_or(name)))
+        .await?
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|name| not_found(&name))?;
+    if stopped {
+        return Ok(Json(job).into_response());
+    }
+    job["stopping"] = json!(true);
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+/// 204 once stopped and deleted; 202 with `{"removed", "stopping": true}`
+/// when it is deleted from the store but its thread has not stopped yet
+/// (its end is then not stored, and it is forgotten once it ends).
 async fn remove(State(app): State<Arc<App>>, Path(name): Path<String>) -> ApiResult {
+    let stopped = stop_within(&app, &name).await?;
     blocking(move || {
-        let held = match app.manager.remove(&name) {
-            Ok(_) => true,
-            Err(JobError::NotFound(_)) => false,
-            Err(e) => return Err(internal(e.to_string())),
-        };
+        let held = stopped && app.manager.remove(&name).is_ok();
         let stored = app.store.delete(&name).map_err(|e| internal(e.to_string()))?;
         if !held && !stored {
             return Err(not_found(&name));
         }
-        Ok(StatusCode::NO_CONTENT.into_response())
+        if stopped {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        Ok((StatusCode::ACCEPTED, Json(json!({"removed": name, "stopping": true}))).into_response())
     })
     .await?
 }
