@@ -259,11 +259,11 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
         Err(e) => return Err(e),
     };
     let created = client.post("/v1/jobs", &Value::Object(body))?;
-    let name = created["name"].as_str().unwrap_or_default().to_string();
+    let name = created["name"].as_str().ok_or_else(|| malformed("name"))?.to_string();
     if !a.wait {
         match a.common.format() {
             Format::Json => show::json(&created),
-            Format::Table => println!("{name}"),
+            Format::Table => show::line(&name),
         }
         return Ok(0);
     }
@@ -315,7 +315,7 @@ fn list(a: ListArgs) -> Result<i32, ClientError> {
     match a.common.format() {
         Format::Json => show::json(&page),
         Format::Table => {
-            show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), page["total"].as_u64())
+            show::job_table(page["jobs"].as_array().ok_or_else(|| malformed("jobs"))?, page["total"].as_u64())
         }
     }
     Ok(0)
@@ -330,32 +330,46 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
     Ok(0)
 }
 
+/// Prints the records page by page as they arrive: a table's lines, or
+/// one JSON array written record by record, so a large output is never
+/// held whole.
 fn output(a: OutputArgs) -> Result<i32, ClientError> {
     check_page(a.offset, 1)?;
     let client = connect(&a.common)?;
     let format = a.common.format();
     let mut offset = a.offset;
     let mut left = a.limit.unwrap_or(u64::MAX);
-    let mut all = Vec::new();
-    loop {
+    let mut array = show::JsonArray::default();
+    while left > 0 {
         let want = left.min(1000);
-        let page = client.get(&format!("/v1/jobs/{}/output?offset={offset}&limit={want}", a.name))?;
-        let records = page["records"].as_array().cloned().unwrap_or_default();
+        let mut page = client.get(&format!("/v1/jobs/{}/output?offset={offset}&limit={want}", a.name))?;
+        let total = page["total"].as_u64().ok_or_else(|| malformed("total"))?;
+        let Value::Array(records) = page["records"].take() else {
+            return Err(malformed("records"));
+        };
+        // Pages are bounded in bytes too: fewer records than asked is not the end.
         let got = records.len() as u64;
-        match format {
-            Format::Table => records.iter().for_each(show::output_line),
-            Format::Json => all.extend(records),
+        for record in &records {
+            match format {
+                Format::Table => show::output_line(record),
+                Format::Json => array.push(record),
+            }
         }
         offset += got;
         left -= got.min(left);
-        if got < want || left == 0 || offset >= page["total"].as_u64().unwrap_or(0) {
+        if got == 0 || offset >= total {
             break;
         }
     }
     if format == Format::Json {
-        show::json(&Value::Array(all));
+        array.end();
     }
     Ok(0)
+}
+
+/// An answer of the server that lacks what the API promises.
+fn malformed(field: &str) -> ClientError {
+    ClientError::other(format!("the job server's answer has no valid '{field}'"))
 }
 
 fn wait(a: WaitArgs) -> Result<i32, ClientError> {
@@ -371,7 +385,7 @@ fn wait(a: WaitArgs) -> Result<i32, ClientError> {
         let page = client.get("/v1/jobs?limit=10000")?;
         match a.common.format() {
             Format::Json => show::json(&page["jobs"]),
-            Format::Table => show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), None),
+            Format::Table => show::job_table(page["jobs"].as_array().ok_or_else(|| malformed("jobs"))?, None),
         }
         return Ok(0);
     }

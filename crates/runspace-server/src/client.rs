@@ -3,11 +3,17 @@
 
 use std::time::Duration;
 
+use runspace::units::format_size;
 use serde_json::Value;
 use ureq::Agent;
 
+use crate::limits::MAX_REQUEST_BODY;
+
 use crate::state::StatePaths;
 
+/// The largest answer read: pages are bounded well below it, so a larger
+/// one is an error to report, never something to drop silently.
+const MAX_RESPONSE: u64 = 1 << 30;
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,6 +54,21 @@ pub struct Client {
     dir: String,
 }
 
+/// A request body, refused here when the server would refuse it for its
+/// size (it answers 413, but the client may still be writing the body then
+/// and see only a broken pipe).
+fn request_body(body: &Value) -> Result<Vec<u8>, ClientError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| ClientError::other(format!("cannot encode the request: {e}")))?;
+    if bytes.len() as u64 > MAX_REQUEST_BODY {
+        return Err(ClientError::usage(format!(
+            "request body too large: {} (limit {}); split the inputs into several jobs",
+            format_size(bytes.len() as u64),
+            format_size(MAX_REQUEST_BODY)
+        )));
+    }
+    Ok(bytes)
+}
+
 impl Client {
     /// Finds the server of `paths`: its lock must be held, its address and
     /// token readable.
@@ -73,12 +94,19 @@ impl Client {
 
     /// `POST path` with a JSON body, answered as JSON.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let r = self.agent.post(format!("{}{path}", self.base)).header("Authorization", self.bearer()).send_json(body);
+        let body = request_body(body)?;
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", self.bearer())
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
         self.answer(r)
     }
 
     /// A POST that may legitimately block for `wait` (a wait request).
     pub fn post_timeout(&self, path: &str, body: &Value, wait: Duration) -> Result<Value, ClientError> {
+        let body = request_body(body)?;
         let r = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -86,7 +114,8 @@ impl Client {
             .timeout_global(Some(wait + REQUEST_TIMEOUT))
             .build()
             .header("Authorization", self.bearer())
-            .send_json(body);
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
         self.answer(r)
     }
 
@@ -112,7 +141,12 @@ impl Client {
             Err(e) => return Err(ClientError::other(format!("cannot reach the job server at {}: {e}", self.base))),
         };
         let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .map_err(|e| ClientError::other(format!("cannot read the job server's answer ({status}): {e}")))?;
         let body: Value =
             if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         let message = || body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
@@ -124,7 +158,7 @@ impl Client {
                 self.dir,
                 self.base
             ))),
-            400 | 409 => Err(ClientError::usage(message())),
+            400 | 409 | 413 => Err(ClientError::usage(message())),
             _ => Err(ClientError::other(message())),
         }
     }

@@ -12,6 +12,7 @@
 
 mod api;
 pub mod client;
+mod http;
 pub mod limits;
 mod private;
 pub mod server;

@@ -19,6 +19,11 @@ pub const MIN_MEMORY_LIMIT: u64 = 1 << 20;
 pub const MAX_ITEMS: u64 = 10_000_000;
 /// The most records (or jobs) in one page of a listing.
 pub const MAX_PAGE: u64 = 10_000;
+/// The most bytes of records in one page of output (a page holds at least
+/// one record, however large): a client reads any output in bounded steps.
+pub const MAX_PAGE_BYTES: usize = 4 << 20;
+/// The largest request body the API reads (a job's script, modules and inputs).
+pub const MAX_REQUEST_BODY: u64 = 32 << 20;
 /// The largest offset into a listing (offsets are signed 64-bit in the store).
 pub const MAX_OFFSET: u64 = i64::MAX as u64;
 

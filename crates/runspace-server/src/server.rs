@@ -5,7 +5,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::future::IntoFuture;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,7 @@ use runspace::{JobEvent, JobManager};
 use serde_json::json;
 
 use crate::api;
+use crate::http;
 use crate::private;
 use crate::state::{self, StatePaths};
 use crate::store::{JobEnd, JobStore, SqliteStore};
@@ -168,13 +168,9 @@ fn write_address(paths: &StatePaths, addr: SocketAddr, db: &Path) -> Result<(), 
 
 async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, api::router(app.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.changed().await;
-        })
-        .into_future();
-    let server = tokio::spawn(server);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Open requests (waits, mostly) end with the jobs; then connections get a few seconds to close.
+    let server = tokio::spawn(http::serve(listener, api::router(app.clone()), stop_rx, Duration::from_secs(5)));
     let forget = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -191,9 +187,8 @@ async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) 
     let _ = stop_tx.send(true);
     // Jobs end (finished or stopped), which also ends the requests waiting on them.
     let _ = tokio::task::spawn_blocking(move || app.manager.shutdown(grace)).await;
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) | Err(_) => Ok(()),
-        Ok(Ok(Err(e))) => Err(format!("server error: {e}")),
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(())) | Err(_) => Ok(()),
         Ok(Err(e)) => Err(format!("server task failed: {e}")),
     }
 }

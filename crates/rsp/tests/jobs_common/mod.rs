@@ -171,16 +171,20 @@ pub fn rsp_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> std::process
     let mut command = Command::new(RSP);
     command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     setup(&mut command);
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
+    let child = command.spawn().unwrap();
+    let pid = child.id() as i32;
+    // Read its output while it runs (a large output must not fill the pipe).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
             panic!("rsp {args:?} did not finish within 30 s");
         }
-        std::thread::sleep(Duration::from_millis(5));
     }
-    child.wait_with_output().unwrap()
 }
 
 /// Kills (SIGKILL) the server whose pid `DIR/server.json` names.

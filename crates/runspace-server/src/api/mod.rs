@@ -16,12 +16,14 @@ use axum::{Json, Router};
 use runspace::{auto_job_name, check_job_name, Error, JobError, JobManager};
 use serde_json::json;
 
-use crate::limits;
+use crate::limits::{self, MAX_REQUEST_BODY};
 use crate::store::{JobEnd, JobStore, NewJob, StoreError};
 use request::{build_spec, request_record, Submit};
 
 mod request;
 
+/// The longest a client may take to send a request body.
+const BODY_READ: Duration = Duration::from_secs(30);
 /// The longest a stop or remove request waits for the job to stop.
 const STOP_ANSWER: Duration = Duration::from_secs(5);
 /// The longest a wait request may block.
@@ -68,7 +70,58 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs/{name}/stop", post(stop))
         .route("/v1/wait", post(wait_all).get(wait_all))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::map_response(json_errors))
         .with_state(app)
+}
+
+/// Every error is JSON: answers the router or axum make themselves (an
+/// unknown route, a wrong method, a rejected query) get the same
+/// `{"error", "status"}` body as the handlers' own errors; other headers
+/// (`Allow`, say) are kept.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let message = match text {
+        Ok(text) if !text.is_empty() => text,
+        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let mut answer = ApiError(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    answer
+}
+
+/// Reads a request's body: at most [`MAX_REQUEST_BODY`] bytes (413
+/// otherwise), within [`BODY_READ`] (408 otherwise), so a slow client
+/// cannot hold a handler.
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        let limit = runspace::units::format_size(MAX_REQUEST_BODY);
+        ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body too large (limit {limit})"))
+    };
+    let announced = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_REQUEST_BODY) {
+        // Said up front: no need to read (or wait for) any of it.
+        return Err(too_large());
+    }
+    let limit = usize::try_from(MAX_REQUEST_BODY).unwrap_or(usize::MAX);
+    match tokio::time::timeout(BODY_READ, axum::body::to_bytes(request.into_body(), limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(ApiError(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", BODY_READ.as_secs()),
+        )),
+    }
 }
 
 async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -112,7 +165,8 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
     Ok((status, Json(body)).into_response())
 }
 
-async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+async fn submit(State(app): State<Arc<App>>, request: Request) -> ApiResult {
+    let body = read_body(request).await?;
     let req: Submit = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
     blocking(move || {
         let (spec, total) = build_spec(&req)?;

@@ -112,7 +112,9 @@ pub trait JobStore: Send + Sync {
     /// A page of jobs, oldest first, optionally of one state, and the
     /// number of jobs that match.
     fn list(&self, state: Option<&str>, offset: u64, limit: u64) -> Result<(u64, Vec<Value>), StoreError>;
-    /// A page of a job's output records and their total; `None` if unknown.
+    /// A page of a job's output records (at most `limit`, and no more than
+    /// [`crate::limits::MAX_PAGE_BYTES`] of them but at least one) and
+    /// their total; `None` if the job is unknown.
     fn output(&self, name: &str, offset: u64, limit: u64) -> Result<Option<(u64, Vec<Value>)>, StoreError>;
     /// Whether writes are succeeding.
     fn health(&self) -> StoreHealth;

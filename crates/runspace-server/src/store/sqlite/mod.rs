@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 mod schema;
 mod writer;
 
+use crate::limits::MAX_PAGE_BYTES;
 use crate::private::{self, Access};
 
 use writer::{Failures, Msg, Op};
@@ -267,17 +268,21 @@ impl JobStore for SqliteStore {
             let total: u64 = c.query_row("SELECT count(*) FROM outputs WHERE job_id = ?1", [id], |r| r.get(0))?;
             let mut stmt =
                 c.prepare_cached("SELECT seq, record FROM outputs WHERE job_id = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3")?;
-            let records = stmt
-                .query_map(params![id, limit as i64, offset as i64], |r| {
-                    let seq: u64 = r.get(0)?;
-                    let text: String = r.get(1)?;
-                    let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                    if let Value::Object(map) = &mut record {
-                        map.insert("seq".into(), json!(seq));
-                    }
-                    Ok(record)
-                })?
-                .collect::<rusqlite::Result<_>>()?;
+            let mut rows = stmt.query(params![id, limit as i64, offset as i64])?;
+            let (mut records, mut bytes) = (Vec::new(), 0);
+            while let Some(row) = rows.next()? {
+                let seq: u64 = row.get(0)?;
+                let text: String = row.get(1)?;
+                bytes += text.len();
+                if bytes > MAX_PAGE_BYTES && !records.is_empty() {
+                    break;
+                }
+                let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                if let Value::Object(map) = &mut record {
+                    map.insert("seq".into(), json!(seq));
+                }
+                records.push(record);
+            }
             Ok(Some((total, records)))
         })
     }
