@@ -128,6 +128,8 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     }
     let manager = JobManager::builder()
         .max_concurrent(config.max_jobs)
+        // Items go to the store as they finish; memory must not grow with a job.
+        .keep_items(false)
         .observer(observer(store.clone()))
         .build()
         .map_err(|e| e.to_string())?;

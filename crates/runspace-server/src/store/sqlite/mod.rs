@@ -52,6 +52,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // a process crash (kill -9), which is the failure this store is for.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL shrinks back to this after a checkpoint, instead of keeping
+    // the size of the largest burst of writes.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
     Ok(conn)
 }
 
@@ -345,4 +348,73 @@ fn interrupt_unfinished(conn: &mut Connection) -> rusqlite::Result<usize> {
     )?;
     tx.commit()?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_count(path: &Path) -> i64 {
+        let conn = Connection::open(path).unwrap();
+        conn.pragma_query_value(None, "page_count", |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn deleting_a_job_gives_its_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        let job =
+            NewJob { name: "big".into(), parallel: true, request: "{}".into(), total: 2000, at: SystemTime::now() };
+        store.insert(job).unwrap();
+        for seq in 0..2000 {
+            store.record_output("big", seq, format!("{{\"result\": \"{}\"}}", "x".repeat(10_000)), Some(seq + 1));
+        }
+        let end = JobEnd {
+            name: "big".into(),
+            state: "Completed".into(),
+            at: SystemTime::now(),
+            error: None,
+            streams: json!({}),
+            done: 2000,
+        };
+        store.finished(end).unwrap();
+        assert_eq!(store.output("big", 0, 10).unwrap().unwrap().0, 2000);
+        store.close();
+        drop(store);
+        let full = page_count(&path);
+        let (store, _) = SqliteStore::open(&path).unwrap();
+        assert!(store.delete("big").unwrap());
+        store.close();
+        drop(store);
+        let after = page_count(&path);
+        assert!(after * 10 < full, "{full} pages before the delete, {after} after");
+    }
+
+    #[test]
+    fn a_page_of_output_is_bounded_in_bytes_but_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+        let job = NewJob { name: "j".into(), parallel: true, request: "{}".into(), total: 10, at: SystemTime::now() };
+        store.insert(job).unwrap();
+        let huge = format!("{{\"result\": \"{}\"}}", "y".repeat(MAX_PAGE_BYTES));
+        store.record_output("j", 0, huge, Some(1));
+        for seq in 1..10 {
+            store.record_output(
+                "j",
+                seq,
+                format!("{{\"result\": \"{}\"}}", "z".repeat(MAX_PAGE_BYTES / 4)),
+                Some(seq + 1),
+            );
+        }
+        store.close();
+        let (store, _) = {
+            drop(store);
+            SqliteStore::open(&dir.path().join("jobs.db")).unwrap()
+        };
+        let (total, first) = store.output("j", 0, 100).unwrap().unwrap();
+        assert_eq!((total, first.len()), (10, 1), "one record over the byte bound still comes alone");
+        let (_, next) = store.output("j", 1, 100).unwrap().unwrap();
+        assert!((1..4).contains(&next.len()), "{} records", next.len());
+    }
 }

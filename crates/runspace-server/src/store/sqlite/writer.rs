@@ -131,7 +131,7 @@ pub(super) fn write_loop(mut conn: Connection, rx: &Receiver<Msg>, failures: &Fa
         if batch.iter().any(|m| matches!(m.op, Op::Delete { .. })) {
             // Give the deleted jobs' pages back to the file system (auto_vacuum
             // is INCREMENTAL since schema version 2). A failure only delays it.
-            let _ = conn.execute_batch("PRAGMA incremental_vacuum");
+            let _ = incremental_vacuum(&conn);
         }
         for (msg, result) in batch.into_iter().zip(results) {
             if let Some(ack) = msg.ack {
@@ -140,6 +140,15 @@ pub(super) fn write_loop(mut conn: Connection, rx: &Receiver<Msg>, failures: &Fa
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+/// Frees every page on the free list. The pragma frees one page per step,
+/// so it is stepped to its end.
+fn incremental_vacuum(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
 }
 
 /// Applies a batch in one transaction; returns each write's outcome and
