@@ -152,3 +152,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "{format}: {stderr}");
     }
 }
+
+#[test]
+fn streams_are_stored_per_record_and_served_in_pages_with_a_tail() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path(), &[]);
+    let body =
+        json!({"name": "chatty", "script": "for i = 1, 300 do print('line ' .. i) end write_warning('w') return 1"});
+    assert_eq!(server.call("POST", "/v1/jobs", Some(&body)).0, 201);
+    let job = server.until("chatty", |j| j["state"] == "Completed");
+    assert_eq!(job["stream_counts"], json!({"information": 300, "warning": 1}), "{job}");
+    let tail = job["streams"]["information"].as_array().unwrap();
+    assert_eq!((tail.len(), &tail[99]), (100, &json!("line 300")), "the description carries the last 100");
+    assert_eq!(job["streams"]["warning"], json!(["w"]));
+    let (status, page) = server.call("GET", "/v1/jobs/chatty/streams/information?tail=5", None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["offset"], 295);
+    assert_eq!(page["records"], json!(["line 296", "line 297", "line 298", "line 299", "line 300"]));
+    let (_, page) = server.call("GET", "/v1/jobs/chatty/streams/information?offset=0&limit=2", None);
+    assert_eq!((page["total"].as_u64(), &page["records"]), (Some(300), &json!(["line 1", "line 2"])));
+    for bad in [
+        "/v1/jobs/chatty/streams/bogus",
+        "/v1/jobs/chatty/streams/error?tail=0",
+        "/v1/jobs/chatty/streams/error?tail=1&offset=2",
+    ] {
+        let (status, body) = server.call("GET", bad, None);
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    assert_eq!(server.call("GET", "/v1/jobs/nobody/streams/error", None).0, 404);
+}

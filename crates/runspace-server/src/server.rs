@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use runspace::{JobEvent, JobManager};
+use runspace::{JobEvent, JobManager, Streams};
 use serde_json::json;
 
 use crate::api;
@@ -90,12 +90,12 @@ fn observer(store: Arc<dyn JobStore>) -> impl Fn(&JobEvent<'_>) + Send + Sync + 
                     store.record_output(&info.name, seq as u64, json!({ "value": value }).to_string(), None);
                 }
             }
+            record_streams(store.as_ref(), &info.name, &info.streams);
             let end = JobEnd {
                 name: info.name.clone(),
                 state: info.state.to_string(),
                 at: info.end.unwrap_or_else(SystemTime::now),
                 error: info.error.clone(),
-                streams: serde_json::to_value(&info.streams).unwrap_or_else(|_| json!({})),
                 done: info.progress.done,
             };
             if let Err(e) = store.finished(end) {
@@ -103,6 +103,27 @@ fn observer(store: Arc<dyn JobStore>) -> impl Fn(&JobEvent<'_>) + Send + Sync + 
             }
         }
         _ => {}
+    }
+}
+
+/// Hands every stream record to the store, one by one (never as one document).
+fn record_streams(store: &dyn JobStore, name: &str, streams: &Streams) {
+    let text = [
+        ("error", &streams.error),
+        ("warning", &streams.warning),
+        ("verbose", &streams.verbose),
+        ("debug", &streams.debug),
+        ("information", &streams.information),
+    ];
+    for (stream, records) in text {
+        for (seq, record) in records.iter().enumerate() {
+            let record = serde_json::to_string(record).unwrap_or_else(|_| "null".into());
+            store.record_stream(name, stream, seq as u64, record);
+        }
+    }
+    for (seq, record) in streams.progress.iter().enumerate() {
+        let record = serde_json::to_string(record).unwrap_or_else(|_| "null".into());
+        store.record_stream(name, "progress", seq as u64, record);
     }
 }
 

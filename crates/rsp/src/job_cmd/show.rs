@@ -138,6 +138,16 @@ pub fn job_detail(job: &Value) {
     }
     if let Some(streams) = job["streams"].as_object() {
         for (stream, records) in streams {
+            let shown = records.as_array().map_or(0, Vec::len) as u64;
+            let count = job["stream_counts"][stream].as_u64().unwrap_or(shown);
+            if count > shown {
+                line(&format!(
+                    "{:<10} ({} earlier records: GET /v1/jobs/{}/streams/{stream})",
+                    format!("[{stream}]"),
+                    count - shown,
+                    text(&job["name"])
+                ));
+            }
             for record in records.as_array().into_iter().flatten() {
                 line(&format!("{:<10} {}", format!("[{stream}]"), text(record)));
             }

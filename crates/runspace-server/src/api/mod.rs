@@ -17,7 +17,7 @@ use runspace::{auto_job_name, check_job_name, Error, JobError, JobManager};
 use serde_json::json;
 
 use crate::limits::{self, MAX_REQUEST_BODY};
-use crate::store::{JobEnd, JobStore, NewJob, StoreError};
+use crate::store::{From, JobEnd, JobStore, NewJob, StoreError};
 use request::{build_spec, request_record, Submit};
 
 mod request;
@@ -66,6 +66,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs", post(submit).get(list))
         .route("/v1/jobs/{name}", get(get_job).delete(remove))
         .route("/v1/jobs/{name}/output", get(output))
+        .route("/v1/jobs/{name}/streams/{stream}", get(stream))
         .route("/v1/jobs/{name}/wait", post(wait).get(wait))
         .route("/v1/jobs/{name}/stop", post(stop))
         .route("/v1/wait", post(wait_all).get(wait_all))
@@ -204,7 +205,6 @@ async fn submit(State(app): State<Arc<App>>, request: Request) -> ApiResult {
                     state: "Failed".into(),
                     at: SystemTime::now(),
                     error: Some(format!("the job could not start: {why}")),
-                    streams: json!({}),
                     done: 0,
                 };
                 app.store.finished(end).map_err(|e| internal(e.to_string()))?;
@@ -263,6 +263,38 @@ async fn output(
         .map_err(|e| internal(e.to_string()))?;
     let (total, records) = found.map_err(|name| not_found(&name))?;
     Ok(Json(json!({"total": total, "offset": offset, "limit": limit, "records": records})).into_response())
+}
+
+/// The streams a job has.
+const STREAMS: [&str; 6] = ["error", "warning", "verbose", "debug", "information", "progress"];
+
+/// A page of one stream: `?offset=&limit=` from the start, or `?tail=N`
+/// for its last N records.
+async fn stream(
+    State(app): State<Arc<App>>,
+    Path((name, stream)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    if !STREAMS.contains(&stream.as_str()) {
+        return Err(bad(format!("stream: '{stream}' is not one of {}", STREAMS.join(", "))));
+    }
+    let (from, limit) = match q.get("tail") {
+        Some(n) if q.contains_key("offset") => return Err(bad(format!("give tail ({n}) or offset, not both"))),
+        Some(n) => {
+            let n: u64 = n.parse().map_err(|_| bad(format!("tail: '{n}' is not a whole number")))?;
+            limits::check_page(0, n).map_err(|e| bad(e.to_string().replacen("limit", "tail", 1)))?;
+            (From::Tail, n)
+        }
+        None => {
+            let (offset, limit) = page(&q)?;
+            (From::Offset(offset), limit)
+        }
+    };
+    let found = blocking(move || app.store.stream(&name, &stream, from, limit).map(|p| p.ok_or(name)))
+        .await?
+        .map_err(|e| internal(e.to_string()))?;
+    let page = found.map_err(|name| not_found(&name))?;
+    Ok(Json(json!({"total": page.total, "offset": page.offset, "records": page.records})).into_response())
 }
 
 fn timeout_param(q: &HashMap<String, String>) -> Result<Duration, ApiError> {

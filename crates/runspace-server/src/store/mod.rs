@@ -60,10 +60,32 @@ pub struct JobEnd {
     pub at: SystemTime,
     /// Why it did not complete, if it did not.
     pub error: Option<String>,
-    /// Its streams (warnings, information…) as a JSON object.
-    pub streams: Value,
     /// How many items it finished.
     pub done: u64,
+}
+
+/// How many of each stream's last records a job's description carries
+/// (the rest are read in pages).
+pub const STREAM_TAIL: u64 = 100;
+
+/// Where a page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// After this many records.
+    Offset(u64),
+    /// So that it ends with the last record (a tail of `limit` records).
+    Tail,
+}
+
+/// A page of records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// How many records there are in all.
+    pub total: u64,
+    /// The position of the first record of the page.
+    pub offset: u64,
+    /// The records.
+    pub records: Vec<Value>,
 }
 
 /// The store's health, as `/v1/health` reports it.
@@ -102,12 +124,17 @@ pub trait JobStore: Send + Sync {
     /// One output record (an item of a run over inputs, or an output
     /// value) at position `seq`; `done` is the progress it brings, if any.
     fn record_output(&self, name: &str, seq: u64, record: String, done: Option<u64>);
+    /// One record of one of the job's streams (`error`, `warning`,
+    /// `verbose`, `debug`, `information`, `progress`), as JSON, at position
+    /// `seq` in that stream.
+    fn record_stream(&self, name: &str, stream: &str, seq: u64, record: String);
     /// The job ended. A job whose earlier records were lost is stored as
     /// `Failed` with the storage error, whatever `end.state` says.
     fn finished(&self, end: JobEnd) -> Result<(), StoreError>;
     /// Forgets a job and its records; false if it was not stored.
     fn delete(&self, name: &str) -> Result<bool, StoreError>;
-    /// One job with its history and output count; `None` if unknown.
+    /// One job with its history, output count, `stream_counts` and the
+    /// last [`STREAM_TAIL`] records of each stream; `None` if unknown.
     fn get(&self, name: &str) -> Result<Option<Value>, StoreError>;
     /// A page of jobs, oldest first, optionally of one state, and the
     /// number of jobs that match.
@@ -116,6 +143,10 @@ pub trait JobStore: Send + Sync {
     /// [`crate::limits::MAX_PAGE_BYTES`] of them but at least one) and
     /// their total; `None` if the job is unknown.
     fn output(&self, name: &str, offset: u64, limit: u64) -> Result<Option<(u64, Vec<Value>)>, StoreError>;
+    /// A page of one of a job's streams (at most `limit` records and
+    /// [`crate::limits::MAX_PAGE_BYTES`], at least one), from `from`;
+    /// `None` if the job is unknown.
+    fn stream(&self, name: &str, stream: &str, from: From, limit: u64) -> Result<Option<Page>, StoreError>;
     /// Whether writes are succeeding.
     fn health(&self) -> StoreHealth;
     /// Commits everything pending and releases the store.

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use crossbeam_channel::{bounded, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 mod schema;
 mod writer;
@@ -23,7 +23,7 @@ use crate::private::{self, Access};
 
 use writer::{Failures, Msg, Op};
 
-use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
+use super::{rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, STREAM_TAIL};
 
 /// How long a caller waits for its write to commit before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -193,6 +193,10 @@ impl JobStore for SqliteStore {
         self.send(Op::Started { name: name.to_string(), at: secs(at) }, name);
     }
 
+    fn record_stream(&self, name: &str, stream: &str, seq: u64, record: String) {
+        self.send(Op::Stream { name: name.to_string(), stream: stream.to_string(), seq, record }, name);
+    }
+
     fn record_output(&self, name: &str, seq: u64, record: String, done: Option<u64>) {
         self.send(Op::Output { name: name.to_string(), seq, record, done }, name);
     }
@@ -204,7 +208,6 @@ impl JobStore for SqliteStore {
             state: end.state,
             at: secs(end.at),
             error: end.error,
-            streams: end.streams.to_string(),
             done: end.done,
         });
         if let Err(StoreError::Storage(e)) = &result {
@@ -238,6 +241,9 @@ impl JobStore for SqliteStore {
             let outputs: u64 = c.query_row("SELECT count(*) FROM outputs WHERE job_id = ?1", [id], |r| r.get(0))?;
             job["history"] = Value::Array(history);
             job["output_count"] = json!(outputs);
+            let (counts, tails) = stream_tails(c, id)?;
+            job["streams"] = Value::Object(tails);
+            job["stream_counts"] = Value::Object(counts);
             Ok(Some(job))
         })
         .map(|job| job.map(|j| self.overlay(j)))
@@ -271,22 +277,39 @@ impl JobStore for SqliteStore {
             let total: u64 = c.query_row("SELECT count(*) FROM outputs WHERE job_id = ?1", [id], |r| r.get(0))?;
             let mut stmt =
                 c.prepare_cached("SELECT seq, record FROM outputs WHERE job_id = ?1 ORDER BY seq LIMIT ?2 OFFSET ?3")?;
-            let mut rows = stmt.query(params![id, limit as i64, offset as i64])?;
-            let (mut records, mut bytes) = (Vec::new(), 0);
-            while let Some(row) = rows.next()? {
-                let seq: u64 = row.get(0)?;
-                let text: String = row.get(1)?;
-                bytes += text.len();
-                if bytes > MAX_PAGE_BYTES && !records.is_empty() {
-                    break;
-                }
-                let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-                if let Value::Object(map) = &mut record {
+            let rows = stmt.query(params![id, limit as i64, offset as i64])?;
+            let records = read_page(rows, |seq, record| {
+                if let Value::Object(map) = record {
                     map.insert("seq".into(), json!(seq));
                 }
-                records.push(record);
-            }
+            })?;
             Ok(Some((total, records)))
+        })
+    }
+
+    fn stream(&self, name: &str, stream: &str, from: From, limit: u64) -> Result<Option<Page>, StoreError> {
+        self.read(|c| {
+            let Some(id) =
+                c.query_row("SELECT id FROM jobs WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?
+            else {
+                return Ok(None);
+            };
+            let total: u64 = c.query_row(
+                "SELECT count(*) FROM stream_records WHERE job_id = ?1 AND stream = ?2",
+                params![id, stream],
+                |r| r.get(0),
+            )?;
+            let offset = match from {
+                From::Offset(n) => n,
+                From::Tail => total.saturating_sub(limit),
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, record FROM stream_records WHERE job_id = ?1 AND stream = ?2 ORDER BY seq \
+                 LIMIT ?3 OFFSET ?4",
+            )?;
+            let rows = stmt.query(params![id, stream, limit as i64, offset as i64])?;
+            let records = read_page(rows, |_, _| {})?;
+            Ok(Some(Page { total, offset, records }))
         })
     }
 
@@ -300,7 +323,52 @@ impl JobStore for SqliteStore {
 }
 
 const COLUMNS: &str = "id, name, state, parallel, submitted_at, started_at, ended_at, progress_done, progress_total, \
-                       error, streams, request";
+                       error, request";
+
+/// Reads `(seq, record)` rows into JSON records, stopping before the page
+/// would pass [`MAX_PAGE_BYTES`] (but never before the first record).
+fn read_page(mut rows: rusqlite::Rows<'_>, mut dress: impl FnMut(u64, &mut Value)) -> rusqlite::Result<Vec<Value>> {
+    let (mut records, mut bytes) = (Vec::new(), 0);
+    while let Some(row) = rows.next()? {
+        let seq: u64 = row.get(0)?;
+        let text: String = row.get(1)?;
+        bytes += text.len();
+        if bytes > MAX_PAGE_BYTES && !records.is_empty() {
+            break;
+        }
+        let mut record: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        dress(seq, &mut record);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// How many records each of a job's streams has, and the last
+/// [`STREAM_TAIL`] of each.
+fn stream_tails(c: &Connection, id: i64) -> rusqlite::Result<(Map<String, Value>, Map<String, Value>)> {
+    let mut stmt = c.prepare_cached(
+        "SELECT stream, count(*) FROM stream_records WHERE job_id = ?1 GROUP BY stream ORDER BY stream",
+    )?;
+    let counts: Vec<(String, u64)> =
+        stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut tail = c.prepare_cached(
+        "SELECT record FROM stream_records WHERE job_id = ?1 AND stream = ?2 AND seq >= ?3 ORDER BY seq",
+    )?;
+    let mut tails = Map::new();
+    for (stream, count) in &counts {
+        // seq runs 0..count within a stream, so the tail is a range of it.
+        let from = count.saturating_sub(STREAM_TAIL) as i64;
+        let records: Vec<Value> = tail
+            .query_map(params![id, stream, from], |r| {
+                let text: String = r.get(0)?;
+                Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        tails.insert(stream.clone(), Value::Array(records));
+    }
+    let counts = counts.into_iter().map(|(stream, n)| (stream, json!(n))).collect();
+    Ok((counts, tails))
+}
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Value)> {
     let started: Option<f64> = r.get(5)?;
@@ -310,8 +378,7 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Value)> {
         (Some(s), None) => json!(((secs(SystemTime::now()) - s) * 1000.0).max(0.0).round() / 1000.0),
         _ => Value::Null,
     };
-    let streams: Option<String> = r.get(10)?;
-    let request: String = r.get(11)?;
+    let request: String = r.get(10)?;
     let request: Value = serde_json::from_str(&request).unwrap_or(Value::Null);
     let job = json!({
         "name": r.get::<_, String>(1)?,
@@ -323,7 +390,6 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Value)> {
         "duration_s": duration,
         "progress": {"done": r.get::<_, u64>(7)?, "total": r.get::<_, u64>(8)?},
         "error": r.get::<_, Option<String>>(9)?,
-        "streams": streams.and_then(|s| serde_json::from_str::<Value>(&s).ok()).unwrap_or_else(|| json!({})),
         "script_name": request.get("script_name").cloned().unwrap_or(Value::Null),
     });
     Ok((r.get(0)?, job))
@@ -370,14 +436,8 @@ mod tests {
         for seq in 0..2000 {
             store.record_output("big", seq, format!("{{\"result\": \"{}\"}}", "x".repeat(10_000)), Some(seq + 1));
         }
-        let end = JobEnd {
-            name: "big".into(),
-            state: "Completed".into(),
-            at: SystemTime::now(),
-            error: None,
-            streams: json!({}),
-            done: 2000,
-        };
+        let end =
+            JobEnd { name: "big".into(), state: "Completed".into(), at: SystemTime::now(), error: None, done: 2000 };
         store.finished(end).unwrap();
         assert_eq!(store.output("big", 0, 10).unwrap().unwrap().0, 2000);
         store.close();

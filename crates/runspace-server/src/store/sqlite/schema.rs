@@ -20,10 +20,30 @@ const MIGRATIONS: &[Migration] = &[
     // written before versioning (user_version 0, tables present) is adopted.
     Migration { version: 1, apply: |c| in_transaction(c, V1, 1) },
     Migration { version: 2, apply: incremental_vacuum },
+    Migration { version: 3, apply: |c| in_transaction(c, V3, 3) },
 ];
 
 /// The schema version this program writes.
-pub(super) const CURRENT: u32 = 2;
+pub(super) const CURRENT: u32 = 3;
+
+/// Version 3: streams become one row per record, stored and served in
+/// pages like output, instead of one JSON document per job. Stored
+/// documents move into rows (strings as JSON strings, progress records as
+/// objects).
+const V3: &str = "
+CREATE TABLE stream_records (
+    job_id INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (job_id, stream, seq)
+);
+INSERT INTO stream_records (job_id, stream, seq, record)
+    SELECT jobs.id, s.key, r.key, CASE WHEN r.type = 'text' THEN json_quote(r.value) ELSE r.value END
+    FROM jobs, json_each(jobs.streams) AS s, json_each(s.value) AS r
+    WHERE jobs.streams IS NOT NULL AND json_valid(jobs.streams) AND s.type = 'array';
+UPDATE jobs SET streams = NULL;
+";
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -133,24 +153,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
-            // Version 1 as the previous release wrote it: no auto-vacuum.
+            // Version 2 as the previous release wrote it: streams as one JSON document.
             let mut conn = Connection::open(&path).unwrap();
-            in_transaction(&mut conn, V1, 1).unwrap();
+            for step in MIGRATIONS.iter().filter(|m| m.version < CURRENT) {
+                (step.apply)(&mut conn).unwrap();
+            }
             conn.execute(
-                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
-                 VALUES ('kept', 'Completed', 0, '{}', 1.0, 1)",
+                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total, streams) \
+                 VALUES ('kept', 'Completed', 0, '{}', 1.0, 1, \
+                 '{\"warning\": [\"w1\", \"w2\"], \"progress\": [{\"activity\": \"a\"}]}')",
                 [],
             )
             .unwrap();
-            assert_eq!(auto_vacuum(&conn), 0);
             assert_eq!(version(&conn).unwrap(), CURRENT - 1);
         }
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();
         assert_eq!(version(&conn).unwrap(), CURRENT);
-        assert_eq!(auto_vacuum(&conn), 2);
         let name: String = conn.query_row("SELECT name FROM jobs", [], |r| r.get(0)).unwrap();
         assert_eq!(name, "kept");
+        let mut stmt = conn.prepare("SELECT stream, seq, record FROM stream_records ORDER BY stream, seq").unwrap();
+        let rows: Vec<(String, i64, String)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("progress".into(), 0, r#"{"activity":"a"}"#.into()),
+                ("warning".into(), 0, r#""w1""#.into()),
+                ("warning".into(), 1, r#""w2""#.into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn version_1_without_auto_vacuum_is_migrated_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            in_transaction(&mut conn, V1, 1).unwrap();
+            assert_eq!(auto_vacuum(&conn), 0);
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!((version(&conn).unwrap(), auto_vacuum(&conn)), (CURRENT, 2));
     }
 
     #[test]

@@ -26,8 +26,10 @@ pub(super) enum Op {
     Started { name: String, at: f64 },
     /// One output record (an item of a run over inputs, or an output value).
     Output { name: String, seq: u64, record: String, done: Option<u64> },
+    /// One record of one of the job's streams, at position `seq` in it.
+    Stream { name: String, stream: String, seq: u64, record: String },
     /// The job ended.
-    Finished { name: String, state: String, at: f64, error: Option<String>, streams: String, done: u64 },
+    Finished { name: String, state: String, at: f64, error: Option<String>, done: u64 },
     /// Forget the job entirely.
     Delete { name: String },
     /// Nothing: acknowledged once everything sent before it is committed.
@@ -40,7 +42,10 @@ impl Op {
     /// reported to the caller waiting for it instead.)
     fn job_record(&self) -> Option<&str> {
         match self {
-            Op::Started { name, .. } | Op::Output { name, .. } | Op::Finished { name, .. } => Some(name),
+            Op::Started { name, .. }
+            | Op::Output { name, .. }
+            | Op::Stream { name, .. }
+            | Op::Finished { name, .. } => Some(name),
             Op::Insert { .. } | Op::Delete { .. } | Op::Flush => None,
         }
     }
@@ -218,7 +223,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, failures: &Failures) -> rusqli
                 tx.execute("UPDATE jobs SET progress_done = ?2 WHERE id = ?1", params![id, *done as i64])?;
             }
         }
-        Op::Finished { name, state, at, error, streams, done } => {
+        Op::Stream { name, stream, seq, record } => {
+            let id = job_id(name)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO stream_records (job_id, stream, seq, record) VALUES (?1, ?2, ?3, ?4)",
+                params![id, stream, *seq as i64, record],
+            )?;
+        }
+        Op::Finished { name, state, at, error, done } => {
             let id = job_id(name)?;
             // Records of this job were lost: it did not complete, whatever it did.
             let lost = failures.message(name);
@@ -227,15 +239,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, failures: &Failures) -> rusqli
                 None => (state.as_str(), error.as_ref()),
             };
             tx.execute(
-                "UPDATE jobs SET state = ?2, ended_at = ?3, error = ?4, streams = ?5, progress_done = ?6, \
+                "UPDATE jobs SET state = ?2, ended_at = ?3, error = ?4, progress_done = ?5, \
                  started_at = coalesce(started_at, CASE WHEN ?2 = 'Stopped' THEN NULL ELSE ?3 END) WHERE id = ?1",
-                params![id, state, at, error, streams, *done as i64],
+                params![id, state, at, error, *done as i64],
             )?;
             tx.execute("INSERT INTO history (job_id, state, at) VALUES (?1, ?2, ?3)", params![id, state, at])?;
         }
         Op::Delete { name } => {
             if let Some(id) = job_id(name).optional()? {
                 tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id])?;
+                tx.execute("DELETE FROM stream_records WHERE job_id = ?1", [id])?;
                 tx.execute("DELETE FROM history WHERE job_id = ?1", [id])?;
                 tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
             }
