@@ -137,6 +137,9 @@ pub(super) fn write_loop(mut conn: Connection, rx: &Receiver<Msg>, failures: &Fa
             // Give the deleted jobs' pages back to the file system (auto_vacuum
             // is INCREMENTAL since schema version 2). A failure only delays it.
             let _ = incremental_vacuum(&conn);
+            // Copy the shrunk database back from the WAL now (without
+            // waiting for readers), so the file shrinks soon, not at exit.
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
         for (msg, result) in batch.into_iter().zip(results) {
             if let Some(ack) = msg.ack {
