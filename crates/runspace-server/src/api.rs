@@ -2,7 +2,11 @@
 //! needs `Authorization: Bearer TOKEN`. Handlers that block (the job
 //! manager, SQLite) run on tokio's blocking pool.
 
-use std::collections::HashMap;
+mod context;
+mod errors;
+mod verbs;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,12 +27,18 @@ use crate::store::{JobStore, NewJob, StoreError};
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// The most records in one page.
 const MAX_PAGE: u64 = 10_000;
+/// The largest request body accepted (a `413` beyond it).
+pub const MAX_BODY: usize = 8 << 20;
 
 /// What every handler shares.
 pub(crate) struct App {
     pub(crate) manager: JobManager,
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) token: String,
+    /// Notified by `POST /v1/shutdown`: the server then stops as on SIGTERM.
+    pub(crate) shutdown: tokio::sync::Notify,
+    /// How long running jobs may finish when the server stops.
+    pub(crate) grace: Duration,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -58,13 +68,17 @@ type ApiResult = Result<Response, ApiError>;
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs", post(submit).get(list).delete(verbs::clean))
         .route("/v1/jobs/{name}", get(get_job).delete(remove))
         .route("/v1/jobs/{name}/output", get(output))
         .route("/v1/jobs/{name}/wait", post(wait).get(wait))
         .route("/v1/jobs/{name}/stop", post(stop))
         .route("/v1/wait", post(wait_all).get(wait_all))
+        .merge(verbs::routes())
+        .fallback(errors::no_route)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn(errors::json_errors))
         .with_state(app)
 }
 
@@ -119,6 +133,10 @@ struct Submit {
     inputs: Option<Vec<Value>>,
     range: Option<RangeSpec>,
     throttle: Option<usize>,
+    /// The submitter's working directory (absolute); default `/`.
+    cwd: Option<String>,
+    /// The environment the job's programs and `env` see; default none.
+    env: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -157,7 +175,7 @@ fn build_spec(req: &Submit) -> Result<(JobSpec, u64), ApiError> {
         for cap in &req.allow {
             grants.grant_spec(cap).map_err(|e| bad(format!("allow: {e}")))?;
         }
-        session = session.grants_from(grants);
+        session = context::apply(session.grants_from(grants), req)?;
         if let Some(limit) = req.memory_limit {
             session = session.memory_limit(limit);
         }
@@ -189,10 +207,17 @@ fn engine_error(e: Error) -> ApiError {
 
 async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let req: Submit = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
-    blocking(move || {
-        let (spec, total) = build_spec(&req)?;
+    blocking(move || create(&app, &req, None)).await?
+}
+
+/// Stores and starts the job `req` describes; `origin` is the job it
+/// restarts or reruns, if any. Answers `201 {name, state, progress}`.
+fn create(app: &App, req: &Submit, origin: Option<&str>) -> ApiResult {
+    {
+        let (spec, total) = build_spec(req)?;
         let parallel = req.inputs.is_some() || req.range.is_some();
-        let request = serde_json::to_string(&request_record(&req)).map_err(|e| internal(e.to_string()))?;
+        let request = serde_json::to_string(&request_record(req, origin)).map_err(|e| internal(e.to_string()))?;
+        let inputs = req.inputs.as_ref().map(|i| Value::Array(i.clone()).to_string());
         let given = req.name.clone();
         if let Some(name) = &given {
             check_job_name(name).map_err(|e| bad(e.to_string()))?;
@@ -201,7 +226,14 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
         let mut attempts = 0;
         let name = loop {
             let name = given.clone().unwrap_or_else(auto_job_name);
-            let job = NewJob { name: name.clone(), parallel, request: request.clone(), total, at: SystemTime::now() };
+            let job = NewJob {
+                name: name.clone(),
+                parallel,
+                request: request.clone(),
+                total,
+                at: SystemTime::now(),
+                inputs: inputs.clone(),
+            };
             match app.store.insert(job) {
                 Ok(()) => break name,
                 Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
@@ -227,14 +259,16 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
                 Err(ApiError(status, e.to_string()))
             }
         }
-    })
-    .await?
+    }
 }
 
 /// What is kept of a request: everything but bulky inputs, which are
 /// summarised (their results are stored as output records anyway).
-fn request_record(req: &Submit) -> Value {
+fn request_record(req: &Submit, origin: Option<&str>) -> Value {
     json!({
+        "cwd": req.cwd,
+        "env": req.env,
+        "origin": origin,
         "script": req.script,
         "script_name": req.script_name.as_deref().unwrap_or("script"),
         "params": req.params,
@@ -253,7 +287,14 @@ fn page(q: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
     let num = |key: &str, default: u64| -> Result<u64, ApiError> {
         q.get(key).map_or(Ok(default), |v| v.parse().map_err(|_| bad(format!("{key}: '{v}' is not a whole number"))))
     };
-    Ok((num("offset", 0)?, num("limit", 100)?.clamp(1, MAX_PAGE)))
+    let (offset, limit) = (num("offset", 0)?, num("limit", 100)?);
+    if offset > i64::MAX as u64 {
+        return Err(bad(format!("offset: at most {}", i64::MAX)));
+    }
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad(format!("limit: from 1 to {MAX_PAGE}")));
+    }
+    Ok((offset, limit))
 }
 
 async fn list(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> ApiResult {

@@ -7,6 +7,7 @@ use serde_json::Value;
 use ureq::Agent;
 
 use crate::state::StatePaths;
+use crate::MAX_BODY;
 
 /// How long an ordinary request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,9 +72,32 @@ impl Client {
         self.answer(r)
     }
 
-    /// `POST path` with a JSON body, answered as JSON.
+    /// `POST path` with a JSON body, answered as JSON. A body over the
+    /// server's limit is refused here, saying so, rather than cut off.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let r = self.agent.post(format!("{}{path}", self.base)).header("Authorization", self.bearer()).send_json(body);
+        let text = body.to_string();
+        if text.len() > MAX_BODY {
+            return Err(too_large(Some(text.len())));
+        }
+        let r = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", self.bearer())
+            .content_type("application/json")
+            .send(text);
+        self.answer(r)
+    }
+
+    /// A GET that may legitimately block for `wait` (a follow request).
+    pub fn get_timeout(&self, path: &str, wait: Duration) -> Result<Value, ClientError> {
+        let r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(wait + REQUEST_TIMEOUT))
+            .build()
+            .header("Authorization", self.bearer())
+            .call();
         self.answer(r)
     }
 
@@ -125,7 +149,17 @@ impl Client {
                 self.base
             ))),
             400 | 409 => Err(ClientError::usage(message())),
+            413 => Err(too_large(None)),
             _ => Err(ClientError::other(message())),
         }
     }
+}
+
+/// A request the server would refuse for its size (exit code 2).
+fn too_large(size: Option<usize>) -> ClientError {
+    let size = size.map(|n| format!(" ({})", runspace::units::format_size(n as u64))).unwrap_or_default();
+    ClientError::usage(format!(
+        "request body too large{size} (limit {}); split the inputs into several jobs",
+        runspace::units::format_size(MAX_BODY as u64)
+    ))
 }

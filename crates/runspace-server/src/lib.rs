@@ -16,6 +16,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 
+pub use api::MAX_BODY;
 pub use client::{Client, ClientError};
 pub use server::{serve, spawn_detached, ServerConfig};
 pub use state::StatePaths;

@@ -144,7 +144,13 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         paths.token.display(),
         db.display()
     ));
-    let app = Arc::new(api::App { manager, store: store.clone(), token });
+    let app = Arc::new(api::App {
+        manager,
+        store: store.clone(),
+        token,
+        shutdown: tokio::sync::Notify::new(),
+        grace: config.grace,
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,8 +191,11 @@ async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) 
             }
         })
     };
-    shutdown_signal().await;
-    log(&format!("shutting down: no new requests; running jobs get {} s to finish", grace.as_secs_f64()));
+    let why = tokio::select! {
+        _ = shutdown_signal() => "a signal",
+        _ = app.shutdown.notified() => "a shutdown request",
+    };
+    log(&format!("shutting down on {why}: no new requests; running jobs get {} s to finish", grace.as_secs_f64()));
     forget.abort();
     let _ = stop_tx.send(true);
     // Jobs end (finished or stopped), which also ends the requests waiting on them.

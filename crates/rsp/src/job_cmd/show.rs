@@ -97,9 +97,9 @@ pub fn job_detail(job: &Value) {
 }
 
 /// One output record: a value as is, an item as `index  status  result`.
-pub fn output_line(record: &Value) {
+pub fn output_text(record: &Value) -> String {
     if let Some(value) = record.get("value") {
-        println!("{}", text(value));
+        text(value)
     } else {
         let errors: Vec<String> = record["errors"].as_array().into_iter().flatten().map(text).collect();
         let line = format!(
@@ -109,6 +109,11 @@ pub fn output_line(record: &Value) {
             text(&record["result"]),
             errors.join("; ")
         );
-        println!("{}", line.trim_end());
+        line.trim_end().to_string()
     }
+}
+
+/// A value on one line (`--format jsonl`).
+pub fn line(v: &Value) {
+    println!("{v}");
 }

@@ -18,10 +18,11 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Value};
 
 mod schema;
+mod verbs;
 
 use crate::private::{self, Access};
 
-use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth};
+use super::{rfc3339, secs, JobEnd, JobStore, NewJob, StoreError, StoreHealth, StoredRequest};
 
 /// The most operations committed in one transaction.
 const BATCH: usize = 1024;
@@ -31,7 +32,7 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// A write for the writer thread.
 enum Op {
     /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
-    Insert { name: String, parallel: bool, request: String, total: u64, at: f64 },
+    Insert { name: String, parallel: bool, request: String, total: u64, at: f64, inputs: Option<String> },
     /// The job began running.
     Started { name: String, at: f64 },
     /// One output record (an item of a run over inputs, or an output value).
@@ -40,6 +41,8 @@ enum Op {
     Finished { name: String, state: String, at: f64, error: Option<String>, streams: String, done: u64 },
     /// Forget the job entirely.
     Delete { name: String },
+    /// Forget each of these jobs that is finished.
+    DeleteFinished { names: Vec<String> },
     /// Nothing: acknowledged once everything sent before it is committed.
     Flush,
 }
@@ -179,6 +182,7 @@ impl JobStore for SqliteStore {
             request: job.request,
             total: job.total,
             at: secs(job.at),
+            inputs: job.inputs,
         };
         self.write(op).map_err(|e| match e {
             StoreError::Duplicate(_) => StoreError::Duplicate(name),
@@ -278,6 +282,18 @@ impl JobStore for SqliteStore {
         StoreHealth::default()
     }
 
+    fn stored_request(&self, name: &str) -> Result<Option<StoredRequest>, StoreError> {
+        self.read(|c| verbs::stored_request(c, name))
+    }
+
+    fn unfinished_items(&self, name: &str, total: u64, limit: usize) -> Result<(u64, Vec<u64>), StoreError> {
+        self.read(|c| verbs::unfinished_items(c, name, total, limit))
+    }
+
+    fn delete_finished(&self, names: &[String]) -> Result<(), StoreError> {
+        self.write(Op::DeleteFinished { names: names.to_vec() })
+    }
+
     fn close(&self) {
         self.shutdown();
     }
@@ -353,7 +369,7 @@ fn write_loop(mut conn: Connection, rx: &Receiver<Msg>) {
             }
             Err(e) => batch.iter().map(|_| Err(format!("cannot begin a transaction: {e}"))).collect(),
         };
-        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. })) {
+        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. } | Op::DeleteFinished { .. })) {
             // Give the deleted jobs' pages back to the file system (auto_vacuum
             // is INCREMENTAL since schema version 2). A failure only delays it.
             let _ = conn.execute_batch("PRAGMA incremental_vacuum");
@@ -370,11 +386,11 @@ fn write_loop(mut conn: Connection, rx: &Receiver<Msg>) {
 fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
     let job_id = |name: &str| tx.query_row("SELECT id FROM jobs WHERE name = ?1", [name], |r| r.get::<_, i64>(0));
     match op {
-        Op::Insert { name, parallel, request, total, at } => {
+        Op::Insert { name, parallel, request, total, at, inputs } => {
             tx.execute(
-                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
-                 VALUES (?1, 'Queued', ?2, ?3, ?4, ?5)",
-                params![name, parallel, request, at, *total as i64],
+                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total, inputs) \
+                 VALUES (?1, 'Queued', ?2, ?3, ?4, ?5, ?6)",
+                params![name, parallel, request, at, *total as i64, inputs],
             )?;
             tx.execute(
                 "INSERT INTO history (job_id, state, at) VALUES (?1, 'Queued', ?2)",
@@ -410,6 +426,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op) -> rusqlite::Result<()> {
                 tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id])?;
                 tx.execute("DELETE FROM history WHERE job_id = ?1", [id])?;
                 tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+            }
+        }
+        Op::DeleteFinished { names } => {
+            for name in names {
+                verbs::delete_finished(tx, name)?;
             }
         }
         Op::Flush => {}

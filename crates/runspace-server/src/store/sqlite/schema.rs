@@ -20,10 +20,13 @@ const MIGRATIONS: &[Migration] = &[
     // written before versioning (user_version 0, tables present) is adopted.
     Migration { version: 1, apply: |c| in_transaction(c, V1, 1) },
     Migration { version: 2, apply: incremental_vacuum },
+    // A job's explicit inputs, kept apart from its request (which every
+    // list reads) so that restart and rerun-failed can replay them.
+    Migration { version: 3, apply: |c| in_transaction(c, "ALTER TABLE jobs ADD COLUMN inputs TEXT;", 3) },
 ];
 
 /// The schema version this program writes.
-pub(super) const CURRENT: u32 = 2;
+pub(super) const CURRENT: u32 = 3;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -143,7 +146,7 @@ mod tests {
             )
             .unwrap();
             assert_eq!(auto_vacuum(&conn), 0);
-            assert_eq!(version(&conn).unwrap(), CURRENT - 1);
+            assert_eq!(version(&conn).unwrap(), 1);
         }
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();
@@ -151,6 +154,9 @@ mod tests {
         assert_eq!(auto_vacuum(&conn), 2);
         let name: String = conn.query_row("SELECT name FROM jobs", [], |r| r.get(0)).unwrap();
         assert_eq!(name, "kept");
+        // Version 3: the old job has no kept inputs; new ones can.
+        let inputs: Option<String> = conn.query_row("SELECT inputs FROM jobs", [], |r| r.get(0)).unwrap();
+        assert_eq!(inputs, None);
     }
 
     #[test]
