@@ -157,7 +157,7 @@ impl Client {
 
 /// A request the server would refuse for its size (exit code 2).
 fn too_large(size: Option<usize>) -> ClientError {
-    let size = size.map(|n| format!(" ({})", runspace::units::format_size(n as u64))).unwrap_or_default();
+    let size = size.map(|n| format!(": {}", runspace::units::format_size(n as u64))).unwrap_or_default();
     ClientError::usage(format!(
         "request body too large{size} (limit {}); split the inputs into several jobs",
         runspace::units::format_size(MAX_BODY as u64)
