@@ -27,6 +27,8 @@ use crate::store::{JobStore, NewJob, StoreError};
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// The most records in one page.
 const MAX_PAGE: u64 = 10_000;
+/// The most runspaces one job may ask for (a bound before any thread starts).
+const MAX_THROTTLE: usize = 1024;
 /// The largest request body accepted (a `413` beyond it).
 pub const MAX_BODY: usize = 8 << 20;
 
@@ -71,9 +73,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/jobs", post(submit).get(list).delete(verbs::clean))
         .route("/v1/jobs/{name}", get(get_job).delete(remove))
         .route("/v1/jobs/{name}/output", get(output))
-        .route("/v1/jobs/{name}/wait", post(wait).get(wait))
+        .route("/v1/jobs/{name}/wait", post(wait))
         .route("/v1/jobs/{name}/stop", post(stop))
-        .route("/v1/wait", post(wait_all).get(wait_all))
+        .route("/v1/wait", post(wait_all))
         .merge(verbs::routes())
         .fallback(errors::no_route)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -185,6 +187,9 @@ fn build_spec(req: &Submit) -> Result<(JobSpec, u64), ApiError> {
         spec = spec.timeout(Duration::from_millis(ms));
     }
     if let Some(t) = req.throttle {
+        if t > MAX_THROTTLE {
+            return Err(bad(format!("throttle: at most {MAX_THROTTLE} runspaces")));
+        }
         spec = spec.throttle(t);
     }
     match (&req.inputs, &req.range) {
