@@ -218,57 +218,56 @@ async fn submit(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 /// Stores and starts the job `req` describes; `origin` is the job it
 /// restarts or reruns, if any. Answers `201 {name, state, progress}`.
 fn create(app: &App, req: &Submit, origin: Option<&str>) -> ApiResult {
-    {
-        let (spec, total) = build_spec(req)?;
-        let parallel = req.inputs.is_some() || req.range.is_some();
-        let request = serde_json::to_string(&request_record(req, origin)).map_err(|e| internal(e.to_string()))?;
-        let inputs = req.inputs.as_ref().map(|i| Value::Array(i.clone()).to_string());
-        let given = req.name.clone();
-        if let Some(name) = &given {
-            check_job_name(name).map_err(|e| bad(e.to_string()))?;
-        }
-        // Store first, then start: the row exists before any event about it.
-        let mut attempts = 0;
-        let name = loop {
-            let name = given.clone().unwrap_or_else(auto_job_name);
-            let job = NewJob {
-                name: name.clone(),
-                parallel,
-                request: request.clone(),
-                total,
-                at: SystemTime::now(),
-                inputs: inputs.clone(),
-            };
-            match app.store.insert(job) {
-                Ok(()) => break name,
-                Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
-                Err(StoreError::Duplicate(_)) => {
-                    return Err(ApiError(StatusCode::CONFLICT, JobError::Duplicate(name).to_string()))
-                }
-                Err(e) => return Err(internal(e.to_string())),
-            }
+    let (spec, total) = build_spec(req)?;
+    let parallel = req.inputs.is_some() || req.range.is_some();
+    let request = serde_json::to_string(&request_record(req, origin)).map_err(|e| internal(e.to_string()))?;
+    let inputs = req.inputs.as_ref().map(|i| Value::Array(i.clone()).to_string());
+    let given = req.name.clone();
+    if let Some(name) = &given {
+        check_job_name(name).map_err(|e| bad(e.to_string()))?;
+    }
+    // Store first, then start: the row exists before any event about it.
+    let mut attempts = 0;
+    let name = loop {
+        let name = given.clone().unwrap_or_else(auto_job_name);
+        let job = NewJob {
+            name: name.clone(),
+            parallel,
+            request: request.clone(),
+            total,
+            at: SystemTime::now(),
+            inputs: inputs.clone(),
         };
-        match app.manager.start(spec.name(name.clone())) {
-            Ok(_) => {
-                let state = app.manager.get(&name).map(|j| j.state.to_string()).unwrap_or_else(|_| "Queued".into());
-                let body = json!({"name": name, "state": state, "progress": {"done": 0, "total": total}});
-                Ok((StatusCode::CREATED, Json(body)).into_response())
+        match app.store.insert(job) {
+            Ok(()) => break name,
+            Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
+            Err(StoreError::Duplicate(_)) => {
+                return Err(ApiError(StatusCode::CONFLICT, JobError::Duplicate(name).to_string()))
             }
-            Err(e) => {
-                let _ = app.store.delete(&name);
-                let status = match e {
-                    JobError::Duplicate(_) => StatusCode::CONFLICT,
-                    JobError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                Err(ApiError(status, e.to_string()))
-            }
+            Err(e) => return Err(internal(e.to_string())),
+        }
+    };
+    match app.manager.start(spec.name(name.clone())) {
+        Ok(_) => {
+            let state = app.manager.get(&name).map(|j| j.state.to_string()).unwrap_or_else(|_| "Queued".into());
+            let body = json!({"name": name, "state": state, "progress": {"done": 0, "total": total}});
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(e) => {
+            let _ = app.store.delete(&name);
+            let status = match e {
+                JobError::Duplicate(_) => StatusCode::CONFLICT,
+                JobError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError(status, e.to_string()))
         }
     }
 }
 
 /// What is kept of a request: everything but bulky inputs, which are
-/// summarised (their results are stored as output records anyway).
+/// counted here and kept apart ([`NewJob::inputs`]) for restarts. `env`
+/// may hold secrets: the request is never served back by the API.
 fn request_record(req: &Submit, origin: Option<&str>) -> Value {
     json!({
         "cwd": req.cwd,
