@@ -1,7 +1,10 @@
 //! `rsp job`: the client of `rsp serve` — Start-, Get-, Receive-, Wait-,
 //! Stop- and Remove-Job for the command line.
 
+mod context;
+mod records;
 mod show;
+mod verbs;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -25,7 +28,7 @@ pub struct Common {
     #[arg(long, env = "RSP_STATE_DIR", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
 
-    /// Output: a table on a terminal, JSON otherwise.
+    /// Output: a table on a terminal, JSON otherwise (JSON Lines for output records).
     #[arg(long, value_enum, value_name = "FORMAT", global = true)]
     pub format: Option<Format>,
 }
@@ -37,11 +40,18 @@ pub enum Format {
     Table,
     /// JSON.
     Json,
+    /// One JSON value per line (the default for output records when stdout is not a terminal).
+    Jsonl,
 }
 
 impl Common {
     fn format(&self) -> Format {
         self.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Json })
+    }
+
+    /// The format of output records: JSON Lines when not on a terminal, like `rsp run`.
+    fn records_format(&self) -> Format {
+        self.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl })
     }
 }
 
@@ -54,14 +64,22 @@ pub enum JobCommand {
     List(ListArgs),
     /// Show one job: state, times, progress, streams (Get-Job NAME).
     Get(NameArgs),
-    /// Print a job's output records (Receive-Job).
+    /// Print a job's output records (Receive-Job); JSON Lines when piped.
     Output(OutputArgs),
-    /// Wait for jobs to finish (Wait-Job); exit 3 on timeout.
+    /// Print a job's output records as they come until it ends; exit 0 if it Completed, else 1.
+    Follow(verbs::FollowArgs),
+    /// Wait for jobs to finish (Wait-Job); exit 0 if all Completed, 1 if not, 3 on timeout.
     Wait(WaitArgs),
     /// Stop a job (Stop-Job).
     Stop(NameArgs),
     /// Stop if running, then delete a job and its output (Remove-Job).
     Remove(NameArgs),
+    /// Start a new job from a job's request (named NAME-2, NAME-3… unless --as).
+    Restart(verbs::AgainArgs),
+    /// Start a new job over the items of a finished job that did not complete (Failed, TimedOut, Stopped, never run).
+    RerunFailed(verbs::AgainArgs),
+    /// Remove finished jobs and their output (default: every finished state; never Queued or Running ones).
+    Clean(verbs::CleanArgs),
 }
 
 /// `rsp job start`.
@@ -93,6 +111,8 @@ pub struct StartArgs {
     /// Do not start a server when none runs.
     #[arg(long)]
     pub no_autostart: bool,
+    #[command(flatten)]
+    pub env: context::EnvArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -160,9 +180,13 @@ pub fn run(cmd: JobCommand) -> i32 {
         JobCommand::List(a) => list(a),
         JobCommand::Get(a) => get(a),
         JobCommand::Output(a) => output(a),
+        JobCommand::Follow(a) => verbs::follow(a),
         JobCommand::Wait(a) => wait(a),
         JobCommand::Stop(a) => simple(a, "stop"),
         JobCommand::Remove(a) => simple(a, "remove"),
+        JobCommand::Restart(a) => verbs::again(a, "restart"),
+        JobCommand::RerunFailed(a) => verbs::again(a, "rerun-failed"),
+        JobCommand::Clean(a) => verbs::clean(a),
     };
     match result {
         Ok(code) => code,
@@ -210,8 +234,14 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
         modules.push(json!({"name": name, "source": source}));
     }
     body.insert("modules".into(), Value::Array(modules));
-    a.script.grants().map_err(usage)?;
-    body.insert("allow".into(), json!(a.script.allow));
+    let grants = a.script.grants().map_err(usage)?;
+    let cwd = context::working_dir()?;
+    let cwd_text = cwd.to_str().ok_or_else(|| ClientError::usage("the current directory's path is not UTF-8"))?;
+    body.insert("cwd".into(), json!(cwd_text));
+    body.insert("allow".into(), json!(context::absolute_grants(&a.script.allow, &cwd)));
+    if let Some(env) = context::environment(&a.env, &grants)? {
+        body.insert("env".into(), env);
+    }
     let memory_limit = match &a.script.memory_limit {
         Some(limit) => Some(parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))? as u64),
         None => None,
@@ -263,6 +293,7 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     if !a.wait {
         match a.common.format() {
             Format::Json => show::json(&created),
+            Format::Jsonl => show::json_line(&created),
             Format::Table => show::line(&name),
         }
         return Ok(0);
@@ -314,6 +345,7 @@ fn list(a: ListArgs) -> Result<i32, ClientError> {
     let page = client.get(&path)?;
     match a.common.format() {
         Format::Json => show::json(&page),
+        Format::Jsonl => show::json_line(&page),
         Format::Table => {
             show::job_table(page["jobs"].as_array().ok_or_else(|| malformed("jobs"))?, page["total"].as_u64())
         }
@@ -325,6 +357,7 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
     let job = connect(&a.common)?.get(&format!("/v1/jobs/{}", a.name))?;
     match a.common.format() {
         Format::Json => show::json(&job),
+        Format::Jsonl => show::json_line(&job),
         Format::Table => show::job_detail(&job),
     }
     Ok(0)
@@ -336,35 +369,7 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
 fn output(a: OutputArgs) -> Result<i32, ClientError> {
     check_page(a.offset, 1)?;
     let client = connect(&a.common)?;
-    let format = a.common.format();
-    let mut offset = a.offset;
-    let mut left = a.limit.unwrap_or(u64::MAX);
-    let mut array = show::JsonArray::default();
-    while left > 0 {
-        let want = left.min(1000);
-        let mut page = client.get(&format!("/v1/jobs/{}/output?offset={offset}&limit={want}", a.name))?;
-        let total = page["total"].as_u64().ok_or_else(|| malformed("total"))?;
-        let Value::Array(records) = page["records"].take() else {
-            return Err(malformed("records"));
-        };
-        // Pages are bounded in bytes too: fewer records than asked is not the end.
-        let got = records.len() as u64;
-        for record in &records {
-            match format {
-                Format::Table => show::output_line(record),
-                Format::Json => array.push(record),
-            }
-        }
-        offset += got;
-        left -= got.min(left);
-        if got == 0 || offset >= total {
-            break;
-        }
-    }
-    if format == Format::Json {
-        array.end();
-    }
-    Ok(0)
+    verbs::output(&client, &a.name, a.offset, a.limit, a.common.records_format())
 }
 
 /// An answer of the server that lacks what the API promises.
@@ -382,12 +387,7 @@ fn wait(a: WaitArgs) -> Result<i32, ClientError> {
             eprintln!("rsp job: timed out after {:?}: still unfinished: {}", a.timeout, pending.join(", "));
             return Ok(EXIT_TIMEOUT);
         }
-        let page = client.get("/v1/jobs?limit=10000")?;
-        match a.common.format() {
-            Format::Json => show::json(&page["jobs"]),
-            Format::Table => show::job_table(page["jobs"].as_array().ok_or_else(|| malformed("jobs"))?, None),
-        }
-        return Ok(0);
+        return verbs::all_jobs(&client, a.common.format());
     }
     wait_names(&client, &a.names, a.timeout, a.common.format())
 }
@@ -414,6 +414,7 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
     match format {
         Format::Json if jobs.len() == 1 => show::json(&jobs[0]),
         Format::Json => show::json(&Value::Array(jobs)),
+        Format::Jsonl => jobs.iter().for_each(show::json_line),
         Format::Table => show::job_table(&jobs, None),
     }
     Ok(code)
@@ -431,6 +432,7 @@ fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
             }
             match a.common.format() {
                 Format::Json => show::json(&job),
+                Format::Jsonl => show::json_line(&job),
                 Format::Table => show::job_table(std::slice::from_ref(&job), None),
             }
         }
@@ -439,7 +441,7 @@ fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
             if answer["stopping"] == json!(true) {
                 eprintln!("rsp job: '{}' is removed but still stopping: {stuck}", a.name);
             }
-            if a.common.format() == Format::Json {
+            if a.common.format() != Format::Table {
                 show::json(&json!({"removed": a.name}));
             } else {
                 eprintln!("rsp job: removed '{}'", a.name);

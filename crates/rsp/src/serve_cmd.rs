@@ -10,8 +10,11 @@ use runspace_server::{ServerConfig, StatePaths};
 
 use crate::parse;
 
+mod stop;
+
 /// Run the job server: background jobs with SQLite persistence and an HTTP JSON API on loopback.
 #[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
                         through the state directory: server.json holds its address, token its token.")]
 pub struct ServeArgs {
@@ -43,10 +46,23 @@ pub struct ServeArgs {
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
     pub detach: bool,
+
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+}
+
+/// What else `rsp serve` does besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ServeAction {
+    /// Stop the server of a state directory gracefully and wait until it has ended.
+    Stop(stop::StopArgs),
 }
 
 /// Runs `rsp serve`; returns the exit code.
 pub fn run(args: ServeArgs) -> i32 {
+    if let Some(ServeAction::Stop(stop)) = &args.action {
+        return stop::run(stop);
+    }
     if args.max_jobs == 0 {
         eprintln!("rsp serve: error: --max-jobs must be at least 1");
         return 2;

@@ -92,7 +92,8 @@ impl Client {
         self.answer(r)
     }
 
-    /// `POST path` with a JSON body, answered as JSON.
+    /// `POST path` with a JSON body, answered as JSON. A body over the
+    /// server's limit is refused here, saying so, rather than cut off.
     pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let body = request_body(body)?;
         let r = self
@@ -101,6 +102,19 @@ impl Client {
             .header("Authorization", self.bearer())
             .header("Content-Type", "application/json")
             .send(&body[..]);
+        self.answer(r)
+    }
+
+    /// A GET that may legitimately block for `wait` (a follow request).
+    pub fn get_timeout(&self, path: &str, wait: Duration) -> Result<Value, ClientError> {
+        let r = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(wait + REQUEST_TIMEOUT))
+            .build()
+            .header("Authorization", self.bearer())
+            .call();
         self.answer(r)
     }
 

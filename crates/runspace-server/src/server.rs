@@ -160,6 +160,17 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         log(&format!("warning: listening on {addr}, reachable from the network (the token is sent in clear)"));
     }
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    // Signal handlers before the address: a client that finds the server
+    // may signal it at once, and must not kill it outright.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::install()
+    };
     write_address(paths, addr, &db)?;
     log(&format!(
         "listening on http://{addr} (pid {}); token in {}; database {}",
@@ -167,13 +178,14 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         paths.token.display(),
         db.display()
     ));
-    let app = Arc::new(api::App { manager, store: store.clone(), token });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(run_server(listener, app.clone(), config.grace));
+    let app = Arc::new(api::App {
+        manager,
+        store: store.clone(),
+        token,
+        shutdown: tokio::sync::Notify::new(),
+        grace: config.grace,
+    });
+    let result = runtime.block_on(run_server(listener, app.clone(), config.grace, signals));
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(app);
     store.close();
@@ -189,7 +201,12 @@ fn write_address(paths: &StatePaths, addr: SocketAddr, db: &Path) -> Result<(), 
     private::write_atomically(&paths.address, info.to_string().as_bytes())
 }
 
-async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) -> Result<(), String> {
+async fn run_server(
+    listener: TcpListener,
+    app: Arc<api::App>,
+    grace: Duration,
+    signals: Signals,
+) -> Result<(), String> {
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // Open requests (waits, mostly) end with the jobs; then connections get a few seconds to close.
@@ -204,8 +221,11 @@ async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) 
             }
         })
     };
-    shutdown_signal().await;
-    log(&format!("shutting down: no new requests; running jobs get {} s to finish", grace.as_secs_f64()));
+    let why = tokio::select! {
+        _ = signals.recv() => "a signal",
+        _ = app.shutdown.notified() => "a shutdown request",
+    };
+    log(&format!("shutting down on {why}: no new requests; running jobs get {} s to finish", grace.as_secs_f64()));
     forget.abort();
     let _ = stop_tx.send(true);
     // Jobs end (finished or stopped), which also ends the requests waiting on them.
@@ -216,16 +236,33 @@ async fn run_server(listener: TcpListener, app: Arc<api::App>, grace: Duration) 
     }
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime); one that cannot be
+    /// installed keeps the default action.
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals { term: signal(SignalKind::terminate()).ok(), interrupt: signal(SignalKind::interrupt()).ok() }
+    }
+
+    /// Returns when either arrives.
+    async fn recv(mut self) {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(self.term.take()) => {}
+            _ = wait(self.interrupt.take()) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }

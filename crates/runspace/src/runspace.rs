@@ -97,7 +97,12 @@ impl Runspace {
             globals.raw_set(*name, LuaValue::Nil).map_err(vm)?;
         }
         let capture = Rc::new(RefCell::new(Capture::default()));
-        let ctx = HostContext { capture: capture.clone(), control: control.clone(), grants: session.grants.clone() };
+        let ctx = HostContext {
+            capture: capture.clone(),
+            control: control.clone(),
+            grants: session.host_grants(),
+            surroundings: session.surroundings.clone(),
+        };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 
         for (name, value) in &session.variables {

@@ -18,39 +18,6 @@ pub fn line(text: &str) {
     }
 }
 
-/// A JSON array printed one element per line as elements come, so it is
-/// never held whole.
-#[derive(Default)]
-pub struct JsonArray {
-    started: bool,
-    last: Option<String>,
-}
-
-impl JsonArray {
-    /// Adds an element (printed once the next one, or the end, shows
-    /// whether it needs a comma).
-    pub fn push(&mut self, v: &Value) {
-        if !self.started {
-            line("[");
-            self.started = true;
-        }
-        if let Some(previous) = self.last.replace(v.to_string()) {
-            line(&format!("  {previous},"));
-        }
-    }
-
-    /// Closes the array (an empty one is `[]`).
-    pub fn end(self) {
-        if !self.started {
-            return line("[]");
-        }
-        if let Some(last) = self.last {
-            line(&format!("  {last}"));
-        }
-        line("]");
-    }
-}
-
 pub fn json(v: &Value) {
     line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
@@ -156,9 +123,9 @@ pub fn job_detail(job: &Value) {
 }
 
 /// One output record: a value as is, an item as `index  status  result`.
-pub fn output_line(record: &Value) {
+pub fn output_text(record: &Value) -> String {
     if let Some(value) = record.get("value") {
-        line(&text(value));
+        text(value)
     } else {
         let errors: Vec<String> = record["errors"].as_array().into_iter().flatten().map(text).collect();
         let row = format!(
@@ -168,6 +135,11 @@ pub fn output_line(record: &Value) {
             text(&record["result"]),
             errors.join("; ")
         );
-        line(row.trim_end());
+        row.trim_end().to_string()
     }
+}
+
+/// A value on one line (`--format jsonl`).
+pub fn json_line(v: &Value) {
+    line(&v.to_string());
 }

@@ -20,7 +20,10 @@ use crate::limits::{self, MAX_REQUEST_BODY};
 use crate::store::{From, JobEnd, JobStore, NewJob, StoreError};
 use request::{build_spec, request_record, Submit};
 
+mod context;
+mod errors;
 mod request;
+mod verbs;
 
 /// The longest a client may take to send a request body.
 const BODY_READ: Duration = Duration::from_secs(30);
@@ -34,6 +37,10 @@ pub(crate) struct App {
     pub(crate) manager: JobManager,
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) token: String,
+    /// Notified by `POST /v1/shutdown`: the server then stops as on SIGTERM.
+    pub(crate) shutdown: tokio::sync::Notify,
+    /// How long running jobs may finish when the server stops.
+    pub(crate) grace: Duration,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -63,48 +70,24 @@ type ApiResult = Result<Response, ApiError>;
 pub(crate) fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
-        .route("/v1/jobs", post(submit).get(list))
+        .route("/v1/jobs", post(submit).get(list).delete(verbs::clean))
         .route("/v1/jobs/{name}", get(get_job).delete(remove))
         .route("/v1/jobs/{name}/output", get(output))
         .route("/v1/jobs/{name}/streams/{stream}", get(stream))
-        .route("/v1/jobs/{name}/wait", post(wait).get(wait))
+        .route("/v1/jobs/{name}/wait", post(wait))
         .route("/v1/jobs/{name}/stop", post(stop))
-        .route("/v1/wait", post(wait_all).get(wait_all))
+        .route("/v1/wait", post(wait_all))
+        .merge(verbs::routes())
+        .fallback(errors::no_route)
         .layer(middleware::from_fn_with_state(app.clone(), auth))
-        .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(errors::json_errors))
         .with_state(app)
-}
-
-/// Every error is JSON: answers the router or axum make themselves (an
-/// unknown route, a wrong method, a rejected query) get the same
-/// `{"error", "status"}` body as the handlers' own errors; other headers
-/// (`Allow`, say) are kept.
-async fn json_errors(response: Response) -> Response {
-    let status = response.status();
-    let json =
-        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if json || !(status.is_client_error() || status.is_server_error()) {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
-    let message = match text {
-        Ok(text) if !text.is_empty() => text,
-        _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
-    };
-    let mut answer = ApiError(status, message).into_response();
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name.clone(), value.clone());
-        }
-    }
-    answer
 }
 
 /// Reads a request's body: at most [`MAX_REQUEST_BODY`] bytes (413
 /// otherwise), within [`BODY_READ`] (408 otherwise), so a slow client
 /// cannot hold a handler.
-async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     let too_large = || {
         let limit = runspace::units::format_size(MAX_REQUEST_BODY);
         ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body too large (limit {limit})"))
@@ -169,60 +152,71 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
 async fn submit(State(app): State<Arc<App>>, request: Request) -> ApiResult {
     let body = read_body(request).await?;
     let req: Submit = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
-    blocking(move || {
-        let (spec, total) = build_spec(&req)?;
-        let parallel = req.parallel();
-        let request = serde_json::to_string(&request_record(&req)).map_err(|e| internal(e.to_string()))?;
-        let given = req.name.clone();
-        if let Some(name) = &given {
-            check_job_name(name).map_err(|e| bad(e.to_string()))?;
-        }
-        // Store first, then start: the row exists before any event about it.
-        let mut attempts = 0;
-        let name = loop {
-            let name = given.clone().unwrap_or_else(auto_job_name);
-            let job = NewJob { name: name.clone(), parallel, request: request.clone(), total, at: SystemTime::now() };
-            match app.store.insert(job) {
-                Ok(()) => break name,
-                Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
-                Err(StoreError::Duplicate(_)) => {
-                    return Err(ApiError(StatusCode::CONFLICT, JobError::Duplicate(name).to_string()))
-                }
-                Err(e) => return Err(internal(e.to_string())),
-            }
+    blocking(move || create(&app, &req, None)).await?
+}
+
+/// Stores and starts the job `req` describes; `origin` is the job it
+/// restarts or reruns, if any. Answers `201 {name, state, progress}`.
+fn create(app: &App, req: &Submit, origin: Option<&str>) -> ApiResult {
+    let (spec, total) = build_spec(req)?;
+    let parallel = req.parallel();
+    let request = serde_json::to_string(&request_record(req, origin)).map_err(|e| internal(e.to_string()))?;
+    let inputs = req.inputs_json();
+    let given = req.name.clone();
+    if let Some(name) = &given {
+        check_job_name(name).map_err(|e| bad(e.to_string()))?;
+    }
+    // Store first, then start: the row exists before any event about it.
+    let mut attempts = 0;
+    let name = loop {
+        let name = given.clone().unwrap_or_else(auto_job_name);
+        let job = NewJob {
+            name: name.clone(),
+            parallel,
+            request: request.clone(),
+            total,
+            at: SystemTime::now(),
+            inputs: inputs.clone(),
         };
-        match app.manager.start(spec.name(name.clone())) {
-            Ok(_) => {
-                let state = app.manager.get(&name).map(|j| j.state.to_string()).unwrap_or_else(|_| "Queued".into());
-                let body = json!({"name": name, "state": state, "progress": {"done": 0, "total": total}});
-                Ok((StatusCode::CREATED, Json(body)).into_response())
+        match app.store.insert(job) {
+            Ok(()) => break name,
+            Err(StoreError::Duplicate(_)) if given.is_none() && attempts < 5 => attempts += 1,
+            Err(StoreError::Duplicate(_)) => {
+                return Err(ApiError(StatusCode::CONFLICT, JobError::Duplicate(name).to_string()))
             }
-            Err(JobError::Engine(Error::Pool(why))) => {
-                // The job could not start (no thread for it): it ends Failed
-                // with the reason, and holds no slot.
-                let end = JobEnd {
-                    name: name.clone(),
-                    state: "Failed".into(),
-                    at: SystemTime::now(),
-                    error: Some(format!("the job could not start: {why}")),
-                    done: 0,
-                };
-                app.store.finished(end).map_err(|e| internal(e.to_string()))?;
-                let body = json!({"name": name, "state": "Failed", "progress": {"done": 0, "total": total}});
-                Ok((StatusCode::CREATED, Json(body)).into_response())
-            }
-            Err(e) => {
-                let _ = app.store.delete(&name);
-                let status = match e {
-                    JobError::Duplicate(_) => StatusCode::CONFLICT,
-                    JobError::Closed => StatusCode::SERVICE_UNAVAILABLE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                Err(ApiError(status, e.to_string()))
-            }
+            Err(e) => return Err(internal(e.to_string())),
         }
-    })
-    .await?
+    };
+    match app.manager.start(spec.name(name.clone())) {
+        Ok(_) => {
+            let state = app.manager.get(&name).map(|j| j.state.to_string()).unwrap_or_else(|_| "Queued".into());
+            let body = json!({"name": name, "state": state, "progress": {"done": 0, "total": total}});
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(JobError::Engine(Error::Pool(why))) => {
+            // The job could not start (no thread for it): it ends Failed
+            // with the reason, and holds no slot.
+            let end = JobEnd {
+                name: name.clone(),
+                state: "Failed".into(),
+                at: SystemTime::now(),
+                error: Some(format!("the job could not start: {why}")),
+                done: 0,
+            };
+            app.store.finished(end).map_err(|e| internal(e.to_string()))?;
+            let body = json!({"name": name, "state": "Failed", "progress": {"done": 0, "total": total}});
+            Ok((StatusCode::CREATED, Json(body)).into_response())
+        }
+        Err(e) => {
+            let _ = app.store.delete(&name);
+            let status = match e {
+                JobError::Duplicate(_) => StatusCode::CONFLICT,
+                JobError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Err(ApiError(status, e.to_string()))
+        }
+    }
 }
 
 fn page(q: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {

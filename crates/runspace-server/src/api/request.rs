@@ -1,16 +1,17 @@
 //! A job request (`POST /v1/jobs`): what it may hold, how it becomes a
 //! [`JobSpec`], and what of it is kept.
 //!
-//! The seam for the caller's context (working directory, environment):
-//! new fields of [`Submit`] are turned into the job's session in
-//! [`build_spec`] and kept by [`request_record`].
+//! The caller's context (working directory, environment) is turned into
+//! the job's session by [`super::context`].
 
 use axum::http::StatusCode;
 use runspace::{Error, Grants, JobSpec, Script, SessionState};
 use serde::Deserialize;
+use std::collections::BTreeMap;
+
 use serde_json::{json, Map, Value};
 
-use super::{bad, ApiError};
+use super::{bad, context, ApiError};
 use crate::limits::JobLimits;
 
 /// The body of `POST /v1/jobs`.
@@ -18,7 +19,7 @@ use crate::limits::JobLimits;
 #[serde(deny_unknown_fields)]
 pub(super) struct Submit {
     pub(super) name: Option<String>,
-    script: String,
+    pub(super) script: String,
     script_name: Option<String>,
     #[serde(default)]
     params: Map<String, Value>,
@@ -30,15 +31,24 @@ pub(super) struct Submit {
     allow: Vec<String>,
     memory_limit: Option<u64>,
     timeout_ms: Option<u64>,
-    inputs: Option<Vec<Value>>,
-    range: Option<RangeSpec>,
+    pub(super) inputs: Option<Vec<Value>>,
+    pub(super) range: Option<RangeSpec>,
     throttle: Option<u64>,
+    /// The submitter's working directory (absolute); default `/`.
+    pub(super) cwd: Option<String>,
+    /// The environment the job's programs and `env` see; default none.
+    pub(super) env: Option<BTreeMap<String, String>>,
 }
 
 impl Submit {
     /// A run over inputs (or a range), rather than one run of the script.
     pub(super) fn parallel(&self) -> bool {
         self.inputs.is_some() || self.range.is_some()
+    }
+
+    /// The explicit inputs as kept apart for restarts (a JSON array).
+    pub(super) fn inputs_json(&self) -> Option<String> {
+        self.inputs.as_ref().map(|i| Value::Array(i.clone()).to_string())
     }
 }
 
@@ -51,9 +61,9 @@ struct ModuleSource {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RangeSpec {
-    start: i64,
-    end: i64,
+pub(super) struct RangeSpec {
+    pub(super) start: i64,
+    pub(super) end: i64,
 }
 
 /// Builds the job from a request: compiles the script and modules, so a
@@ -88,7 +98,7 @@ pub(super) fn build_spec(req: &Submit) -> Result<(JobSpec, u64), ApiError> {
         for cap in &req.allow {
             grants.grant_spec(cap).map_err(|e| bad(format!("allow: {e}")))?;
         }
-        session = session.grants_from(grants);
+        session = context::apply(session.grants_from(grants), req)?;
         if let Some(limit) = limits.memory_limit {
             session = session.memory_limit(limit);
         }
@@ -115,9 +125,14 @@ fn engine_error(e: Error) -> ApiError {
 }
 
 /// What is kept of a request: everything but bulky inputs, which are
-/// summarised (their results are stored as output records anyway).
-pub(super) fn request_record(req: &Submit) -> Value {
+/// counted here and kept apart ([`crate::store::NewJob::inputs`]) for
+/// restarts. `env` may hold secrets: the request is never served back by
+/// the API. `origin` is the job this one restarts or reruns.
+pub(super) fn request_record(req: &Submit, origin: Option<&str>) -> Value {
     json!({
+        "cwd": req.cwd,
+        "env": req.env,
+        "origin": origin,
         "script": req.script,
         "script_name": req.script_name.as_deref().unwrap_or("script"),
         "params": req.params,

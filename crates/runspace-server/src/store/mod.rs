@@ -45,6 +45,8 @@ pub struct NewJob {
     pub request: String,
     /// How many items it will run.
     pub total: u64,
+    /// Its explicit inputs (a JSON array), kept so it can be restarted.
+    pub inputs: Option<String>,
     /// When it was submitted.
     pub at: SystemTime,
 }
@@ -86,6 +88,15 @@ pub struct Page {
     pub offset: u64,
     /// The records.
     pub records: Vec<Value>,
+}
+
+/// What a job was submitted with.
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// The request as kept (see [`NewJob::request`]).
+    pub request: Value,
+    /// Its explicit inputs, if it had any and they were kept.
+    pub inputs: Option<Vec<Value>>,
 }
 
 /// The store's health, as `/v1/health` reports it.
@@ -149,6 +160,16 @@ pub trait JobStore: Send + Sync {
     fn stream(&self, name: &str, stream: &str, from: From, limit: u64) -> Result<Option<Page>, StoreError>;
     /// Whether writes are succeeding.
     fn health(&self) -> StoreHealth;
+    /// The request a job was submitted with, and its explicit inputs;
+    /// `None` if unknown.
+    fn stored_request(&self, name: &str) -> Result<Option<StoredRequest>, StoreError>;
+    /// How many of a parallel job's `total` items did not complete (no
+    /// record, or one that Failed, TimedOut or was Stopped), and the first
+    /// `limit` of their indices, in order.
+    fn unfinished_items(&self, name: &str, total: u64, limit: usize) -> Result<(u64, Vec<u64>), StoreError>;
+    /// Deletes every named job that is finished (neither Queued nor
+    /// Running) with its records, as one acknowledged write.
+    fn delete_finished(&self, names: &[String]) -> Result<(), StoreError>;
     /// Commits everything pending and releases the store.
     fn close(&self);
 }

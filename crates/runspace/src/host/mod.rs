@@ -27,6 +27,8 @@ mod net;
 mod paths;
 mod proc;
 
+pub(crate) use env::Surroundings;
+
 /// What one invocation has produced so far.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
@@ -40,6 +42,8 @@ pub(crate) struct HostContext {
     pub(crate) capture: Rc<RefCell<Capture>>,
     pub(crate) control: Arc<Control>,
     pub(crate) grants: Grants,
+    /// The session's working directory and environment.
+    pub(crate) surroundings: Arc<Surroundings>,
 }
 
 impl HostContext {

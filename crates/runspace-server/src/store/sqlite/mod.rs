@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Map, Value};
 
 mod schema;
+mod verbs;
 mod writer;
 
 use crate::limits::MAX_PAGE_BYTES;
@@ -23,7 +24,7 @@ use crate::private::{self, Access};
 
 use writer::{Failures, Msg, Op};
 
-use super::{rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, STREAM_TAIL};
+use super::{rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, STREAM_TAIL};
 
 /// How long a caller waits for its write to commit before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -182,6 +183,7 @@ impl JobStore for SqliteStore {
             request: job.request,
             total: job.total,
             at: secs(job.at),
+            inputs: job.inputs,
         };
         self.write(op).map_err(|e| match e {
             StoreError::Duplicate(_) => StoreError::Duplicate(name),
@@ -317,6 +319,20 @@ impl JobStore for SqliteStore {
         StoreHealth { failing: self.failures.failing(), failed_jobs: self.failures.failed_jobs() }
     }
 
+    fn stored_request(&self, name: &str) -> Result<Option<StoredRequest>, StoreError> {
+        self.read(|c| verbs::stored_request(c, name))
+    }
+
+    fn unfinished_items(&self, name: &str, total: u64, limit: usize) -> Result<(u64, Vec<u64>), StoreError> {
+        self.read(|c| verbs::unfinished_items(c, name, total, limit))
+    }
+
+    fn delete_finished(&self, names: &[String]) -> Result<(), StoreError> {
+        self.write(Op::DeleteFinished { names: names.to_vec() })?;
+        names.iter().for_each(|name| self.failures.forget(name));
+        Ok(())
+    }
+
     fn close(&self) {
         self.shutdown();
     }
@@ -430,8 +446,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.db");
         let (store, _) = SqliteStore::open(&path).unwrap();
-        let job =
-            NewJob { name: "big".into(), parallel: true, request: "{}".into(), total: 2000, at: SystemTime::now() };
+        let job = NewJob {
+            name: "big".into(),
+            parallel: true,
+            request: "{}".into(),
+            total: 2000,
+            at: SystemTime::now(),
+            inputs: None,
+        };
         store.insert(job).unwrap();
         for seq in 0..2000 {
             store.record_output("big", seq, format!("{{\"result\": \"{}\"}}", "x".repeat(10_000)), Some(seq + 1));
@@ -455,7 +477,14 @@ mod tests {
     fn a_page_of_output_is_bounded_in_bytes_but_never_empty() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
-        let job = NewJob { name: "j".into(), parallel: true, request: "{}".into(), total: 10, at: SystemTime::now() };
+        let job = NewJob {
+            name: "j".into(),
+            parallel: true,
+            request: "{}".into(),
+            total: 10,
+            at: SystemTime::now(),
+            inputs: None,
+        };
         store.insert(job).unwrap();
         let huge = format!("{{\"result\": \"{}\"}}", "y".repeat(MAX_PAGE_BYTES));
         store.record_output("j", 0, huge, Some(1));

@@ -21,10 +21,13 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, apply: |c| in_transaction(c, V1, 1) },
     Migration { version: 2, apply: incremental_vacuum },
     Migration { version: 3, apply: |c| in_transaction(c, V3, 3) },
+    // A job's explicit inputs, kept apart from its request (which every
+    // list reads) so that restart and rerun-failed can replay them.
+    Migration { version: 4, apply: |c| in_transaction(c, "ALTER TABLE jobs ADD COLUMN inputs TEXT;", 4) },
 ];
 
 /// The schema version this program writes.
-pub(super) const CURRENT: u32 = 3;
+pub(super) const CURRENT: u32 = 4;
 
 /// Version 3: streams become one row per record, stored and served in
 /// pages like output, instead of one JSON document per job. Stored
@@ -148,14 +151,47 @@ mod tests {
         assert_eq!(version(&conn).unwrap(), CURRENT, "migrating twice changes nothing");
     }
 
+    /// A database migrated up to (and including) `version`.
+    fn at_version(path: &std::path::Path, version: u32) -> Connection {
+        let mut conn = Connection::open(path).unwrap();
+        for step in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            (step.apply)(&mut conn).unwrap();
+        }
+        conn
+    }
+
     #[test]
-    fn a_database_one_version_behind_is_migrated_and_keeps_its_jobs() {
+    fn version_3_adds_an_empty_inputs_column_and_keeps_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = at_version(&path, 3);
+            conn.execute(
+                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
+                 VALUES ('kept', 'Completed', 1, '{\"inputs\": 2}', 1.0, 2)",
+                [],
+            )
+            .unwrap();
+            assert_eq!(version(&conn).unwrap(), 3);
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn).unwrap(), 4);
+        let (name, inputs): (String, Option<String>) =
+            conn.query_row("SELECT name, inputs FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        // The old job has no kept inputs (a restart says so); new ones can.
+        assert_eq!((name.as_str(), inputs), ("kept", None));
+        conn.execute("UPDATE jobs SET inputs = '[1,2]'", []).unwrap();
+    }
+
+    #[test]
+    fn version_2_streams_become_rows_and_the_jobs_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
-            // Version 2 as the previous release wrote it: streams as one JSON document.
+            // Version 2 as that release wrote it: streams as one JSON document.
             let mut conn = Connection::open(&path).unwrap();
-            for step in MIGRATIONS.iter().filter(|m| m.version < CURRENT) {
+            for step in MIGRATIONS.iter().filter(|m| m.version < 3) {
                 (step.apply)(&mut conn).unwrap();
             }
             conn.execute(
@@ -165,7 +201,7 @@ mod tests {
                 [],
             )
             .unwrap();
-            assert_eq!(version(&conn).unwrap(), CURRENT - 1);
+            assert_eq!(version(&conn).unwrap(), 2);
         }
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();

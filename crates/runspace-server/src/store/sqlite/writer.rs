@@ -21,7 +21,7 @@ const BATCH: usize = 1024;
 /// A write for the writer thread.
 pub(super) enum Op {
     /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
-    Insert { name: String, parallel: bool, request: String, total: u64, at: f64 },
+    Insert { name: String, parallel: bool, request: String, total: u64, at: f64, inputs: Option<String> },
     /// The job began running.
     Started { name: String, at: f64 },
     /// One output record (an item of a run over inputs, or an output value).
@@ -32,6 +32,8 @@ pub(super) enum Op {
     Finished { name: String, state: String, at: f64, error: Option<String>, done: u64 },
     /// Forget the job entirely.
     Delete { name: String },
+    /// Forget each of these jobs that is finished.
+    DeleteFinished { names: Vec<String> },
     /// Nothing: acknowledged once everything sent before it is committed.
     Flush,
 }
@@ -46,7 +48,7 @@ impl Op {
             | Op::Output { name, .. }
             | Op::Stream { name, .. }
             | Op::Finished { name, .. } => Some(name),
-            Op::Insert { .. } | Op::Delete { .. } | Op::Flush => None,
+            Op::Insert { .. } | Op::Delete { .. } | Op::DeleteFinished { .. } | Op::Flush => None,
         }
     }
 }
@@ -133,7 +135,7 @@ pub(super) fn write_loop(mut conn: Connection, rx: &Receiver<Msg>, failures: &Fa
             }
         }
         let results = commit(&mut conn, &batch, failures);
-        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. })) {
+        if batch.iter().any(|m| matches!(m.op, Op::Delete { .. } | Op::DeleteFinished { .. })) {
             // Give the deleted jobs' pages back to the file system (auto_vacuum
             // is INCREMENTAL since schema version 2). A failure only delays it.
             let _ = incremental_vacuum(&conn);
@@ -200,11 +202,11 @@ fn commit(conn: &mut Connection, batch: &[Msg], failures: &Failures) -> Vec<Resu
 fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, failures: &Failures) -> rusqlite::Result<()> {
     let job_id = |name: &str| tx.query_row("SELECT id FROM jobs WHERE name = ?1", [name], |r| r.get::<_, i64>(0));
     match op {
-        Op::Insert { name, parallel, request, total, at } => {
+        Op::Insert { name, parallel, request, total, at, inputs } => {
             tx.execute(
-                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
-                 VALUES (?1, 'Queued', ?2, ?3, ?4, ?5)",
-                params![name, parallel, request, at, *total as i64],
+                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total, inputs) \
+                 VALUES (?1, 'Queued', ?2, ?3, ?4, ?5, ?6)",
+                params![name, parallel, request, at, *total as i64, inputs],
             )?;
             tx.execute(
                 "INSERT INTO history (job_id, state, at) VALUES (?1, 'Queued', ?2)",
@@ -250,13 +252,27 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, failures: &Failures) -> rusqli
         }
         Op::Delete { name } => {
             if let Some(id) = job_id(name).optional()? {
-                tx.execute("DELETE FROM outputs WHERE job_id = ?1", [id])?;
-                tx.execute("DELETE FROM stream_records WHERE job_id = ?1", [id])?;
-                tx.execute("DELETE FROM history WHERE job_id = ?1", [id])?;
-                tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+                delete_job(tx, id)?;
+            }
+        }
+        Op::DeleteFinished { names } => {
+            for name in names {
+                let finished = "SELECT id FROM jobs WHERE name = ?1 AND state NOT IN ('Queued', 'Running')";
+                if let Some(id) = tx.query_row(finished, [name], |r| r.get::<_, i64>(0)).optional()? {
+                    delete_job(tx, id)?;
+                }
             }
         }
         Op::Flush => {}
     }
+    Ok(())
+}
+
+/// Deletes a job with everything recorded of it.
+fn delete_job(tx: &rusqlite::Transaction<'_>, id: i64) -> rusqlite::Result<()> {
+    for table in ["outputs", "stream_records", "history"] {
+        tx.execute(&format!("DELETE FROM {table} WHERE job_id = ?1"), [id])?;
+    }
+    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
     Ok(())
 }
