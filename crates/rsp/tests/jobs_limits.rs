@@ -81,7 +81,8 @@ fn the_api_refuses_out_of_range_limits_with_a_json_400() {
         "/v1/wait?timeout=4e31",
         "/v1/jobs/x/wait?timeout=nan",
     ] {
-        let (status, body) = server.call("GET", path, None);
+        let method = if path.contains("wait") { "POST" } else { "GET" };
+        let (status, body) = server.call(method, path, None);
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body["error"].is_string(), "{path}: {body}");
     }

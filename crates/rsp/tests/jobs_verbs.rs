@@ -350,13 +350,13 @@ fn errors_are_json_with_allow_on_405_and_the_body_limit_is_reported() {
     let (status, _) = server.call("GET", "/v1/jobs?offset=9223372036854775808", None);
     assert_eq!(status, 400);
 
-    // Over the limit: the server answers 413 as JSON, the client says what it is.
-    let big = "x".repeat(runspace_server_limit() as usize + 1);
-    let (status, body) = server.call("POST", "/v1/jobs", Some(&json!({"script": big})));
-    assert_eq!(status, 413, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("request body too large"), "{body}");
+    // Over the limit: the client says what it is before sending. (The
+    // server's own 413, answered from Content-Length before the body is
+    // read, is tested over a raw socket in jobs_http.)
     let input = tmp.path().join("big.txt");
-    std::fs::write(&input, "y\n".repeat(runspace_server_limit() as usize / 2 + 10)).unwrap();
+    // Lines of 100 bytes: over the body limit, well under the item limit.
+    let line = format!("{}\n", "y".repeat(99));
+    std::fs::write(&input, line.repeat(runspace_server_limit() as usize / 100 + 10)).unwrap();
     let out = job(&server, &["job", "start", "-e", "return _", "--input", input.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", err(&out));
     assert!(err(&out).contains("request body too large") && err(&out).contains("(limit 32 MB)"), "{}", err(&out));

@@ -36,10 +36,9 @@ pub(super) async fn json_errors(request: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     let text = to_bytes(body, MAX_MESSAGE).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
     let message = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts.headers.get(header::ALLOW).and_then(|v| v.to_str().ok()).unwrap_or("");
-            format!("{method} is not allowed on {path} (allowed: {allowed})")
-        }
+        // axum adds the `Allow` header outside this layer, so it is not
+        // named here; the client finds it in the answer's headers.
+        StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {path} (see the Allow header)"),
         StatusCode::PAYLOAD_TOO_LARGE => {
             format!("request body too large (limit {})", runspace::units::format_size(MAX_REQUEST_BODY))
         }
