@@ -223,6 +223,16 @@ fn follow_prints_records_as_they_come_and_exits_with_the_jobs_state() {
     assert_eq!(out.status.code(), Some(1), "a Failed job: {}", err(&out));
     assert!(err(&out).contains("[warning] careful") && err(&out).contains("boom"), "{}", err(&out));
 
+    // Every stream record, not only the last 100 the job's description
+    // carries: follow reads them from the paged streams route.
+    let script = "for i = 1, 250 do print('line ' .. i) end return 1";
+    server.call("POST", "/v1/jobs", Some(&json!({"name": "talker", "script": script})));
+    let out = job(&server, &["job", "follow", "talker", "--format", "table"]);
+    assert_eq!(out.status.code(), Some(0), "{}", err(&out));
+    let info: Vec<String> = err(&out).lines().filter(|l| l.starts_with("[information] ")).map(String::from).collect();
+    let want: Vec<String> = (1..=250).map(|i| format!("[information] line {i}")).collect();
+    assert_eq!(info, want);
+
     // Following a job that never ends: --timeout gives up with 3.
     server.call("POST", "/v1/jobs", Some(&json!({"name": "spin", "script": "while true do end"})));
     let out = job(&server, &["job", "follow", "spin", "--timeout", "300ms"]);
