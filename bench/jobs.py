@@ -15,6 +15,11 @@ through the HTTP API, and the server's memory, on 127.0.0.1 only.
 - memory: VmRSS of the server idle after start, and idle again after the
   throughput run (finished jobs are dropped from memory after 10 s; they
   stay in the database).
+- big jobs: the server's peak RSS (VmHWM, reset before each) while it runs
+  a BIG_ITEMS-item trivial job, a run over PRINT_ITEMS items that print
+  1 KB each (PRINT_ITEMS KB of streams), and one invocation printing
+  SINGLE_PRINT_MB MB; then the database size before and after deleting
+  them (deleted jobs give their pages back).
 """
 import http.client
 import json
@@ -31,14 +36,44 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATENCY_RUNS = int(os.environ.get("LATENCY_RUNS", "300"))
 TOTAL = int(os.environ.get("TOTAL", "5000"))
 THREADS = int(os.environ.get("THREADS", "8"))
+BIG_ITEMS = int(os.environ.get("BIG_ITEMS", "1000000"))
+PRINT_ITEMS = int(os.environ.get("PRINT_ITEMS", "200000"))
+SINGLE_PRINT_MB = int(os.environ.get("SINGLE_PRINT_MB", "200"))
 
 
-def rss_kib(pid):
+def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
+
+
+def reset_peak(pid):
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def db_mib(state):
+    return sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state) if f.startswith("jobs.db")) / 2**20
+
+
+def big_job(api, pid, name, body):
+    """Runs one job to its end; returns (peak RSS MiB, seconds, job)."""
+    reset_peak(pid)
+    t0 = time.time()
+    status, created = api.call("POST", "/v1/jobs", dict(body, name=name))
+    assert status == 201, created
+    while True:
+        status, waited = api.call("POST", f"/v1/jobs/{name}/wait?timeout=60s")
+        if waited["finished"]:
+            break
+    return rss_kib(pid, "VmHWM") / 1024, time.time() - t0, waited["job"]
 
 
 class Api:
@@ -121,6 +156,24 @@ def main():
         idle_after = rss_kib(server.pid)
         db_kib = sum(os.path.getsize(os.path.join(state, f)) for f in os.listdir(state) if f.startswith("jobs.db")) // 1024
 
+        big = []
+        api = Api(addr, token)  # the server closes connections idle for 10 s
+        peak, secs, job = big_job(api, server.pid, "big", {"script": "return _", "range": {"start": 1, "end": BIG_ITEMS}})
+        assert job["state"] == "Completed" and job["output_count"] == BIG_ITEMS, job
+        big.append((f"{BIG_ITEMS:,}-item trivial job ({BIG_ITEMS / secs:,.0f} items/s)", peak))
+        peak, secs, job = big_job(api, server.pid, "prints", {
+            "script": "print(string.rep('p', 1000)) return _", "range": {"start": 1, "end": PRINT_ITEMS}})
+        assert job["state"] == "Completed", job
+        big.append((f"{PRINT_ITEMS:,} items printing 1 KB each ({PRINT_ITEMS / 1024:,.0f} MB of streams)", peak))
+        peak, secs, job = big_job(api, server.pid, "print1", {
+            "script": f"for i = 1, {SINGLE_PRINT_MB * 1024} do print(string.rep('p', 1000)) end return 1"})
+        big.append((f"one invocation printing {SINGLE_PRINT_MB} MB ({job['state']})", peak))
+        db_full = db_mib(state)
+        for name in ["big", "prints", "print1"]:
+            status, _ = api.call("DELETE", f"/v1/jobs/{name}")
+            assert status == 204, status
+        db_after_delete = db_mib(state)
+
         cpu = platform.processor() or platform.machine()
         print(f"machine: {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}")
         print()
@@ -133,6 +186,9 @@ def main():
         print(f"| server RSS, idle after start | {idle_start / 1024:.1f} MiB |")
         print(f"| server RSS, idle after {n + LATENCY_RUNS} jobs | {idle_after / 1024:.1f} MiB |")
         print(f"| database size after {n + LATENCY_RUNS} jobs | {db_kib / 1024:.1f} MiB |")
+        for what, peak in big:
+            print(f"| server peak RSS (VmHWM), {what} | {peak:.1f} MiB |")
+        print(f"| database size with the big jobs / after deleting them | {db_full:.1f} MiB / {db_after_delete:.1f} MiB |")
     finally:
         server.terminate()
         try:

@@ -1,8 +1,10 @@
 //! `rsp job`: the client of `rsp serve` — Start-, Get-, Receive-, Wait-,
 //! Stop- and Remove-Job for the command line.
 
-mod client;
+mod context;
+mod records;
 mod show;
+mod verbs;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -13,8 +15,8 @@ use serde_json::{json, Map, Value};
 use crate::inputs::InputFormat;
 use crate::parse;
 use crate::script_args::ScriptArgs;
-use crate::serve::StatePaths;
-use client::{Client, ClientError};
+use runspace_server::limits::{self, JobLimits};
+use runspace_server::{Client, ClientError, StatePaths};
 
 /// Exit code when a wait ran out of time.
 const EXIT_TIMEOUT: i32 = 3;
@@ -26,7 +28,7 @@ pub struct Common {
     #[arg(long, env = "RSP_STATE_DIR", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
 
-    /// Output: a table on a terminal, JSON otherwise.
+    /// Output: a table on a terminal, JSON otherwise (JSON Lines for output records).
     #[arg(long, value_enum, value_name = "FORMAT", global = true)]
     pub format: Option<Format>,
 }
@@ -38,11 +40,18 @@ pub enum Format {
     Table,
     /// JSON.
     Json,
+    /// One JSON value per line (the default for output records when stdout is not a terminal).
+    Jsonl,
 }
 
 impl Common {
     fn format(&self) -> Format {
         self.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Json })
+    }
+
+    /// The format of output records: JSON Lines when not on a terminal, like `rsp run`.
+    fn records_format(&self) -> Format {
+        self.format.unwrap_or(if std::io::stdout().is_terminal() { Format::Table } else { Format::Jsonl })
     }
 }
 
@@ -55,14 +64,22 @@ pub enum JobCommand {
     List(ListArgs),
     /// Show one job: state, times, progress, streams (Get-Job NAME).
     Get(NameArgs),
-    /// Print a job's output records (Receive-Job).
+    /// Print a job's output records (Receive-Job); JSON Lines when piped.
     Output(OutputArgs),
-    /// Wait for jobs to finish (Wait-Job); exit 3 on timeout.
+    /// Print a job's output records as they come until it ends; exit 0 if it Completed, else 1.
+    Follow(verbs::FollowArgs),
+    /// Wait for jobs to finish (Wait-Job); exit 0 if all Completed, 1 if not, 3 on timeout.
     Wait(WaitArgs),
     /// Stop a job (Stop-Job).
     Stop(NameArgs),
     /// Stop if running, then delete a job and its output (Remove-Job).
     Remove(NameArgs),
+    /// Start a new job from a job's request (named NAME-2, NAME-3… unless --as).
+    Restart(verbs::AgainArgs),
+    /// Start a new job over the items of a finished job that did not complete (Failed, TimedOut, Stopped, never run).
+    RerunFailed(verbs::AgainArgs),
+    /// Remove finished jobs and their output (default: every finished state; never Queued or Running ones).
+    Clean(verbs::CleanArgs),
 }
 
 /// `rsp job start`.
@@ -94,6 +111,8 @@ pub struct StartArgs {
     /// Do not start a server when none runs.
     #[arg(long)]
     pub no_autostart: bool,
+    #[command(flatten)]
+    pub env: context::EnvArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -161,21 +180,32 @@ pub fn run(cmd: JobCommand) -> i32 {
         JobCommand::List(a) => list(a),
         JobCommand::Get(a) => get(a),
         JobCommand::Output(a) => output(a),
+        JobCommand::Follow(a) => verbs::follow(a),
         JobCommand::Wait(a) => wait(a),
         JobCommand::Stop(a) => simple(a, "stop"),
         JobCommand::Remove(a) => simple(a, "remove"),
+        JobCommand::Restart(a) => verbs::again(a, "restart"),
+        JobCommand::RerunFailed(a) => verbs::again(a, "rerun-failed"),
+        JobCommand::Clean(a) => verbs::clean(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rsp job: error: {}", e.message);
+            if e.server_down {
+                eprintln!("rsp job: start one with 'rsp serve --detach' (or 'rsp job start', which starts one)");
+            }
             e.code
         }
     }
 }
 
 fn connect(common: &Common) -> Result<Client, ClientError> {
-    Client::connect(&StatePaths::new(common.state_dir.as_deref()))
+    Client::connect(&state_paths(common)?)
+}
+
+fn state_paths(common: &Common) -> Result<StatePaths, ClientError> {
+    StatePaths::new(common.state_dir.as_deref()).map_err(|e| ClientError::usage(format!("{e} (--state-dir)")))
 }
 
 fn start(a: StartArgs) -> Result<i32, ClientError> {
@@ -204,29 +234,53 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
         modules.push(json!({"name": name, "source": source}));
     }
     body.insert("modules".into(), Value::Array(modules));
-    a.script.grants().map_err(usage)?;
-    body.insert("allow".into(), json!(a.script.allow));
-    if let Some(limit) = &a.script.memory_limit {
-        let bytes = parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))?;
-        body.insert("memory_limit".into(), json!(bytes));
+    let grants = a.script.grants().map_err(usage)?;
+    let cwd = context::working_dir()?;
+    let cwd_text = cwd.to_str().ok_or_else(|| ClientError::usage("the current directory's path is not UTF-8"))?;
+    body.insert("cwd".into(), json!(cwd_text));
+    body.insert("allow".into(), json!(context::absolute_grants(&a.script.allow, &cwd)));
+    if let Some(env) = context::environment(&a.env, &grants)? {
+        body.insert("env".into(), env);
     }
-    if let Some(t) = a.timeout {
-        body.insert("timeout_ms".into(), json!(t.as_millis() as u64));
-    }
-    if let Some(t) = a.throttle {
-        body.insert("throttle".into(), json!(t));
+    let memory_limit = match &a.script.memory_limit {
+        Some(limit) => Some(parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))? as u64),
+        None => None,
+    };
+    let inputs = match &a.input {
+        Some(path) => Some(read_inputs(path, a.input_format)?),
+        None => None,
+    };
+    let items = match (&inputs, a.range) {
+        (Some(inputs), _) => inputs.len() as u64,
+        (None, Some(r)) => r.len(),
+        (None, None) => 1,
+    };
+    // The server's own check, here first, so a bad flag is named as such.
+    let limits = JobLimits {
+        throttle: a.throttle.map(|t| t as u64),
+        memory_limit,
+        timeout_ms: a.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        items,
+    };
+    limits.check().map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))?;
+    let fields =
+        [("memory_limit", limits.memory_limit), ("timeout_ms", limits.timeout_ms), ("throttle", limits.throttle)];
+    for (field, value) in fields {
+        if let Some(value) = value {
+            body.insert(field.into(), json!(value));
+        }
     }
     if let Some(r) = a.range {
         body.insert("range".into(), json!({"start": r.start, "end": r.end}));
     }
-    if let Some(path) = &a.input {
-        body.insert("inputs".into(), Value::Array(read_inputs(path, a.input_format)?));
+    if let Some(inputs) = inputs {
+        body.insert("inputs".into(), Value::Array(inputs));
     }
-    let paths = StatePaths::new(a.common.state_dir.as_deref());
+    let paths = state_paths(&a.common)?;
     let client = match Client::connect(&paths) {
         Ok(c) => c,
         Err(e) if e.server_down && !a.no_autostart => {
-            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
+            let (addr, pid) = crate::serve_cmd::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
             eprintln!(
                 "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
             );
@@ -235,15 +289,28 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
         Err(e) => return Err(e),
     };
     let created = client.post("/v1/jobs", &Value::Object(body))?;
-    let name = created["name"].as_str().unwrap_or_default().to_string();
+    let name = created["name"].as_str().ok_or_else(|| malformed("name"))?.to_string();
     if !a.wait {
         match a.common.format() {
             Format::Json => show::json(&created),
-            Format::Table => println!("{name}"),
+            Format::Jsonl => show::json_line(&created),
+            Format::Table => show::line(&name),
         }
         return Ok(0);
     }
     wait_names(&client, &[name], Duration::from_secs(3600), a.common.format())
+}
+
+/// The option that sets an API field of [`JobLimits`].
+fn flag_of(field: &str) -> &'static str {
+    match field {
+        "throttle" => "--throttle",
+        "memory_limit" => "--memory-limit",
+        "timeout_ms" => "--timeout",
+        "offset" => "--offset",
+        "limit" => "--limit",
+        _ => "--range/--input",
+    }
 }
 
 /// Reads `--input` items now: the server runs them later, maybe after the file is gone.
@@ -263,7 +330,13 @@ fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, Client
         .collect()
 }
 
+/// The server's page check, with the option named.
+fn check_page(offset: u64, limit: u64) -> Result<(), ClientError> {
+    limits::check_page(offset, limit).map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))
+}
+
 fn list(a: ListArgs) -> Result<i32, ClientError> {
+    check_page(a.offset, a.limit)?;
     let client = connect(&a.common)?;
     let mut path = format!("/v1/jobs?offset={}&limit={}", a.offset, a.limit);
     if let Some(state) = a.state {
@@ -272,8 +345,9 @@ fn list(a: ListArgs) -> Result<i32, ClientError> {
     let page = client.get(&path)?;
     match a.common.format() {
         Format::Json => show::json(&page),
+        Format::Jsonl => show::json_line(&page),
         Format::Table => {
-            show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), page["total"].as_u64())
+            show::job_table(page["jobs"].as_array().ok_or_else(|| malformed("jobs"))?, page["total"].as_u64())
         }
     }
     Ok(0)
@@ -283,36 +357,24 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
     let job = connect(&a.common)?.get(&format!("/v1/jobs/{}", a.name))?;
     match a.common.format() {
         Format::Json => show::json(&job),
+        Format::Jsonl => show::json_line(&job),
         Format::Table => show::job_detail(&job),
     }
     Ok(0)
 }
 
+/// Prints the records page by page as they arrive: a table's lines, or
+/// one JSON array written record by record, so a large output is never
+/// held whole.
 fn output(a: OutputArgs) -> Result<i32, ClientError> {
+    check_page(a.offset, 1)?;
     let client = connect(&a.common)?;
-    let format = a.common.format();
-    let mut offset = a.offset;
-    let mut left = a.limit.unwrap_or(u64::MAX);
-    let mut all = Vec::new();
-    loop {
-        let want = left.min(1000);
-        let page = client.get(&format!("/v1/jobs/{}/output?offset={offset}&limit={want}", a.name))?;
-        let records = page["records"].as_array().cloned().unwrap_or_default();
-        let got = records.len() as u64;
-        match format {
-            Format::Table => records.iter().for_each(show::output_line),
-            Format::Json => all.extend(records),
-        }
-        offset += got;
-        left -= got.min(left);
-        if got < want || left == 0 || offset >= page["total"].as_u64().unwrap_or(0) {
-            break;
-        }
-    }
-    if format == Format::Json {
-        show::json(&Value::Array(all));
-    }
-    Ok(0)
+    verbs::output(&client, &a.name, a.offset, a.limit, a.common.records_format())
+}
+
+/// An answer of the server that lacks what the API promises.
+fn malformed(field: &str) -> ClientError {
+    ClientError::other(format!("the job server's answer has no valid '{field}'"))
 }
 
 fn wait(a: WaitArgs) -> Result<i32, ClientError> {
@@ -325,12 +387,7 @@ fn wait(a: WaitArgs) -> Result<i32, ClientError> {
             eprintln!("rsp job: timed out after {:?}: still unfinished: {}", a.timeout, pending.join(", "));
             return Ok(EXIT_TIMEOUT);
         }
-        let page = client.get("/v1/jobs?limit=10000")?;
-        match a.common.format() {
-            Format::Json => show::json(&page["jobs"]),
-            Format::Table => show::job_table(page["jobs"].as_array().map_or(&[][..], Vec::as_slice), None),
-        }
-        return Ok(0);
+        return verbs::all_jobs(&client, a.common.format());
     }
     wait_names(&client, &a.names, a.timeout, a.common.format())
 }
@@ -357,6 +414,7 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
     match format {
         Format::Json if jobs.len() == 1 => show::json(&jobs[0]),
         Format::Json => show::json(&Value::Array(jobs)),
+        Format::Jsonl => jobs.iter().for_each(show::json_line),
         Format::Table => show::job_table(&jobs, None),
     }
     Ok(code)
@@ -365,17 +423,25 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
 fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
     let client = connect(&a.common)?;
     let path = format!("/v1/jobs/{}", a.name);
+    let stuck = "it is inside a call that cannot be interrupted and ends when that call returns";
     match verb {
         "stop" => {
             let job = client.post(&format!("{path}/stop"), &json!({}))?;
+            if job["stopping"] == json!(true) {
+                eprintln!("rsp job: '{}' is stopping: {stuck}", a.name);
+            }
             match a.common.format() {
                 Format::Json => show::json(&job),
+                Format::Jsonl => show::json_line(&job),
                 Format::Table => show::job_table(std::slice::from_ref(&job), None),
             }
         }
         _ => {
-            client.delete(&path)?;
-            if a.common.format() == Format::Json {
+            let answer = client.delete(&path)?;
+            if answer["stopping"] == json!(true) {
+                eprintln!("rsp job: '{}' is removed but still stopping: {stuck}", a.name);
+            }
+            if a.common.format() != Format::Table {
                 show::json(&json!({"removed": a.name}));
             } else {
                 eprintln!("rsp job: removed '{}'", a.name);

@@ -2,7 +2,7 @@
 //! background jobs — PowerShell's runspaces for the command line.
 //!
 //! The program only parses, calls the libraries and formats; everything
-//! else lives in the `runspace` and `runspace-scan` crates.
+//! else lives in the `runspace`, `runspace-scan` and `runspace-server` crates.
 
 mod diag;
 mod inputs;
@@ -14,7 +14,7 @@ mod run_cmd;
 mod run_output;
 mod scan_cmd;
 mod script_args;
-mod serve;
+mod serve_cmd;
 
 use std::process::ExitCode;
 
@@ -48,7 +48,7 @@ enum Command {
     #[command(subcommand)]
     Job(job_cmd::JobCommand),
     /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
-    Serve(Box<serve::ServeArgs>),
+    Serve(Box<serve_cmd::ServeArgs>),
 }
 
 /// An error that ends the program with a message and an exit code.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
         },
         Command::Scan(args) => scan_cmd::run(*args).clamp(0, 255) as u8,
         Command::Job(cmd) => job_cmd::run(cmd).clamp(0, 255) as u8,
-        Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
+        Command::Serve(args) => serve_cmd::run(*args).clamp(0, 255) as u8,
     };
     ExitCode::from(code)
 }

@@ -113,7 +113,11 @@ fn start_wait_list_get_output_stop_remove_end_to_end() {
     assert_eq!(waited[0]["state"], "Completed");
     assert_eq!(waited[1]["progress"], json!({"done": 3, "total": 3}));
 
+    // Piped: JSON Lines, like `rsp run`; --format json: one array.
     let out = rsp(&dir, &["job", "output", "hello"]);
+    let line: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(line["value"], "hi, world");
+    let out = rsp(&dir, &["job", "output", "hello", "--format", "json"]);
     assert_eq!(json_out(&out)[0]["value"], "hi, world");
     let out = rsp(&dir, &["job", "output", "each", "--format", "table"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

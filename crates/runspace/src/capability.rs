@@ -153,6 +153,16 @@ impl Grants {
         self.granted.get(&capability).map(Vec::as_slice)
     }
 
+    /// The same grants with relative roots joined onto `base`, so that
+    /// `fs:.` means `base` rather than the process's working directory.
+    pub fn relative_to(&self, base: &std::path::Path) -> Grants {
+        let mut granted = self.granted.clone();
+        for root in granted.values_mut().flatten().filter(|r| r.is_relative()) {
+            *root = base.join(&*root);
+        }
+        Grants { granted }
+    }
+
     /// The granted capabilities.
     pub fn iter(&self) -> impl Iterator<Item = Capability> + '_ {
         self.granted.keys().copied()

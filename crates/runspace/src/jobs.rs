@@ -64,6 +64,7 @@ pub struct JobManagerBuilder {
     max: usize,
     session: SessionState,
     observer: Option<Observer>,
+    keep_items: bool,
 }
 
 impl JobManagerBuilder {
@@ -86,6 +87,17 @@ impl JobManagerBuilder {
         self
     }
 
+    /// Whether a run over inputs keeps every finished item in memory for
+    /// [`JobInfo::items`] and [`JobInfo::output`] (default: yes). A holder
+    /// whose observer stores each [`JobEvent::Item`] elsewhere (a server with
+    /// a database) turns this off, so a job's memory does not grow with its
+    /// items: its info then counts items, and its streams keep the first
+    /// 1,000 records of each stream (every item's own records are in its event).
+    pub fn keep_items(mut self, keep: bool) -> Self {
+        self.keep_items = keep;
+        self
+    }
+
     /// Opens the manager's pool (`max_concurrent` runspaces at most, one warm).
     pub fn build(self) -> Result<JobManager, JobError> {
         if self.max == 0 {
@@ -97,6 +109,7 @@ impl JobManagerBuilder {
                 pool,
                 max: self.max,
                 observer: self.observer,
+                keep_items: self.keep_items,
                 table: Mutex::new(Table::default()),
                 next_seq: AtomicU64::new(0),
             }),
@@ -129,6 +142,7 @@ pub(crate) struct Shared {
     pub(crate) pool: RunspacePool,
     max: usize,
     pub(crate) observer: Option<Observer>,
+    pub(crate) keep_items: bool,
     table: Mutex<Table>,
     next_seq: AtomicU64,
 }
@@ -208,7 +222,7 @@ impl JobManager {
 
     /// Starts configuring a manager.
     pub fn builder() -> JobManagerBuilder {
-        JobManagerBuilder { max: 5, session: SessionState::new(), observer: None }
+        JobManagerBuilder { max: 5, session: SessionState::new(), observer: None, keep_items: true }
     }
 
     /// The most jobs running at once.

@@ -104,8 +104,9 @@ impl Runspace {
         let ctx = HostContext {
             capture: capture.clone(),
             control: control.clone(),
-            grants: session.grants.clone(),
+            grants: session.host_grants(),
             max_output: session.max_output_bytes(),
+            surroundings: session.surroundings.clone(),
         };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 

@@ -1,13 +1,15 @@
 //! What every runspace of a session starts with: PowerShell's `InitialSessionState`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::capability::{Capability, Grants};
 use crate::error::{Error, Result};
+use crate::host::Surroundings;
 use crate::script::compile;
 
 /// Names a script always has; a variable, parameter or module may not hide them.
@@ -121,6 +123,7 @@ pub struct SessionState {
     pub(crate) memory_limit: Option<usize>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: Option<usize>,
+    pub(crate) surroundings: Arc<Surroundings>,
 }
 
 /// Bytes of output and stream records one invocation may produce unless
@@ -209,6 +212,72 @@ impl SessionState {
     /// The output cap of each invocation, in bytes.
     pub fn max_output_bytes(&self) -> usize {
         self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT)
+    }
+
+    /// Sets the directory the session's scripts stand in: relative paths
+    /// of `fs`, relative path grants (`fs:.`), and `exec`'s programs and
+    /// `cwd` resolve against it, and `exec` runs programs there. The
+    /// default is the process's working directory. `dir` must be absolute.
+    ///
+    /// ```
+    /// use runspace::SessionState;
+    /// let state = SessionState::new().working_dir("/srv/data").unwrap();
+    /// assert_eq!(state.working_directory(), Some(std::path::Path::new("/srv/data")));
+    /// assert!(SessionState::new().working_dir("relative").is_err());
+    /// ```
+    pub fn working_dir(mut self, dir: impl Into<PathBuf>) -> Result<SessionState> {
+        let dir = dir.into();
+        if !dir.is_absolute() {
+            return Err(Error::Session(format!("working directory '{}' is not an absolute path", dir.display())));
+        }
+        Arc::make_mut(&mut self.surroundings).working_dir = Some(dir);
+        Ok(self)
+    }
+
+    /// Sets exactly the environment variables the session's scripts see:
+    /// `env.get`/`env.vars` read them and `exec` gives them (and nothing of
+    /// the process's own) to the programs it starts. The default is the
+    /// process's environment. Names must be non-empty without `=` or NUL,
+    /// values without NUL.
+    ///
+    /// ```
+    /// use runspace::SessionState;
+    /// let state = SessionState::new().environment([("LANG".to_string(), "C".to_string())]).unwrap();
+    /// assert_eq!(state.environment_vars().unwrap()["LANG"], "C");
+    /// assert!(SessionState::new().environment([("A=B".to_string(), String::new())]).is_err());
+    /// ```
+    pub fn environment(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<SessionState> {
+        let mut map = BTreeMap::new();
+        for (name, value) in vars {
+            if name.is_empty() || name.contains(['=', '\0']) {
+                return Err(Error::Session(format!("environment variable name '{name}' is empty or holds '=' or NUL")));
+            }
+            if value.contains('\0') {
+                return Err(Error::Session(format!("environment variable '{name}' holds a NUL byte")));
+            }
+            map.insert(name, value);
+        }
+        Arc::make_mut(&mut self.surroundings).environment = Some(map);
+        Ok(self)
+    }
+
+    /// The working directory set with [`SessionState::working_dir`], if any.
+    pub fn working_directory(&self) -> Option<&Path> {
+        self.surroundings.working_dir.as_deref()
+    }
+
+    /// The environment set with [`SessionState::environment`], if any.
+    pub fn environment_vars(&self) -> Option<&BTreeMap<String, String>> {
+        self.surroundings.environment.as_ref()
+    }
+
+    /// The grants host functions check: relative path grants made absolute
+    /// against the working directory, when the session has one.
+    pub(crate) fn host_grants(&self) -> Grants {
+        match &self.surroundings.working_dir {
+            Some(dir) => self.grants.relative_to(dir),
+            None => self.grants.clone(),
+        }
     }
 
     /// The per-runspace memory limit, if any.

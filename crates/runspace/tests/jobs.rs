@@ -269,3 +269,27 @@ fn test_runspace_job_manager_scenario() {
     assert!(jobs.get(&long).unwrap().duration().unwrap() >= Duration::from_millis(300));
     assert_eq!(jobs.get(&files).unwrap().result()["Sum"], json!(512_i64 * 10000 * 10001 / 2));
 }
+
+#[test]
+fn a_manager_that_does_not_keep_items_counts_them_and_caps_streams() {
+    let seen = Arc::new(Mutex::new(0u64));
+    let counter = seen.clone();
+    let jobs = JobManager::builder()
+        .keep_items(false)
+        .observer(move |e| {
+            if let JobEvent::Item { .. } = e {
+                *counter.lock().unwrap() += 1;
+            }
+        })
+        .build()
+        .unwrap();
+    let source = "write_warning('w') if _ == 1 then error('x') elseif _ == 2 then write_error('e') end return _";
+    let name = jobs.start(JobSpec::new(&script(source)).range(1, 1500).throttle(2)).unwrap();
+    let info = jobs.wait(&name, LONG).unwrap();
+    assert_eq!(*seen.lock().unwrap(), 1500, "every item still reaches the observer");
+    assert!(info.items.is_empty() && info.output.is_empty());
+    assert_eq!(info.progress.done, 1500);
+    assert_eq!(info.state, JobState::CompletedWithErrors);
+    assert_eq!(info.error.as_deref(), Some("1 of 1500 items did not complete; 1 completed with errors"));
+    assert_eq!(info.streams.warning.len(), 1000, "streams keep their first 1,000 records");
+}

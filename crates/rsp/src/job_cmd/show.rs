@@ -1,9 +1,25 @@
 //! Printing jobs: aligned tables for people, JSON for programs.
 
+use std::io::{self, Write};
+
 use serde_json::Value;
 
+/// Prints one line. A reader that went away (`| head`) ends the program
+/// quietly (exit 0), as it would a filter; any other write error ends it
+/// with a message (exit 1).
+pub fn line(text: &str) {
+    let mut out = io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("rsp job: cannot write output: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    line(&serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
 
 fn text(v: &Value) -> String {
@@ -55,8 +71,8 @@ pub fn job_table(jobs: &[Value], total: Option<u64>) {
         }
     }
     for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("  ").trim_end());
+        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        line(cells.join("  ").trim_end());
     }
     if let Some(total) = total {
         if total > jobs.len() as u64 {
@@ -69,7 +85,7 @@ pub fn job_table(jobs: &[Value], total: Option<u64>) {
 pub fn job_detail(job: &Value) {
     let field = |k: &str, v: String| {
         if !v.is_empty() {
-            println!("{k:<10} {v}");
+            line(&format!("{k:<10} {v}"));
         }
     };
     field("Name", text(&job["name"]));
@@ -89,26 +105,41 @@ pub fn job_detail(job: &Value) {
     }
     if let Some(streams) = job["streams"].as_object() {
         for (stream, records) in streams {
+            let shown = records.as_array().map_or(0, Vec::len) as u64;
+            let count = job["stream_counts"][stream].as_u64().unwrap_or(shown);
+            if count > shown {
+                line(&format!(
+                    "{:<10} ({} earlier records: GET /v1/jobs/{}/streams/{stream})",
+                    format!("[{stream}]"),
+                    count - shown,
+                    text(&job["name"])
+                ));
+            }
             for record in records.as_array().into_iter().flatten() {
-                println!("{:<10} {}", format!("[{stream}]"), text(record));
+                line(&format!("{:<10} {}", format!("[{stream}]"), text(record)));
             }
         }
     }
 }
 
 /// One output record: a value as is, an item as `index  status  result`.
-pub fn output_line(record: &Value) {
+pub fn output_text(record: &Value) -> String {
     if let Some(value) = record.get("value") {
-        println!("{}", text(value));
+        text(value)
     } else {
         let errors: Vec<String> = record["errors"].as_array().into_iter().flatten().map(text).collect();
-        let line = format!(
+        let row = format!(
             "{}\t{}\t{}\t{}",
             record["index"],
             text(&record["status"]),
             text(&record["result"]),
             errors.join("; ")
         );
-        println!("{}", line.trim_end());
+        row.trim_end().to_string()
     }
+}
+
+/// A value on one line (`--format jsonl`).
+pub fn json_line(v: &Value) {
+    line(&v.to_string());
 }

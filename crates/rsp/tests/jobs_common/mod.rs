@@ -49,6 +49,25 @@ impl Server {
         }
     }
 
+    /// Takes over a server started by the test itself (under a wrapper,
+    /// say) and waits until it has written its address.
+    pub fn adopt(child: Child, dir: &Path) -> Server {
+        let mut server =
+            Server { child: Some(child), dir: dir.to_path_buf(), base: String::new(), token: String::new() };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let info: Option<Value> =
+                std::fs::read_to_string(dir.join("server.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(info) = info {
+                server.token = std::fs::read_to_string(dir.join("token")).unwrap().trim().to_string();
+                server.base = format!("http://{}", info["addr"].as_str().unwrap());
+                return server;
+            }
+            assert!(Instant::now() < deadline, "server did not start: {}", log_of(dir));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -144,4 +163,39 @@ pub fn call(base: &str, token: Option<&str>, method: &str, path: &str, body: Opt
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
     (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+}
+
+/// Runs `rsp ARGS` (set up by `setup`) to its end, killing it after 30 s:
+/// a command here must never hang, even one that wrongly starts serving.
+pub fn rsp_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> std::process::Output {
+    let mut command = Command::new(RSP);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    setup(&mut command);
+    let child = command.spawn().unwrap();
+    let pid = child.id() as i32;
+    // Read its output while it runs (a large output must not fill the pipe).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("rsp {args:?} did not finish within 30 s");
+        }
+    }
+}
+
+/// Kills (SIGKILL) the server whose pid `DIR/server.json` names.
+pub struct KillServerOf(pub PathBuf);
+
+impl Drop for KillServerOf {
+    fn drop(&mut self) {
+        let info: Option<Value> =
+            std::fs::read_to_string(self.0.join("server.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(pid) = info.and_then(|i| i["pid"].as_i64()) {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
 }

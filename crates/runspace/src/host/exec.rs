@@ -102,9 +102,7 @@ fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(dir) = &opts.cwd {
-        cmd.current_dir(dir);
-    }
+    ctx.surroundings.apply(&mut cmd, opts.cwd.as_deref());
     cmd.envs(opts.env.iter().flatten());
 
     gate::check(&ctx.control)?;

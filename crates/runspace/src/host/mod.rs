@@ -28,6 +28,8 @@ mod net;
 mod paths;
 mod proc;
 
+pub(crate) use env::Surroundings;
+
 /// What one invocation has produced so far.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
@@ -77,6 +79,8 @@ pub(crate) struct HostContext {
     pub(crate) grants: Grants,
     /// Bytes of output and stream records an invocation may produce.
     pub(crate) max_output: usize,
+    /// The session's working directory and environment.
+    pub(crate) surroundings: Arc<Surroundings>,
 }
 
 impl HostContext {

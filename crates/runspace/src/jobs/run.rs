@@ -71,10 +71,22 @@ fn run_one(shared: &Shared, job: &Job) {
     };
     job.changed.notify_all();
     notify(shared, &JobEvent::Started { name: &job.name, at: started });
-    let outcome = match spec.inputs.is_some() {
+    // A panic below (a thread the engine could not start, say) ends the job
+    // Failed with the reason and frees its slot, instead of leaving it
+    // Running forever.
+    let run = catch_unwind(AssertUnwindSafe(|| match spec.inputs.is_some() {
         false => run_single(shared, job, spec),
         true => run_parallel(shared, job, spec),
-    };
+    }));
+    let outcome = run.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        *job.stopper.lock().unwrap_or_else(|e| e.into_inner()) = Stopper::None;
+        Outcome::failed(format!("internal error: the job's thread panicked: {why}"))
+    });
     finish(shared, job, outcome);
 }
 
@@ -164,15 +176,19 @@ fn run_parallel(shared: &Shared, job: &Job, spec: JobSpec) -> Outcome {
         }
     }
     let mut done = 0;
+    let mut tally = Tally::default();
     loop {
         match results.next_timeout(ITEM_POLL) {
             Next::Item(item) => {
                 done += 1;
                 let progress = Progress { done, total };
                 notify(shared, &JobEvent::Item { name: &job.name, item: &item, progress });
+                tally.add(&item, shared.keep_items);
                 let mut record = job.lock();
                 record.progress = progress;
-                record.items.push(item);
+                if shared.keep_items {
+                    record.items.push(item);
+                }
             }
             Next::Idle => {}
             Next::Done => break,
@@ -185,34 +201,74 @@ fn run_parallel(shared: &Shared, job: &Job, spec: JobSpec) -> Outcome {
     let mut record = job.lock();
     record.items.sort_by_key(|i| i.index);
     let output = record.items.iter().map(|i| i.result.clone()).collect();
-    let streams = merge_streams(&record.items);
-    let unfinished = record.items.iter().filter(|i| i.status != Status::Completed).count();
+    let streams = if shared.keep_items { merge_streams(&record.items) } else { tally.streams };
     drop(record);
+    // An item that wrote errors did complete: it is counted apart.
+    let (unfinished, with_errors) = (tally.unfinished, tally.with_errors);
     let (state, error) = if job.stop_requested.load(Ordering::SeqCst) {
         (JobState::Stopped, Some(format!("stopped after {done} of {total} items")))
-    } else if unfinished > 0 {
-        (JobState::CompletedWithErrors, Some(format!("{unfinished} of {total} items did not complete")))
     } else {
-        (JobState::Completed, None)
+        match (unfinished, with_errors) {
+            (0, 0) => (JobState::Completed, None),
+            (0, n) => (JobState::CompletedWithErrors, Some(format!("{n} of {total} items completed with errors"))),
+            (u, 0) => (JobState::CompletedWithErrors, Some(format!("{u} of {total} items did not complete"))),
+            (u, n) => (
+                JobState::CompletedWithErrors,
+                Some(format!("{u} of {total} items did not complete; {n} completed with errors")),
+            ),
+        }
     };
     Outcome { state, output, streams, error }
+}
+
+/// How many records of each stream a job that does not keep its items
+/// merges (each item's event carries all of its own).
+const MERGED_STREAM_RECORDS: usize = 1000;
+
+/// What a run over inputs counts as items finish, without keeping them.
+#[derive(Default)]
+struct Tally {
+    unfinished: usize,
+    with_errors: usize,
+    /// The first records of each stream, when items are not kept.
+    streams: Streams,
+}
+
+impl Tally {
+    fn add(&mut self, item: &ItemResult, keep_items: bool) {
+        match item.status {
+            Status::Completed => {}
+            Status::CompletedWithErrors => self.with_errors += 1,
+            _ => self.unfinished += 1,
+        }
+        if !keep_items {
+            merge_item(&mut self.streams, item, MERGED_STREAM_RECORDS);
+        }
+    }
 }
 
 /// Every item's records, each prefixed with its item's index.
 fn merge_streams(items: &[ItemResult]) -> Streams {
     let mut streams = Streams::default();
     for item in items {
-        let tag = |records: &[String], into: &mut Vec<String>| {
-            into.extend(records.iter().map(|r| format!("item {}: {r}", item.index)));
-        };
-        tag(&item.errors, &mut streams.error);
-        tag(&item.warning, &mut streams.warning);
-        tag(&item.verbose, &mut streams.verbose);
-        tag(&item.debug, &mut streams.debug);
-        tag(&item.information, &mut streams.information);
-        streams.progress.extend(item.progress.iter().cloned());
+        merge_item(&mut streams, item, usize::MAX);
     }
     streams
+}
+
+/// Adds an item's records, prefixed with its index, up to `cap` per stream.
+fn merge_item(streams: &mut Streams, item: &ItemResult, cap: usize) {
+    let tag = |records: &[String], into: &mut Vec<String>| {
+        let room = cap.saturating_sub(into.len());
+        into.extend(records.iter().take(room).map(|r| format!("item {}: {r}", item.index)));
+    };
+    tag(&item.errors, &mut streams.error);
+    tag(&item.warning, &mut streams.warning);
+    tag(&item.verbose, &mut streams.verbose);
+    tag(&item.debug, &mut streams.debug);
+    tag(&item.information, &mut streams.information);
+    let room = cap.saturating_sub(streams.progress.len());
+    streams.progress.extend(item.progress.iter().take(room).cloned());
 }
 
 /// Ends a job that never started (stopped while queued, or the manager

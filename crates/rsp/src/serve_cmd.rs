@@ -1,0 +1,131 @@
+//! `rsp serve`: the job server (the `runspace-server` library) on the
+//! command line.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use runspace_server::{ServerConfig, StatePaths};
+
+use crate::parse;
+
+mod stop;
+
+/// Run the job server: background jobs with SQLite persistence and an HTTP JSON API on loopback.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true)]
+#[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
+                        through the state directory: server.json holds its address, token its token.")]
+pub struct ServeArgs {
+    /// Where the token, the address file and the default database live
+    /// [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].
+    #[arg(long, env = "RSP_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The SQLite database [default: STATE_DIR/jobs.db].
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// TCP port to listen on; 0 picks a free one (written to STATE_DIR/server.json).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Address to listen on. Anything but loopback exposes the API (token-protected, unencrypted) to the network.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub bind: IpAddr,
+
+    /// The most jobs running at once; more wait as Queued.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_jobs: usize,
+
+    /// On SIGTERM or Ctrl-C, let running jobs finish for this long before stopping them.
+    #[arg(long, default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
+    pub grace: Duration,
+
+    /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
+    #[arg(long)]
+    pub detach: bool,
+
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+}
+
+/// What else `rsp serve` does besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ServeAction {
+    /// Stop the server of a state directory gracefully and wait until it has ended.
+    Stop(stop::StopArgs),
+}
+
+/// Runs `rsp serve`; returns the exit code.
+pub fn run(args: ServeArgs) -> i32 {
+    if let Some(ServeAction::Stop(stop)) = &args.action {
+        return stop::run(stop);
+    }
+    if args.max_jobs == 0 {
+        eprintln!("rsp serve: error: --max-jobs must be at least 1");
+        return 2;
+    }
+    let paths = match StatePaths::new(args.state_dir.as_deref()) {
+        Ok(paths) => paths,
+        Err(e) => {
+            eprintln!("rsp serve: error: {e} (--state-dir)");
+            return 2;
+        }
+    };
+    if args.detach {
+        return match spawn_detached(&paths, &child_args(&args)) {
+            Ok((addr, pid)) => {
+                eprintln!(
+                    "rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}",
+                    paths.log.display()
+                );
+                0
+            }
+            Err(e) => {
+                eprintln!("rsp serve: error: {e}");
+                1
+            }
+        };
+    }
+    let config = ServerConfig {
+        paths,
+        db: args.db.clone(),
+        listen: SocketAddr::new(args.bind, args.port),
+        max_jobs: args.max_jobs,
+        grace: args.grace,
+    };
+    match runspace_server::serve(&config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rsp serve: error: {e}");
+            1
+        }
+    }
+}
+
+/// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits until it answers.
+pub fn spawn_detached(paths: &StatePaths, extra: &[String]) -> Result<(SocketAddr, u32), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the rsp program: {e}"))?;
+    let mut args: Vec<OsString> = vec!["serve".into(), "--state-dir".into(), paths.dir.clone().into()];
+    args.extend(extra.iter().map(OsString::from));
+    runspace_server::spawn_detached(paths, &exe, &args)
+}
+
+fn child_args(args: &ServeArgs) -> Vec<String> {
+    let mut out = vec![
+        "--port".to_string(),
+        args.port.to_string(),
+        "--bind".into(),
+        args.bind.to_string(),
+        "--max-jobs".into(),
+        args.max_jobs.to_string(),
+        "--grace".into(),
+        format!("{}ms", args.grace.as_millis()),
+    ];
+    if let Some(db) = &args.db {
+        out.extend(["--db".to_string(), db.display().to_string()]);
+    }
+    out
+}
