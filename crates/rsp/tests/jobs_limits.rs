@@ -118,12 +118,11 @@ fn the_command_line_refuses_the_same_limits_before_sending() {
 fn stop_and_remove_answer_in_bounded_time_when_a_job_is_stuck_in_c() {
     let tmp = tempdir();
     let server = Server::start(tmp.path(), &["--max-jobs", "3"]);
-    // Reading a FIFO no one writes to: one blocking read(2), which no
-    // interrupt reaches.
-    let fifo = tmp.path().join("fifo");
-    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-    let stuck = json!({"script": format!("return fs.read({:?})", fifo.to_str().unwrap()), "allow": ["fs"]});
+    // One long C call: sorting two million numbers with a C comparator.
+    // No interrupt reaches inside it; the pool's watchdog abandons its
+    // runspace after a stop, so the answer may already be final (200/204)
+    // or still in progress (202 with "stopping").
+    let stuck = json!({"script": "local t = table.create(2^21, 0) for i = 1, #t do t[i] = -i end for _ = 1, 50 do table.sort(t, rawequal) end"});
     for name in ["stuck1", "stuck2"] {
         let mut body = stuck.clone();
         body["name"] = json!(name);
@@ -135,12 +134,11 @@ fn stop_and_remove_answer_in_bounded_time_when_a_job_is_stuck_in_c() {
     let started = Instant::now();
     let (status, body) = server.call("POST", "/v1/jobs/stuck1/stop", None);
     assert!(started.elapsed() < Duration::from_secs(9), "stop took {:?}", started.elapsed());
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["stopping"], true, "{body}");
+    assert!(status == 200 || (status == 202 && body["stopping"] == true), "{status} {body}");
     let started = Instant::now();
     let (status, body) = server.call("DELETE", "/v1/jobs/stuck2", None);
     assert!(started.elapsed() < Duration::from_secs(9), "remove took {:?}", started.elapsed());
-    assert_eq!(status, 202, "{body}");
+    assert!(status == 204 || status == 202, "{status} {body}");
     assert_eq!(server.call("GET", "/v1/jobs/stuck2", None).0, 404);
     // The server still serves, and the free slot runs new work.
     let (status, body) = server.call("POST", "/v1/jobs", Some(&json!({"name": "after", "script": "return 1"})));
