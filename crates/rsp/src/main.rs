@@ -4,6 +4,7 @@
 //! The program only parses, calls the libraries and formats; everything
 //! else lives in the `runspace` and `runspace-scan` crates.
 
+mod command_mode;
 mod inputs;
 mod job_cmd;
 mod joblog;
