@@ -32,7 +32,7 @@ pub const MAX_OUTPUT: usize = 16 << 20;
 pub struct CommandArgs {
     /// Run this command per input instead of a script (GNU parallel's replacement strings:
     /// {} {.} {/} {//} {/.} {#} {1}..{N}; without one, the input is appended).
-    #[arg(long = "cmd", value_name = "TEMPLATE")]
+    #[arg(long = "cmd", value_name = "TEMPLATE", conflicts_with = "code")]
     pub template: Option<String>,
 
     /// Run the command through `sh -c`, each input single-quoted.
@@ -71,11 +71,7 @@ pub struct CommandMode {
 impl CommandMode {
     /// Command mode when `--cmd` is given. `script` is the positional
     /// SCRIPT_FILE slot, which takes the first `:::` when a template is given.
-    pub fn from_args(
-        args: &CommandArgs,
-        script: Option<&std::path::Path>,
-        has_code: bool,
-    ) -> Result<Option<Self>, CliError> {
+    pub fn from_args(args: &CommandArgs, script: Option<&std::path::Path>) -> Result<Option<Self>, CliError> {
         let mut words: Vec<String> = script.map(|p| p.display().to_string()).into_iter().collect();
         words.extend(args.sources.iter().cloned());
         let Some(text) = &args.template else {
@@ -84,9 +80,6 @@ impl CommandMode {
             }
             return Err(CliError::usage("argument lists (::: or ::::) need --cmd"));
         };
-        if has_code {
-            return Err(CliError::usage("--cmd runs a command, not a script: drop -e"));
-        }
         if template::uses_slot(text) {
             return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
         }
@@ -127,7 +120,12 @@ impl CommandMode {
             Some(sources) => {
                 let product = sources::Product::new(sources.clone());
                 let total = product.len();
-                (Box::new(product), Some(total))
+                let colsep = self.colsep.clone();
+                let split = move |values: Vec<String>| match &colsep {
+                    Some(sep) => values.iter().flat_map(|v| v.split(sep.as_str()).map(String::from)).collect(),
+                    None => values,
+                };
+                (Box::new(product.map(split)), Some(total))
             }
             None => {
                 let inputs = inputs()?;

@@ -105,12 +105,8 @@ impl Template {
         }
         let mut argv = Vec::with_capacity(self.words.len() + columns.len());
         for word in &self.words {
-            // A word that is only `{}` (or `{.}`...) becomes one argument per column, as
-            // GNU parallel's quoting of each argument does.
-            if let [Piece::Arg { column: None, edit }] = word.as_slice() {
-                argv.extend(select(columns, None, *edit));
-                continue;
-            }
+            // Several columns in one word split it, as GNU parallel's quoting of each
+            // argument does: `x{}y` with `a`, `1` gives `xa` and `1y`.
             let mut text = String::new();
             for piece in word {
                 match piece {
@@ -118,7 +114,14 @@ impl Template {
                     Piece::Seq => {
                         let _ = write!(text, "{seq}");
                     }
-                    Piece::Arg { column, edit } => text.push_str(&select(columns, *column, *edit).join(" ")),
+                    Piece::Arg { column, edit } => {
+                        for (i, value) in select(columns, *column, *edit).into_iter().enumerate() {
+                            if i > 0 {
+                                argv.push(std::mem::take(&mut text));
+                            }
+                            text.push_str(&value);
+                        }
+                    }
                 }
             }
             argv.push(text);
@@ -353,7 +356,7 @@ mod tests {
         assert_eq!(argv("gzip -k", &["a b.txt"], 1), ["gzip", "-k", "a b.txt"]);
         assert_eq!(argv("echo", &["a", "1"], 1), ["echo", "a", "1"]);
         assert_eq!(argv("echo {}", &["a", "1"], 1), ["echo", "a", "1"]);
-        assert_eq!(argv("echo x{}y", &["a", "1"], 1), ["echo", "xa 1y"]);
+        assert_eq!(argv("echo x{}y", &["a", "1"], 1), ["echo", "xa", "1y"]);
         // Braces that are not replacement strings stay as they are.
         assert_eq!(argv("echo {x} {0} {} {", &["v"], 1), ["echo", "{x}", "{0}", "v", "{"]);
         assert_eq!(argv("echo '{}'", &["$(x)"], 1), ["echo", "$(x)"]);
