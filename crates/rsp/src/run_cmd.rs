@@ -131,7 +131,7 @@ pub struct LargeRunArgs {
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
     // --- command mode (--cmd): its own script, session and inputs; see command_mode.
-    let command = CommandMode::from_args(&args.command, args.script.script.as_deref())?;
+    let command = CommandMode::from_args(&args.command, &args.script)?;
     let (script, session, params, inputs) = match &command {
         Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(|| args.input.open())?),
         None => (args.script.script()?, args.script.session()?, args.script.params()?, args.input.open()?),

@@ -299,6 +299,7 @@ fn usage_errors_and_capabilities() {
         (&["run", "--cmd", "echo 'oops", ":::", "a"][..], "unclosed '"),
         (&["run", "--cmd", "echo", "-e", "return 1", ":::", "a"][..], "cannot be used with"),
         (&["run", "--cmd", "echo", "stray", ":::", "a"][..], "start with :::"),
+        (&["run", "--allow", "fs", "--cmd", "echo", ":::", "a"][..], "--allow is for scripts"),
     ] {
         let out = run(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::inputs::Inputs;
 use crate::run_output::{Format, Printer};
+use crate::script_args::ScriptArgs;
 use crate::CliError;
 use template::{Filled, Template};
 
@@ -69,10 +70,11 @@ pub struct CommandMode {
 }
 
 impl CommandMode {
-    /// Command mode when `--cmd` is given. `script` is the positional
-    /// SCRIPT_FILE slot, which takes the first `:::` when a template is given.
-    pub fn from_args(args: &CommandArgs, script: Option<&std::path::Path>) -> Result<Option<Self>, CliError> {
-        let mut words: Vec<String> = script.map(|p| p.display().to_string()).into_iter().collect();
+    /// Command mode when `--cmd` is given; `script` holds the script
+    /// options, which must be unused (the positional SCRIPT_FILE slot takes
+    /// the first `:::` when a template is given).
+    pub fn from_args(args: &CommandArgs, script: &ScriptArgs) -> Result<Option<Self>, CliError> {
+        let mut words: Vec<String> = script.script.iter().map(|p| p.display().to_string()).collect();
         words.extend(args.sources.iter().cloned());
         let Some(text) = &args.template else {
             if args.sources.is_empty() {
@@ -80,6 +82,19 @@ impl CommandMode {
             }
             return Err(CliError::usage("argument lists (::: or ::::) need --cmd"));
         };
+        // The runner is ours: nothing a script would be given applies to it.
+        let script_options = [
+            ("--allow", !script.allow.is_empty()),
+            ("--var", !script.vars.is_empty()),
+            ("--param", !script.params.is_empty()),
+            ("--module", !script.modules.is_empty()),
+            ("--memory-limit", script.memory_limit.is_some()),
+        ];
+        if let Some((flag, _)) = script_options.iter().find(|(_, given)| *given) {
+            return Err(CliError::usage(format!(
+                "{flag} is for scripts; --cmd runs a command with the exec grant only"
+            )));
+        }
         if template::uses_slot(text) {
             return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
         }
