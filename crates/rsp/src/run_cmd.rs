@@ -34,7 +34,9 @@ Examples:
   cat items.jsonl | rsp run -e 'return _.size * factor' --input-format jsonl --var factor=2 --format values
   rsp run job.luau --input big.txt --batch-size 100 --max-concurrent-batches 4 --retries 2 --joblog run.log
   rsp run job.luau --input big.txt --joblog run.log --resume        # after an interruption
-  rsp run job.luau --input big.txt --halt soon,fail=5% --results out/")]
+  rsp run job.luau --input big.txt --halt soon,fail=5% --results out/
+  rsp run --cmd 'gzip -k {}' ::: a.txt b.txt                         # a command per input, no script
+  ls *.txt | rsp run -j 4 --cmd 'convert {} {.}.png'")]
 pub struct RunArgs {
     #[command(flatten)]
     pub script: ScriptArgs,
