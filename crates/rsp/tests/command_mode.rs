@@ -149,6 +149,13 @@ fn commands_run_per_input_without_a_shell() {
     );
     let out = run(&["run", "-f", "jsonl", "--cmd", "echo", ":::", "a", ":::", "1"]);
     assert_eq!(records(&out)[0]["input"], json!(["a", "1"]));
+
+    // A malformed JSON Lines input is a failed item, never a command.
+    let out =
+        run_with_stdin(&["run", "-f", "jsonl", "--input-format", "jsonl", "--cmd", "echo"], "[\"a\", 1]\n{oops\n");
+    let recs = records(&out);
+    assert_eq!(recs[0]["result"]["stdout"], "a 1\n");
+    assert_eq!((recs[1]["input"].as_str(), recs[1]["status"].as_str()), (Some("{oops"), Some("Failed")));
 }
 
 #[test]

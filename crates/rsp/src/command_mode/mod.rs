@@ -131,7 +131,9 @@ impl CommandMode {
     /// The inputs: the argument lists when given, else `inputs` (stdin,
     /// `--input`, `--range`), each turned into the command to run.
     pub fn inputs(&self, inputs: impl FnOnce() -> Result<Inputs, CliError>) -> Result<Inputs, CliError> {
-        let (items, total): (Box<dyn Iterator<Item = Vec<String>> + Send>, Option<u64>) = match &self.sources {
+        // Columns, or an input that could not be read (it stays a failed item).
+        type Args = Result<Vec<String>, Input>;
+        let (items, total): (Box<dyn Iterator<Item = Args> + Send>, Option<u64>) = match &self.sources {
             Some(sources) => {
                 let product = sources::Product::new(sources.clone());
                 let total = product.len();
@@ -140,20 +142,24 @@ impl CommandMode {
                     Some(sep) => values.iter().flat_map(|v| v.split(sep.as_str()).map(String::from)).collect(),
                     None => values,
                 };
-                (Box::new(product.map(split)), Some(total))
+                (Box::new(product.map(move |values| Ok(split(values)))), Some(total))
             }
             None => {
                 let inputs = inputs()?;
                 let colsep = self.colsep.clone();
                 let columns = inputs.items.map(move |input| match input {
-                    Input::Value(v) => columns(v, colsep.as_deref()),
-                    Input::Invalid { text, .. } => vec![text],
+                    Input::Value(v) => Ok(columns(v, colsep.as_deref())),
+                    invalid @ Input::Invalid { .. } => Err(invalid),
                 });
                 (Box::new(columns), inputs.total)
             }
         };
         let (template, shell) = (self.template.clone(), self.shell);
-        let items = items.enumerate().map(move |(i, columns)| {
+        let items = items.enumerate().map(move |(i, args)| {
+            let columns = match args {
+                Ok(columns) => columns,
+                Err(invalid) => return invalid,
+            };
             let filled = template.fill(&columns, i as u64 + 1, shell);
             let input = match columns.len() {
                 1 => json!(columns[0]),
@@ -181,14 +187,13 @@ impl CommandMode {
     /// Prints a finished item: its output as the command wrote it for
     /// `--format values`, else the record, its `input` put back.
     pub fn print<W: Write>(&self, printer: &mut Printer<W>, item: &ItemResult) -> io::Result<()> {
-        let mut item = item.clone();
-        if let Some(input) = item.input.get_mut("input") {
-            item.input = input.take();
-        }
+        let input = item.input.get("input").unwrap_or(&item.input);
         if printer.format() != Format::Values {
-            return printer.item(&item);
+            let mut shown = item.clone();
+            shown.input = input.clone();
+            return printer.item(&shown);
         }
-        let tag = self.tag.then(|| crate::run_output::bare(&item.input));
+        let tag = self.tag.then(|| crate::run_output::bare(input));
         let text = |key: &str| item.result.get(key).and_then(Value::as_str).unwrap_or("");
         write_tagged(printer.out(), text("stdout"), tag.as_deref())?;
         let stderr = text("stderr");
