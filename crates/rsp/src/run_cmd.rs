@@ -135,7 +135,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // --- command mode (--cmd): its own script, session and inputs; see command_mode.
     let command = CommandMode::from_args(&args.command, &args.script)?;
     let (script, session, params, inputs) = match &command {
-        Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(|| args.input.open())?),
+        Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(&args.input)?),
         None => (args.script.script()?, args.script.session()?, args.script.params()?, args.input.open()?),
     };
     if let Some(cmd) = command.as_ref().filter(|c| c.dry_run) {

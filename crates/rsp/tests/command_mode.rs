@@ -318,3 +318,18 @@ fn usage_errors_and_capabilities() {
     assert_eq!(recs[0]["status"], "Failed");
     assert!(recs[0]["errors"][0].as_str().unwrap().contains("needs the 'exec' capability"), "{:?}", recs[0]);
 }
+
+#[test]
+fn without_inputs_on_a_terminal_nothing_runs() {
+    // `script` gives rsp a terminal on stdin; skip where util-linux's script is missing.
+    let line = format!("{} run --cmd 'touch ran-{{}}'", env!("CARGO_BIN_EXE_rsp"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).current_dir(dir.path()).output();
+    let Ok(out) = out else {
+        eprintln!("script(1) is not installed: terminal test skipped");
+        return;
+    };
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stdout(&out).contains("--cmd needs inputs"), "{}", stdout(&out));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "a command ran");
+}

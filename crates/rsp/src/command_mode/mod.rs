@@ -13,12 +13,12 @@
 mod sources;
 mod template;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
 use serde_json::{json, Value};
 
-use crate::inputs::Inputs;
+use crate::inputs::{InputArgs, Inputs};
 use crate::run_output::{Format, Printer};
 use crate::script_args::ScriptArgs;
 use crate::CliError;
@@ -128,9 +128,15 @@ impl CommandMode {
         SessionState::new().grants_from(grants)
     }
 
-    /// The inputs: the argument lists when given, else `inputs` (stdin,
+    /// The inputs: the argument lists when given, else `args` (stdin,
     /// `--input`, `--range`), each turned into the command to run.
-    pub fn inputs(&self, inputs: impl FnOnce() -> Result<Inputs, CliError>) -> Result<Inputs, CliError> {
+    pub fn inputs(&self, args: &InputArgs) -> Result<Inputs, CliError> {
+        // A script runs once on a terminal; a command with no input would run with an empty argument.
+        if self.sources.is_none() && args.input.is_none() && args.range.is_none() && io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "--cmd needs inputs: argument lists (::: VALUES, :::: FILES), --input FILE, --range, or a pipe",
+            ));
+        }
         // Columns, or an input that could not be read (it stays a failed item).
         type Args = Result<Vec<String>, Input>;
         let (items, total): (Box<dyn Iterator<Item = Args> + Send>, Option<u64>) = match &self.sources {
@@ -145,7 +151,7 @@ impl CommandMode {
                 (Box::new(product.map(move |values| Ok(split(values)))), Some(total))
             }
             None => {
-                let inputs = inputs()?;
+                let inputs = args.open()?;
                 let colsep = self.colsep.clone();
                 let columns = inputs.items.map(move |input| match input {
                     Input::Value(v) => Ok(columns(v, colsep.as_deref())),
