@@ -8,14 +8,11 @@
 //! keeps its output pipes open.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::Deserialize;
 use serde_json::Value;
@@ -25,6 +22,9 @@ use super::HostContext;
 use crate::capability::Capability;
 use crate::control::Control;
 use crate::convert::from_lua;
+use pipes::Pipes;
+
+mod pipes;
 
 /// Output kept per stream unless `max_output` says otherwise; the rest is
 /// read and dropped, so a chatty child never blocks on a full pipe.
@@ -117,19 +117,17 @@ fn run(
             let _ = pipe.write_all(text.as_bytes());
         });
     }
-    let stdout = drain(child.stdout.take(), max_output);
-    let stderr = drain(child.stderr.take(), max_output);
+    let mut pipes = Pipes::new(&mut child, max_output);
 
     let deadline = timeout.map(|t| started + t);
-    let (status, timed_out) = match supervise(&mut child, &ctx.control, deadline) {
+    let (status, timed_out) = match supervise(&mut child, &mut pipes, &ctx.control, deadline) {
         Ok(ended) => ended,
         Err(e) => {
             kill(&mut child);
             return Err(e);
         }
     };
-    let grace = Instant::now() + DRAIN_GRACE;
-    let (out, err) = (stdout.take(grace), stderr.take(grace));
+    let (out, err) = pipes.finish(Instant::now() + DRAIN_GRACE);
     record(
         lua,
         [
@@ -163,10 +161,15 @@ fn arguments(args: Option<Table>) -> mlua::Result<Vec<String>> {
 
 /// Waits for the child, killing it at its own deadline (then `timed_out`),
 /// and failing with the stop's error when the item is stopped (the caller kills).
-fn supervise(child: &mut Child, control: &Control, deadline: Option<Instant>) -> mlua::Result<(ExitStatus, bool)> {
-    // Start with short naps so quick commands return quickly.
+/// Output is read meanwhile.
+fn supervise(
+    child: &mut Child,
+    pipes: &mut Pipes,
+    control: &Control,
+    deadline: Option<Instant>,
+) -> mlua::Result<(ExitStatus, bool)> {
+    // Naps, when there is nothing to poll, start short so quick commands return quickly.
     let mut slice = Duration::from_millis(1);
-    let exited = ExitFd::open(child);
     loop {
         if let Some(status) = child.try_wait().map_err(|e| fail("exec", e))? {
             return Ok((status, false));
@@ -177,43 +180,14 @@ fn supervise(child: &mut Child, control: &Control, deadline: Option<Instant>) ->
             let status = child.wait().map_err(|e| fail("exec", e))?;
             return Ok((status, true));
         }
-        match &exited {
-            // Woken by the exit itself; the stop switch is looked at every slice.
-            Some(exited) => {
-                exited.wait(deadline.map_or(MAX_SLICE, |d| MAX_SLICE.min(d - now)));
-                control.check().map_err(super::HostContext::stopped)?;
-            }
-            None => {
-                let nap = deadline.map_or(slice, |d| slice.min(d - now));
-                control.sleep(nap).map_err(super::HostContext::stopped)?;
-                slice = (slice * 2).min(MAX_SLICE);
-            }
+        // Woken by output or the exit itself; the stop switch is looked at every slice.
+        if pipes.pump(deadline.map_or(MAX_SLICE, |d| MAX_SLICE.min(d - now))) {
+            control.check().map_err(super::HostContext::stopped)?;
+        } else {
+            let nap = deadline.map_or(slice, |d| slice.min(d - now));
+            control.sleep(nap).map_err(super::HostContext::stopped)?;
+            slice = (slice * 2).min(MAX_SLICE);
         }
-    }
-}
-
-/// A pidfd of the child: it becomes readable when the child exits, so a
-/// short command is seen to end at once instead of at the next nap (which
-/// capped command mode at a few hundred `true`s a second per slot).
-struct ExitFd(OwnedFd);
-
-impl ExitFd {
-    /// None where pidfds are missing (Linux before 5.3): then naps it is.
-    fn open(child: &Child) -> Option<ExitFd> {
-        // SAFETY: pidfd_open(2) takes a pid and a flags word and returns a new
-        // descriptor or -1. The child is not reaped yet, so the pid is still its.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-        let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-        Some(ExitFd(unsafe { OwnedFd::from_raw_fd(fd) }))
-    }
-
-    /// Returns once the child has exited or `timeout` passed (or on a signal).
-    fn wait(&self, timeout: Duration) {
-        let mut poll = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd for the call's duration, and the count says one.
-        unsafe { libc::poll(&mut poll, 1, ms) };
     }
 }
 
@@ -225,36 +199,4 @@ fn kill(child: &mut Child) {
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// A pipe being read on a thread into a bounded buffer.
-struct Drain {
-    buffer: Arc<Mutex<Vec<u8>>>,
-    done: Receiver<()>,
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>, max: usize) -> Drain {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let (tx, done) = crossbeam_channel::bounded(1);
-    if let Some(mut pipe) = pipe {
-        let buffer = buffer.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
-                let room = max.saturating_sub(b.len());
-                b.extend_from_slice(&chunk[..n.min(room)]);
-            }
-            drop(tx);
-        });
-    }
-    Drain { buffer, done }
-}
-
-impl Drain {
-    /// What was read, once the pipe closed or `until` passed.
-    fn take(self, until: Instant) -> Vec<u8> {
-        let _ = self.done.recv_deadline(until);
-        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()))
-    }
 }
