@@ -4,6 +4,7 @@
 //! The program only parses, calls the libraries and formats; everything
 //! else lives in the `runspace`, `runspace-scan` and `runspace-server` crates.
 
+mod command_mode;
 mod diag;
 mod inputs;
 mod job_cmd;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 use runspace::{Halt, HaltRule, Next, RunControl, RunspacePool};
 
+use crate::command_mode::{CommandArgs, CommandMode};
 use crate::diag::diag;
 use crate::inputs::InputArgs;
 use crate::joblog::{self, Feed, JobLog, ResultsDir, Resume, ResumeFilter};
@@ -34,7 +35,9 @@ Examples:
   cat items.jsonl | rsp run -e 'return _.size * factor' --input-format jsonl --var factor=2 --format values
   rsp run job.luau --input big.txt --batch-size 100 --max-concurrent-batches 4 --retries 2 --joblog run.log
   rsp run job.luau --input big.txt --joblog run.log --resume        # after an interruption
-  rsp run job.luau --input big.txt --halt soon,fail=5% --results out/")]
+  rsp run job.luau --input big.txt --halt soon,fail=5% --results out/
+  rsp run --cmd 'gzip -k {}' ::: a.txt b.txt                         # a command per input, no script
+  ls *.txt | rsp run -j 4 --cmd 'convert {} {.}.png'")]
 pub struct RunArgs {
     #[command(flatten)]
     pub script: ScriptArgs,
@@ -42,13 +45,16 @@ pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
 
+    #[command(flatten)]
+    pub command: CommandArgs,
+
     /// Runspaces working at once (default: the number of CPUs, right for CPU-bound
     /// scripts; raise it for scripts that mostly wait, e.g. --throttle 200).
-    #[arg(short = 't', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(short = 't', visible_short_alias = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub throttle: Option<u32>,
 
     /// Print results in input order (a bounded reorder buffer) instead of as they finish.
-    #[arg(long)]
+    #[arg(short = 'k', long)]
     pub ordered: bool,
 
     /// Stop each item after this long (e.g. 500ms, 2s); it is reported as TimedOut.
@@ -132,8 +138,18 @@ pub struct LargeRunArgs {
 /// Runs `rsp run`; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
-    let script = args.script.script()?;
-    let mut session = args.script.session()?;
+    // --- command mode (--cmd): its own script, session and inputs; see command_mode.
+    let command = CommandMode::from_args(&args.command, &args.script)?;
+    let (script, mut session, params, inputs) = match &command {
+        Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(&args.input)?),
+        None => (args.script.script()?, args.script.session()?, args.script.params()?, args.input.open()?),
+    };
+    if let Some(cmd) = command.as_ref().filter(|c| c.dry_run) {
+        cmd.dry_run(inputs, &mut BufWriter::new(io::stdout().lock()))
+            .map_err(|e| CliError { message: format!("cannot write the commands: {e}"), code: 1 })?;
+        return Ok(0);
+    }
+    // --- end command mode
     if let Some(timeout) = args.timeout {
         // Also the bound on loading --module files.
         session = session.timeout(timeout);
@@ -141,8 +157,6 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if let Some(bytes) = args.max_output {
         session = session.max_output(bytes);
     }
-    let params = args.script.params()?;
-    let inputs = args.input.open()?;
     let throttle = match args.large.batch_size {
         Some(_) => args.large.max_concurrent_batches.or(args.throttle).map_or(4, |n| n as usize),
         None => args.throttle.map_or_else(default_throttle, |n| n as usize),
@@ -176,7 +190,12 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
 
     let stdout_tty = io::stdout().is_terminal();
     let stderr_tty = io::stderr().is_terminal();
-    let format = args.format.unwrap_or(if stdout_tty { Format::Table } else { Format::Jsonl });
+    let format = args.format.unwrap_or(match (&command, stdout_tty) {
+        // Command mode prints what the commands print, like GNU parallel.
+        (Some(_), _) => Format::Values,
+        (None, true) => Format::Table,
+        (None, false) => Format::Jsonl,
+    });
     let colour_out = stdout_tty && console::colors_enabled();
     let colour_err = stderr_tty && console::colors_enabled_stderr();
     let show_summary = !args.no_summary && (args.summary || stderr_tty);
@@ -226,7 +245,10 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     loop {
         match results.next_timeout(FLUSH_EVERY) {
             Next::Item(item) => {
-                sink.write(|p| p.item(&item));
+                sink.write(|p| match &command {
+                    Some(cmd) => cmd.print(p, &item),
+                    None => p.item(&item),
+                });
                 if let Some(dir) = &mut results_dir {
                     if let Err(e) = dir.write(&item) {
                         stop_with(&mut failure, &sink.control, format!("cannot write --results: {e}"));

@@ -108,6 +108,16 @@ impl<W: Write> Printer<W> {
         self.out.flush()
     }
 
+    /// The format being written.
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The sink itself, for output written as it is (command mode's values).
+    pub fn out(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     fn csv_row(&mut self, fields: &[&str]) -> io::Result<()> {
         let mut csv = csv::Writer::from_writer(Vec::with_capacity(128));
         csv.write_record(fields)?;
@@ -135,7 +145,7 @@ impl<W: Write> Printer<W> {
 }
 
 /// A value as a shell wants it: strings without quotes, everything else as JSON.
-fn bare(value: &Value) -> String {
+pub fn bare(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),

@@ -13,7 +13,8 @@ use crate::CliError;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ScriptArgs {
     /// Luau script file to run for each input.
-    #[arg(value_name = "SCRIPT_FILE", required_unless_present = "code")]
+    /// (Required unless -e or --cmd is given; checked when the script is read.)
+    #[arg(value_name = "SCRIPT_FILE")]
     pub script: Option<PathBuf>,
 
     /// Run this code instead of a file.

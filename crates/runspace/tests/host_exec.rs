@@ -130,3 +130,36 @@ fn exec_metatable_is_locked() {
     assert!(!e.is_empty());
     assert_eq!(ok(&["exec"], "return getmetatable(exec)"), json!(false));
 }
+
+#[test]
+fn exec_reads_both_pipes_at_once_and_caps_what_it_keeps() {
+    // 2 MB on each stream at once: reading one pipe only would deadlock the child.
+    let r = ok(
+        &["exec"],
+        "local r = exec('sh', {'-c', 'head -c 2000000 /dev/zero & head -c 2000000 /dev/zero >&2; wait'}) \
+         return #r.stdout, #r.stderr, r.code",
+    );
+    assert_eq!(r, json!([2_000_000, 2_000_000, 0]));
+    // Past max_output the rest is read and dropped: the child still ends normally.
+    let r = ok(
+        &["exec"],
+        "local r = exec('head', {'-c', '5000000', '/dev/zero'}, {max_output = 1000}) return #r.stdout, r.code",
+    );
+    assert_eq!(r, json!([1000, 0]));
+}
+
+#[test]
+fn exec_returns_when_a_detached_grandchild_keeps_the_pipe_open() {
+    // setsid puts the sleep outside the child's process group, holding stdout open.
+    let started = Instant::now();
+    let r = ok(
+        &["exec"],
+        "local r = exec('sh', {'-c', 'echo early; setsid sleep 31.4159 & exit 0'}) return r.stdout, r.code",
+    );
+    assert_eq!(r, json!(["early\n", 0]));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    for pid in sleepers("31.4159") {
+        // SAFETY: plain kill(2) of the sleep this test started (its odd duration is the mark).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}

@@ -8,13 +8,11 @@
 //! keeps its output pipes open.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::Deserialize;
 use serde_json::Value;
@@ -24,6 +22,9 @@ use super::HostContext;
 use crate::capability::Capability;
 use crate::control::Control;
 use crate::convert::from_lua;
+use pipes::Pipes;
+
+mod pipes;
 
 /// Output kept per stream unless `max_output` says otherwise; the rest is
 /// read and dropped, so a chatty child never blocks on a full pipe.
@@ -114,19 +115,17 @@ fn run(
             let _ = pipe.write_all(text.as_bytes());
         });
     }
-    let stdout = drain(child.stdout.take(), max_output);
-    let stderr = drain(child.stderr.take(), max_output);
+    let mut pipes = Pipes::new(&mut child, max_output);
 
     let deadline = timeout.map(|t| started + t);
-    let (status, timed_out) = match supervise(&mut child, &ctx.control, deadline) {
+    let (status, timed_out) = match supervise(&mut child, &mut pipes, &ctx.control, deadline) {
         Ok(ended) => ended,
         Err(e) => {
             kill(&mut child);
             return Err(e);
         }
     };
-    let grace = Instant::now() + DRAIN_GRACE;
-    let (out, err) = (stdout.take(grace), stderr.take(grace));
+    let (out, err) = pipes.finish(Instant::now() + DRAIN_GRACE);
     record(
         lua,
         [
@@ -160,8 +159,14 @@ fn arguments(args: Option<Table>) -> mlua::Result<Vec<String>> {
 
 /// Waits for the child, killing it at its own deadline (then `timed_out`),
 /// and failing with the stop's error when the item is stopped (the caller kills).
-fn supervise(child: &mut Child, control: &Control, deadline: Option<Instant>) -> mlua::Result<(ExitStatus, bool)> {
-    // Start with short naps so quick commands return quickly.
+/// Output is read meanwhile.
+fn supervise(
+    child: &mut Child,
+    pipes: &mut Pipes,
+    control: &Control,
+    deadline: Option<Instant>,
+) -> mlua::Result<(ExitStatus, bool)> {
+    // Naps, when there is nothing to poll, start short so quick commands return quickly.
     let mut slice = Duration::from_millis(1);
     loop {
         if let Some(status) = child.try_wait().map_err(|e| fail("exec", e))? {
@@ -173,9 +178,14 @@ fn supervise(child: &mut Child, control: &Control, deadline: Option<Instant>) ->
             let status = child.wait().map_err(|e| fail("exec", e))?;
             return Ok((status, true));
         }
-        let nap = deadline.map_or(slice, |d| slice.min(d - now));
-        control.sleep(nap).map_err(super::HostContext::stopped)?;
-        slice = (slice * 2).min(MAX_SLICE);
+        // Woken by output or the exit itself; the stop switch is looked at every slice.
+        if pipes.pump(deadline.map_or(MAX_SLICE, |d| MAX_SLICE.min(d - now))) {
+            control.check().map_err(super::HostContext::stopped)?;
+        } else {
+            let nap = deadline.map_or(slice, |d| slice.min(d - now));
+            control.sleep(nap).map_err(super::HostContext::stopped)?;
+            slice = (slice * 2).min(MAX_SLICE);
+        }
     }
 }
 
@@ -187,36 +197,4 @@ fn kill(child: &mut Child) {
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let _ = child.kill();
     let _ = child.wait();
-}
-
-/// A pipe being read on a thread into a bounded buffer.
-struct Drain {
-    buffer: Arc<Mutex<Vec<u8>>>,
-    done: Receiver<()>,
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>, max: usize) -> Drain {
-    let buffer = Arc::new(Mutex::new(Vec::new()));
-    let (tx, done) = crossbeam_channel::bounded(1);
-    if let Some(mut pipe) = pipe {
-        let buffer = buffer.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
-                let mut b = buffer.lock().unwrap_or_else(|e| e.into_inner());
-                let room = max.saturating_sub(b.len());
-                b.extend_from_slice(&chunk[..n.min(room)]);
-            }
-            drop(tx);
-        });
-    }
-    Drain { buffer, done }
-}
-
-impl Drain {
-    /// What was read, once the pipe closed or `until` passed.
-    fn take(self, until: Instant) -> Vec<u8> {
-        let _ = self.done.recv_deadline(until);
-        std::mem::take(&mut *self.buffer.lock().unwrap_or_else(|e| e.into_inner()))
-    }
 }

@@ -1,0 +1,301 @@
+//! Command mode of `rsp run` (`--cmd TEMPLATE`): run an external command
+//! per input, GNU parallel style, through the same parallel run as scripts.
+//!
+//! Each input becomes a JSON value carrying the filled-in command; a
+//! built-in Luau script runs it with `exec` (the only capability its
+//! session has), emits `{command, exit_code, signal, stdout, stderr}` and
+//! fails the item on a non-zero exit, a signal or too much output. So
+//! retries, `--halt`, `--timeout` (which kills the command's process
+//! group), the job log, `--resume`, batches, progress and the summary are
+//! the ones scripts have. Before printing, a record's `input` is put back
+//! to what the user gave (a string, or an array of columns).
+
+mod sources;
+mod template;
+
+use std::io::{self, IsTerminal, Write};
+
+use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
+use serde_json::{json, Value};
+
+use crate::inputs::{InputArgs, Inputs};
+use crate::run_output::{Format, Printer};
+use crate::script_args::ScriptArgs;
+use crate::CliError;
+use template::{Filled, Template};
+
+/// Bytes of stdout, and of stderr, one command may write before its item fails.
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// Options of command mode.
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Command mode (see docs/commands.md)")]
+pub struct CommandArgs {
+    /// Run this command per input instead of a script (GNU parallel's replacement strings:
+    /// {} {.} {/} {//} {/.} {#} {1}..{N}; without one, the input is appended).
+    #[arg(long = "cmd", value_name = "TEMPLATE", conflicts_with = "code")]
+    pub template: Option<String>,
+
+    /// Run the command through `sh -c`, each input single-quoted.
+    #[arg(long, requires = "template")]
+    pub shell: bool,
+
+    /// Split each input into columns {1}..{N} at this separator (a literal string, e.g. , or '\t').
+    #[arg(long, value_name = "SEP", requires = "template")]
+    pub colsep: Option<String>,
+
+    /// Prefix each output line with the input and a TAB (--format values).
+    #[arg(long, requires = "template")]
+    pub tag: bool,
+
+    /// Print the commands that would run, run nothing.
+    #[arg(long, requires = "template")]
+    pub dry_run: bool,
+
+    /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line); several
+    /// combine into every combination, the last varying fastest.
+    #[arg(value_name = "::: ARGS", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub sources: Vec<String>,
+}
+
+/// A parsed `--cmd`: how to fill in commands and show their records.
+pub struct CommandMode {
+    template: Template,
+    shell: bool,
+    colsep: Option<String>,
+    tag: bool,
+    /// `--dry-run`.
+    pub dry_run: bool,
+    sources: Option<Vec<sources::Source>>,
+}
+
+impl CommandMode {
+    /// Command mode when `--cmd` is given; `script` holds the script
+    /// options, which must be unused (the positional SCRIPT_FILE slot takes
+    /// the first `:::` when a template is given).
+    pub fn from_args(args: &CommandArgs, script: &ScriptArgs) -> Result<Option<Self>, CliError> {
+        let mut words: Vec<String> = script.script.iter().map(|p| p.display().to_string()).collect();
+        words.extend(args.sources.iter().cloned());
+        let Some(text) = &args.template else {
+            if args.sources.is_empty() {
+                return Ok(None);
+            }
+            return Err(CliError::usage("argument lists (::: or ::::) need --cmd"));
+        };
+        // The runner is ours: nothing a script would be given applies to it.
+        let script_options = [
+            ("--allow", !script.allow.is_empty()),
+            ("--var", !script.vars.is_empty()),
+            ("--param", !script.params.is_empty()),
+            ("--module", !script.modules.is_empty()),
+            ("--memory-limit", script.memory_limit.is_some()),
+        ];
+        if let Some((flag, _)) = script_options.iter().find(|(_, given)| *given) {
+            return Err(CliError::usage(format!(
+                "{flag} is for scripts; --cmd runs a command with the exec grant only"
+            )));
+        }
+        if template::uses_slot(text) {
+            return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
+        }
+        if args.colsep.as_deref() == Some("") {
+            return Err(CliError::usage("--colsep: the separator is empty"));
+        }
+        let template = Template::parse(text).map_err(|e| CliError::usage(format!("--cmd: {e}")))?;
+        let sources = match words.is_empty() {
+            true => None,
+            false => Some(sources::parse(&words).map_err(CliError::usage)?),
+        };
+        Ok(Some(CommandMode {
+            template,
+            shell: args.shell,
+            colsep: args.colsep.as_ref().map(|s| s.replace("\\t", "\t")),
+            tag: args.tag,
+            dry_run: args.dry_run,
+            sources,
+        }))
+    }
+
+    /// The built-in script that runs one filled-in command.
+    pub fn script(&self) -> Result<Script, CliError> {
+        Script::named("command", RUNNER.replace("MAX_OUTPUT", &MAX_OUTPUT.to_string())).map_err(CliError::script)
+    }
+
+    /// The session: `exec`, nothing else.
+    pub fn session(&self) -> SessionState {
+        let mut grants = Grants::default();
+        grants.grant(Capability::Exec);
+        SessionState::new().grants_from(grants)
+    }
+
+    /// The inputs: the argument lists when given, else `args` (stdin,
+    /// `--input`, `--range`), each turned into the command to run.
+    pub fn inputs(&self, args: &InputArgs) -> Result<Inputs, CliError> {
+        // A script runs once on a terminal; a command with no input would run with an empty argument.
+        if self.sources.is_none() && args.input.is_none() && args.range.is_none() && io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "--cmd needs inputs: argument lists (::: VALUES, :::: FILES), --input FILE, --range, or a pipe",
+            ));
+        }
+        // Columns, or an input that could not be read (it stays a failed item).
+        type Args = Result<Vec<String>, Input>;
+        let (items, total): (Box<dyn Iterator<Item = Args> + Send>, Option<u64>) = match &self.sources {
+            Some(sources) => {
+                let product = sources::Product::new(sources.clone());
+                let total = product.len();
+                let colsep = self.colsep.clone();
+                let split = move |values: Vec<String>| match &colsep {
+                    Some(sep) => values.iter().flat_map(|v| v.split(sep.as_str()).map(String::from)).collect(),
+                    None => values,
+                };
+                (Box::new(product.map(move |values| Ok(split(values)))), Some(total))
+            }
+            None => {
+                let inputs = args.open()?;
+                let colsep = self.colsep.clone();
+                let columns = inputs.items.map(move |input| match input {
+                    Input::Value(v) => Ok(columns(v, colsep.as_deref())),
+                    invalid @ Input::Invalid { .. } => Err(invalid),
+                });
+                (Box::new(columns), inputs.total)
+            }
+        };
+        let (template, shell) = (self.template.clone(), self.shell);
+        let items = items.enumerate().map(move |(i, args)| {
+            let columns = match args {
+                Ok(columns) => columns,
+                Err(invalid) => return invalid,
+            };
+            let filled = template.fill(&columns, i as u64 + 1, shell);
+            let input = match columns.len() {
+                1 => json!(columns[0]),
+                _ => json!(columns),
+            };
+            let command = filled.display();
+            Input::Value(match filled {
+                Filled::Argv(argv) => json!({"input": input, "argv": argv, "command": command}),
+                Filled::Shell(line) => json!({"input": input, "line": line, "command": command}),
+            })
+        });
+        Ok(Inputs { items: Box::new(items), total })
+    }
+
+    /// `--dry-run`: prints each command, one per line.
+    pub fn dry_run(&self, inputs: Inputs, out: &mut impl Write) -> io::Result<()> {
+        for input in inputs.items {
+            if let Input::Value(v) = input {
+                writeln!(out, "{}", v.get("command").and_then(Value::as_str).unwrap_or_default())?;
+            }
+        }
+        out.flush()
+    }
+
+    /// Prints a finished item: its output as the command wrote it for
+    /// `--format values`, else the record, its `input` put back.
+    pub fn print<W: Write>(&self, printer: &mut Printer<W>, item: &ItemResult) -> io::Result<()> {
+        let input = item.input.get("input").unwrap_or(&item.input);
+        if printer.format() != Format::Values {
+            let mut shown = item.clone();
+            shown.input = input.clone();
+            return printer.item(&shown);
+        }
+        let tag = self.tag.then(|| crate::run_output::bare(input));
+        let text = |key: &str| item.result.get(key).and_then(Value::as_str).unwrap_or("");
+        write_tagged(printer.out(), text("stdout"), tag.as_deref())?;
+        let stderr = text("stderr");
+        let mut err = io::stderr().lock();
+        write_tagged(&mut err, stderr, tag.as_deref())?;
+        if !item.status.is_success() {
+            if let Some(error) = item.errors.last() {
+                writeln!(err, "rsp: item {} ({}): {error}", item.index, command_text(&item.result))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The command of a record's result, for messages.
+fn command_text(result: &Value) -> &str {
+    result.get("command").and_then(Value::as_str).unwrap_or("command")
+}
+
+/// Writes `text`, each line prefixed with `tag` and a TAB when given.
+fn write_tagged(out: &mut impl Write, text: &str, tag: Option<&str>) -> io::Result<()> {
+    let Some(tag) = tag else { return out.write_all(text.as_bytes()) };
+    for line in text.split_inclusive('\n') {
+        write!(out, "{tag}\t{line}")?;
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The columns of an input: split at `colsep`, an array's elements, or the value itself.
+fn columns(value: Value, colsep: Option<&str>) -> Vec<String> {
+    match (value, colsep) {
+        (Value::String(s), Some(sep)) => s.split(sep).map(String::from).collect(),
+        (Value::String(s), None) => vec![s],
+        (Value::Array(items), _) => items.iter().map(crate::run_output::bare).collect(),
+        (other, _) => vec![crate::run_output::bare(&other)],
+    }
+}
+
+/// Runs one command, given as `{argv}` or `{line}`; see the module docs.
+const RUNNER: &str = r#"
+local c = _
+local ok, r
+if c.line then
+    ok, r = pcall(exec, c.line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
+else
+    local args = {}
+    for i = 2, #c.argv do args[i - 1] = c.argv[i] end
+    ok, r = pcall(exec, c.argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
+end
+if not ok then
+    -- Cannot start (no such program), or stopped: say so without the runner's line numbers.
+    local message = string.gsub(tostring(r), "^.-exec: ", "")
+    error(message, 0)
+end
+emit({command = c.command, exit_code = r.code or json.null, signal = r.signal or json.null,
+      stdout = string.sub(r.stdout, 1, MAX_OUTPUT), stderr = string.sub(r.stderr, 1, MAX_OUTPUT)})
+local function tail(s)
+    local lines = {}
+    for line in string.gmatch(string.sub(s, -4000), "[^\n]+") do
+        table.insert(lines, line)
+        if #lines > 5 then table.remove(lines, 1) end
+    end
+    if #lines == 0 then return "" end
+    return ": " .. table.concat(lines, " | ")
+end
+if #r.stdout > MAX_OUTPUT or #r.stderr > MAX_OUTPUT then
+    error("output exceeds MAX_OUTPUT bytes per stream (kept the first MAX_OUTPUT)", 0)
+elseif r.signal then
+    error("killed by signal " .. r.signal .. tail(r.stderr), 0)
+elseif r.code ~= 0 then
+    error("exit code " .. r.code .. tail(r.stderr), 0)
+end
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_come_from_separators_and_arrays() {
+        assert_eq!(columns(json!("a,b,,c"), Some(",")), ["a", "b", "", "c"]);
+        assert_eq!(columns(json!("a,b"), None), ["a,b"]);
+        assert_eq!(columns(json!([1, "x", null]), None), ["1", "x", ""]);
+        assert_eq!(columns(json!(5), Some(",")), ["5"]);
+    }
+
+    #[test]
+    fn tags_prefix_every_line() {
+        let mut out = Vec::new();
+        write_tagged(&mut out, "a\nb", Some("in")).unwrap();
+        assert_eq!(out, b"in\ta\nin\tb\n");
+        let mut out = Vec::new();
+        write_tagged(&mut out, "", Some("in")).unwrap();
+        assert!(out.is_empty());
+    }
+}
