@@ -110,6 +110,9 @@ DIAGNOSED = [
      "harness: `is_native`, called inside `pcall`", ""),
     ("types.luau", r"type information|concatenate function", None, "unsupported",
      "harness: `RTTI` (the type checker's view of every global)", ""),
+    ("types.luau", r"index boolean with '__index'", r"getmetatable\(_G\)", "unsupported",
+     "harness: `RTTI`, reached through `getmetatable(_G).__index`, which is `false` here "
+     "(the item's `_G` has a protected metatable)", ""),
     ("move.luau", r"timed out|killed", None, "bug", "`table.move` over a wide sparse range runs for minutes",
      "long C calls: enable `LuauTableMoveTimeoutFix` (timeouts branch)"),
     ("coroutine.luau", r"length of a nil value", r"#t1\b", "bug",
