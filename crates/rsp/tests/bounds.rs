@@ -181,3 +181,22 @@ fn g_is_writable_and_does_not_leak_between_items() {
     let results: Vec<_> = records(&out).iter().map(|r| r["result"].as_i64().unwrap()).collect();
     assert_eq!(results, vec![2, 4, 6, 8, 10]);
 }
+
+/// Items run in a Luau thread: `pcall` nests thousands deep (not ~200), and
+/// the timeout still ends an endless loop under a thousand nested `pcall`s.
+#[test]
+fn deep_pcalls_work_and_do_not_escape_the_timeout() {
+    let deep = "local function f(n) if n == 0 then return 0 end local ok, v = pcall(f, n - 1) \
+                if not ok then error(v, 0) end return v + 1 end return f(5000)";
+    let (out, _) = run(&["run", "-e", deep, "--range", "1..1"]);
+    let record = &records(&out)[0];
+    assert_eq!(record["status"], "Completed", "{record}");
+    assert_eq!(record["result"], 5000);
+
+    let endless =
+        "local function f(n) if n == 0 then while true do end end pcall(f, n - 1) while true do end end f(1000)";
+    let (out, took) = run(&["run", "-e", endless, "--range", "1..2", "--timeout", "1s"]);
+    assert!(took < HANG, "took {took:?}");
+    let statuses: Vec<_> = records(&out).iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, vec!["TimedOut", "TimedOut"], "{}", stderr(&out));
+}

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::chunk::ChunkMode;
-use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
+use mlua::thread::ThreadStatus;
+use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason};
@@ -39,6 +40,12 @@ fn libraries() -> StdLib {
 /// reach another function's environment.
 const REMOVED_GLOBALS: &[&str] = &["loadstring", "load", "dofile", "loadfile", "getfenv", "setfenv", "require"];
 
+/// Why an item's top-level `coroutine.yield` fails it. Nothing would
+/// resume the item, and returning the yielded values instead would make a
+/// yield mean "return" today and something else once host calls that wait
+/// suspend items themselves (items as Luau threads).
+const TOP_LEVEL_YIELD: &str = "cannot yield from the top level of an item (yield inside a coroutine)";
+
 /// A compiled-script cache larger than this is dropped and rebuilt: a
 /// long-lived pool fed many distinct scripts must not grow without bound.
 const MAX_CACHED_SCRIPTS: usize = 64;
@@ -67,6 +74,12 @@ pub struct Runspace {
     lua: Lua,
     /// The sandbox's global proxy: where a script's global writes land.
     proxy: Table,
+    /// The Luau thread (coroutine) every item runs in, reset to the item's
+    /// function each time. Running in a thread, not a call from C on the
+    /// main thread, is what makes an item Luau code like any other:
+    /// `coroutine.isyieldable()` is true and `pcall` recurses as deep as
+    /// Luau allows (~10,000 levels) instead of nesting on the C stack (~200).
+    thread: Thread,
     control: Arc<Control>,
     capture: Rc<RefCell<Capture>>,
     functions: HashMap<u64, Function>,
@@ -126,10 +139,13 @@ impl Runspace {
         let proxy = lua.globals();
         make_g_the_proxy(&globals, &proxy).map_err(vm)?;
         let underscore = lua.create_string("_").map_err(vm)?;
+        // Any function will do: every item resets the thread to its own.
+        let thread = lua.create_thread(globals.raw_get("require").map_err(vm)?).map_err(vm)?;
         Ok(Runspace {
             underscore,
             lua,
             proxy,
+            thread,
             control,
             capture,
             functions: HashMap::new(),
@@ -223,7 +239,21 @@ impl Runspace {
         for (name, value) in params {
             self.proxy.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
         }
-        function.call(lua_args)
+        self.thread.reset(function.clone())?;
+        let outcome = self.thread.resume(lua_args);
+        match self.thread.status() {
+            ThreadStatus::Finished => outcome,
+            status => {
+                // Errored or yielded: the thread's stack still holds what
+                // the item was using. Resetting it now lets that be
+                // collected before the next item, not after it.
+                self.thread.reset(function.clone())?;
+                match (status, outcome) {
+                    (ThreadStatus::Resumable, Ok(_)) => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
+                    (_, outcome) => outcome,
+                }
+            }
+        }
     }
 
     fn finish(

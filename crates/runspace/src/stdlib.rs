@@ -18,6 +18,12 @@
 //!
 //! The rest was measured under a 64 MB limit and a 1 s timeout and ends
 //! well under a second (see `docs/limits.md`).
+//!
+//! `collectgarbage` is replaced too, for the opposite reason: mlua's
+//! sandbox mode allows only `"count"`, refusing the `collectgarbage()` that
+//! ordinary Lua code calls. Ours is Luau's own: `"collect"` (the default)
+//! and `"count"`. A full collection is bounded by the heap, and so by the
+//! memory limit, and the interrupt gets its chance between calls.
 
 use std::os::raw::{c_char, c_int};
 use std::sync::{Once, OnceLock};
@@ -46,9 +52,12 @@ pub(crate) fn set_flags() {
     });
 }
 
-/// Replaces `string.find` and `string.split` in `lua`'s string library.
-/// Must run before the libraries are sealed.
+/// Replaces `string.find` and `string.split` in `lua`'s string library,
+/// and `collectgarbage`. Must run before the libraries are sealed.
 pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+    // SAFETY: `collectgarbage` follows the C function protocol (see its body).
+    let collect = unsafe { lua.create_c_function(collectgarbage)? };
+    lua.globals().raw_set("collectgarbage", collect)?;
     // SAFETY: `exec_raw` hands us the VM's running state with room on its
     // stack; we leave the stack as we found it. The functions we read are
     // Luau's own C functions, the same in every VM of the process.
@@ -156,5 +165,30 @@ unsafe extern "C-unwind" fn string_split(state: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushlstring_(state, haystack[span..].as_ptr().cast(), haystack.len() - span);
         ffi::lua_rawseti_(state, -2, count + 1);
         1
+    }
+}
+
+/// `collectgarbage([option])`, as in Luau's base library: `"collect"` (the
+/// default) runs a full collection, `"count"` answers the heap's size in
+/// KB (with the fraction, as mlua's does); anything else is refused.
+unsafe extern "C-unwind" fn collectgarbage(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Luau as a C function; the option string lives on the
+    // Lua stack for the whole call and this frame owns nothing to drop if
+    // `luaL_error` unwinds through it.
+    unsafe {
+        let option = std::ffi::CStr::from_ptr(ffi::luaL_optstring(state, 1, c"collect".as_ptr()));
+        match option.to_bytes() {
+            b"collect" => {
+                ffi::lua_gc(state, ffi::LUA_GCCOLLECT, 0);
+                0
+            }
+            b"count" => {
+                let kb = ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) as ffi::lua_Number;
+                let bytes = ffi::lua_gc(state, ffi::LUA_GCCOUNTB, 0) as ffi::lua_Number;
+                ffi::lua_pushnumber(state, kb + bytes / 1024.0);
+                1
+            }
+            _ => ffi::luaL_error(state, c"collectgarbage must be called with 'count' or 'collect'".as_ptr()),
+        }
     }
 }
