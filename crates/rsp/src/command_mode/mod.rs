@@ -125,7 +125,9 @@ impl CommandMode {
     pub fn session(&self) -> SessionState {
         let mut grants = Grants::default();
         grants.grant(Capability::Exec);
-        SessionState::new().grants_from(grants)
+        // Room for both captured streams at their own cap, so a command
+        // past it fails with the runner's message and keeps what it printed.
+        SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20))
     }
 
     /// The inputs: the argument lists when given, else `args` (stdin,
