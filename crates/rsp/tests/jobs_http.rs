@@ -181,3 +181,22 @@ fn streams_are_stored_per_record_and_served_in_pages_with_a_tail() {
     }
     assert_eq!(server.call("GET", "/v1/jobs/nobody/streams/error", None).0, 404);
 }
+
+#[test]
+fn big_integers_in_a_raw_request_arrive_as_their_digits() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path(), &[]);
+    let body =
+        br#"{"name": "big", "script": "return type(_), _", "inputs": [18446744073709551616, -9223372036854775809, 7]}"#;
+    let head =
+        format!("POST /v1/jobs HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    let (status, answer, _) = raw(&server, &head, body);
+    assert_eq!(status, 201, "{answer}");
+    server.until("big", |j| j["state"] == "Completed");
+    let (_, out) = server.call("GET", "/v1/jobs/big/output", None);
+    let results: Vec<Value> = out["records"].as_array().unwrap().iter().map(|r| r["result"].clone()).collect();
+    for digits in ["18446744073709551616", "-9223372036854775809"] {
+        assert!(results.contains(&json!(["string", digits])), "{digits} was rounded: {out}");
+    }
+    assert!(results.contains(&json!(["number", 7])), "{out}");
+}

@@ -151,8 +151,14 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
 
 async fn submit(State(app): State<Arc<App>>, request: Request) -> ApiResult {
     let body = read_body(request).await?;
-    let req: Submit = serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?;
+    let req: Submit = parse_body(&body)?;
     blocking(move || create(&app, &req, None)).await?
+}
+
+/// A JSON request body, read the way inputs are read everywhere: integers
+/// beyond ±2^53 become strings of their digits instead of being rounded.
+pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    runspace::json::parse(body).and_then(serde_json::from_value).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
 /// Stores and starts the job `req` describes; `origin` is the job it
