@@ -200,3 +200,23 @@ fn deep_pcalls_work_and_do_not_escape_the_timeout() {
     let statuses: Vec<_> = records(&out).iter().map(|r| r["status"].clone()).collect();
     assert_eq!(statuses, vec!["TimedOut", "TimedOut"], "{}", stderr(&out));
 }
+
+#[test]
+fn a_small_table_that_stands_for_a_huge_value_fails_its_item_promptly() {
+    // 40 levels, each holding the level below twice: a few KB in the VM,
+    // 2^40 nodes as JSON. Converting it used to run (and allocate) forever,
+    // after the script had returned and out of the timeout's reach.
+    for (how, code) in [
+        ("return", "local a = {} for i = 1, 40 do a = {a, a} end return a"),
+        ("emit", "local a = {} for i = 1, 40 do a = {k = a, j = a} end emit(a)"),
+    ] {
+        let (out, took) = run(&["run", "-e", code, "--range", "1..2", "--timeout", "1s", "--max-output", "1MB"]);
+        let recs = records(&out);
+        assert_eq!(recs.len(), 2, "{how}: {}", stderr(&out));
+        for r in &recs {
+            assert_eq!(r["status"], "Failed", "{how}: {r}");
+            assert!(r["errors"][0].as_str().unwrap().contains("output limit of 1 MB exceeded"), "{how}: {r}");
+        }
+        assert!(took < Duration::from_secs(30), "{how}: took {took:?}");
+    }
+}

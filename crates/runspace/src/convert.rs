@@ -80,12 +80,65 @@ fn number_to_lua(lua: &Lua, n: &Number) -> mlua::Result<LuaValue> {
     Ok(LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)))
 }
 
-/// Converts a Luau value into JSON. Fails only on cyclic or absurdly deep tables.
+/// How much JSON a conversion may produce when the caller names no bound.
+const DEFAULT_BUDGET: usize = 64 << 20;
+
+/// Converts a Luau value into JSON. Fails on cyclic or absurdly deep
+/// tables, and on values larger than 64 MB as JSON.
 pub(crate) fn from_lua(value: &LuaValue) -> mlua::Result<Value> {
-    from_lua_depth(value, 0)
+    from_lua_within(value, DEFAULT_BUDGET, || {
+        format!(
+            "value too large: more than {} as JSON (a table that shares sub-tables counts each time it appears)",
+            crate::units::format_size(DEFAULT_BUDGET as u64)
+        )
+    })
 }
 
-fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
+/// Converts a Luau value into JSON of at most about `budget` bytes.
+///
+/// The bound matters because a small table can stand for a huge value: 40
+/// levels that each hold the level below twice take a few kilobytes in the
+/// VM and 2^40 nodes as JSON. Without a budget the conversion would run (and
+/// allocate) for ever, outside the reach of the interrupt.
+/// `too_large` says what went wrong when the budget runs out.
+pub(crate) fn from_lua_within(
+    value: &LuaValue,
+    budget: usize,
+    too_large: impl FnOnce() -> String,
+) -> mlua::Result<Value> {
+    let mut left = budget;
+    from_lua_depth(value, 0, &mut left).map_err(|e| match e {
+        Budget::Exceeded => mlua::Error::runtime(too_large()),
+        Budget::Lua(e) => e,
+    })
+}
+
+/// Why a conversion stopped.
+enum Budget {
+    Exceeded,
+    Lua(mlua::Error),
+}
+
+impl From<mlua::Error> for Budget {
+    fn from(e: mlua::Error) -> Budget {
+        Budget::Lua(e)
+    }
+}
+
+/// Takes `cost` bytes from the budget.
+fn spend(left: &mut usize, cost: usize) -> Result<(), Budget> {
+    *left = left.checked_sub(cost).ok_or(Budget::Exceeded)?;
+    Ok(())
+}
+
+fn from_lua_depth(value: &LuaValue, depth: usize, left: &mut usize) -> Result<Value, Budget> {
+    spend(
+        left,
+        match value {
+            LuaValue::String(s) => s.as_bytes().len() + 2,
+            _ => 8,
+        },
+    )?;
     Ok(match value {
         LuaValue::Nil => Value::Null,
         LuaValue::Boolean(b) => Value::Bool(*b),
@@ -98,9 +151,11 @@ fn from_lua_depth(value: &LuaValue, depth: usize) -> mlua::Result<Value> {
         LuaValue::String(s) => json::bytes_value(&s.as_bytes()),
         LuaValue::Table(t) => {
             if depth >= MAX_DEPTH {
-                return Err(mlua::Error::runtime("cannot convert table to JSON: nested too deeply (is it cyclic?)"));
+                return Err(Budget::Lua(mlua::Error::runtime(
+                    "cannot convert table to JSON: nested too deeply (is it cyclic?)",
+                )));
             }
-            table_to_json(t, depth + 1)?
+            table_to_json(t, depth + 1, left)?
         }
         LuaValue::LightUserData(p) if p.0.is_null() => Value::Null,
         LuaValue::Vector(v) => Value::Array([v.x(), v.y(), v.z()].iter().map(|c| float_to_json(*c as f64)).collect()),
@@ -127,7 +182,7 @@ fn float_to_json(f: f64) -> Value {
     }
 }
 
-fn table_to_json(t: &mlua::Table, depth: usize) -> mlua::Result<Value> {
+fn table_to_json(t: &mlua::Table, depth: usize, left: &mut usize) -> Result<Value, Budget> {
     let len = t.raw_len();
     // A pure sequence: keys are exactly 1..len.
     let mut count = 0usize;
@@ -142,22 +197,40 @@ fn table_to_json(t: &mlua::Table, depth: usize) -> mlua::Result<Value> {
     if is_sequence && count == len {
         let mut items = Vec::with_capacity(len);
         for i in 1..=len {
-            items.push(from_lua_depth(&t.raw_get::<LuaValue>(i)?, depth)?);
+            items.push(from_lua_depth(&t.raw_get::<LuaValue>(i)?, depth, left)?);
         }
         return Ok(Value::Array(items));
     }
     let mut map = Map::new();
-    t.for_each::<LuaValue, LuaValue>(|k, v| {
-        let key = match &k {
-            LuaValue::String(s) => json::bytes_key(&s.as_bytes()),
-            other => match from_lua_depth(other, depth)? {
-                Value::String(s) => s,
-                v => v.to_string(),
-            },
+    // `for_each` wants an mlua error; an exhausted budget is remembered here.
+    let mut exceeded = false;
+    let walked = t.for_each::<LuaValue, LuaValue>(|k, v| {
+        let mut entry = || -> Result<(), Budget> {
+            let key = match &k {
+                LuaValue::String(s) => {
+                    spend(left, s.as_bytes().len() + 3)?;
+                    json::bytes_key(&s.as_bytes())
+                }
+                other => match from_lua_depth(other, depth, left)? {
+                    Value::String(s) => s,
+                    v => v.to_string(),
+                },
+            };
+            map.insert(key, from_lua_depth(&v, depth, left)?);
+            Ok(())
         };
-        map.insert(key, from_lua_depth(&v, depth)?);
-        Ok(())
-    })?;
+        entry().map_err(|e| match e {
+            Budget::Exceeded => {
+                exceeded = true;
+                mlua::Error::runtime("value too large")
+            }
+            Budget::Lua(e) => e,
+        })
+    });
+    if exceeded {
+        return Err(Budget::Exceeded);
+    }
+    walked?;
     Ok(Value::Object(map))
 }
 

@@ -13,7 +13,7 @@ use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value a
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason};
-use crate::convert::{from_lua, to_lua};
+use crate::convert::{from_lua_within, to_lua};
 use crate::error::{Error, Result};
 use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
 use crate::invocation::InvocationResult;
@@ -266,7 +266,7 @@ impl Runspace {
         let mut capture = capture;
         let failure = match outcome {
             Ok(values) => values.iter().try_for_each(|v| {
-                let value = from_lua(v)?;
+                let value = from_lua_within(v, self.max_output, || output_limit_message(self.max_output))?;
                 capture.charge(value_size(&value), self.max_output)?;
                 capture.output.push(value);
                 Ok(())

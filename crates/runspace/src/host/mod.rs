@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::capability::Grants;
 use crate::control::{Control, StopReason};
-use crate::convert::{display, from_lua, to_lua};
+use crate::convert::{display, from_lua, from_lua_within, to_lua};
 use crate::streams::{ProgressRecord, Streams};
 
 mod beneath;
@@ -100,7 +100,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         lua.create_function(move |_, values: MultiValue| {
             let mut capture = c.borrow_mut();
             for v in values.iter() {
-                let value = from_lua(v)?;
+                let value = from_lua_within(v, limit, || output_limit_message(limit))?;
                 capture.charge(value_size(&value), limit)?;
                 capture.output.push(value);
             }
