@@ -151,14 +151,22 @@ async fn health(State(app): State<Arc<App>>) -> ApiResult {
 
 async fn submit(State(app): State<Arc<App>>, request: Request) -> ApiResult {
     let body = read_body(request).await?;
-    let req: Submit = parse_body(&body)?;
+    let req = parse_submit(&body)?;
     blocking(move || create(&app, &req, None)).await?
 }
 
-/// A JSON request body, read the way inputs are read everywhere: integers
-/// beyond ±2^53 become strings of their digits instead of being rounded.
-pub(super) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    runspace::json::parse(body).and_then(serde_json::from_value).map_err(|e| bad(format!("invalid request body: {e}")))
+/// A job request. Its fields are read by serde (so an error names the
+/// field); its inputs are read again the way inputs are read everywhere, so
+/// integers beyond ±2^53 arrive as strings of their digits, not rounded.
+fn parse_submit(body: &[u8]) -> Result<Submit, ApiError> {
+    let mut req: Submit = serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
+    if req.inputs.is_some() {
+        let exact = runspace::json::parse(body).map_err(|e| bad(format!("invalid request body: {e}")))?;
+        if let Some(serde_json::Value::Array(inputs)) = exact.get("inputs") {
+            req.inputs = Some(inputs.clone());
+        }
+    }
+    Ok(req)
 }
 
 /// Stores and starts the job `req` describes; `origin` is the job it

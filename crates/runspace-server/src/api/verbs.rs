@@ -47,7 +47,7 @@ fn again(body: &Bytes) -> Result<Again, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Again::default());
     }
-    super::parse_body(body)
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid request body: {e}")))
 }
 
 /// The request `name` was submitted with, as a new submission, and the
