@@ -302,7 +302,7 @@ impl Runspace {
     fn describe(&self, error: &mlua::Error) -> String {
         if is_memory_error(error) {
             match self.memory_limit {
-                Some(limit) => format!("memory limit of {} exceeded", human_bytes(limit)),
+                Some(limit) => format!("memory limit of {} exceeded", crate::units::format_size(limit as u64)),
                 None => "out of memory".to_string(),
             }
         } else {
@@ -510,16 +510,6 @@ pub(crate) fn clean_message(e: &mlua::Error) -> String {
         Some(i) => text[..i].to_string(),
         None => text,
     }
-}
-
-fn human_bytes(n: usize) -> String {
-    const UNITS: [(&str, usize); 3] = [("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if n >= size && n.is_multiple_of(size) {
-            return format!("{} {unit}", n / size);
-        }
-    }
-    format!("{n} bytes")
 }
 
 #[cfg(test)]
