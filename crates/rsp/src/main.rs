@@ -30,6 +30,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Colour output and messages: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long = "color", visible_alias = "colour", global = true, value_enum, value_name = "WHEN",
+          default_value_t = common::colour::ColorChoice::Auto)]
+    color: common::colour::ColorChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,17 +52,21 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Run(args) => match run::run(*args) {
-            Ok(code) => code,
-            Err(e) => {
-                common::diag::diag!("rsp: error: {}", e.message);
-                e.code
-            }
-        },
-        Command::Scan(args) => scan::run(*args).clamp(0, 255) as u8,
-        Command::Job(cmd) => job::run(cmd).clamp(0, 255) as u8,
-        Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
+    common::colour::init(cli.color);
+    let result = match cli.command {
+        Command::Run(args) => run::run(*args),
+        Command::Scan(args) => scan::run(*args),
+        Command::Job(cmd) => job::run(cmd),
+        Command::Serve(args) => serve::run(*args),
     };
-    ExitCode::from(code)
+    ExitCode::from(match result {
+        Ok(code) => code,
+        Err(e) => {
+            common::diag::diag!("rsp: error: {}", e.message);
+            if let Some(hint) = e.hint {
+                common::diag::diag!("rsp: {hint}");
+            }
+            e.code
+        }
+    })
 }

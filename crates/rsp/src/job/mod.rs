@@ -6,20 +6,18 @@ mod records;
 mod show;
 mod verbs;
 
+use crate::common::diag::diag;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::common::parse;
+use crate::common::{exit, parse, CliError};
 use crate::run::inputs::InputFormat;
 use crate::run::script::ScriptArgs;
 use runspace_server::limits::{self, JobLimits};
-use runspace_server::{Client, ClientError, StatePaths};
-
-/// Exit code when a wait ran out of time.
-const EXIT_TIMEOUT: i32 = 3;
+use runspace_server::{Client, StatePaths};
 
 /// Options every `rsp job` command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -102,8 +100,8 @@ pub struct StartArgs {
     /// Runspaces for a run over inputs.
     #[arg(long, value_name = "N")]
     pub throttle: Option<usize>,
-    /// Fail the run (or each item) after this long, e.g. 30s.
-    #[arg(long, value_parser = parse::duration, value_name = "DURATION")]
+    /// Fail the run (or each item) after this long (500ms, 30s; a bare number is seconds).
+    #[arg(long, value_parser = parse::timeout, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     /// Wait for the job to finish and print it.
     #[arg(long)]
@@ -167,15 +165,15 @@ pub struct WaitArgs {
     #[arg(long)]
     pub all: bool,
     /// Give up after this long (exit 3).
-    #[arg(long, default_value = "30s", value_parser = parse::duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = parse::timeout, value_name = "DURATION")]
     pub timeout: Duration,
     #[command(flatten)]
     pub common: Common,
 }
 
 /// Runs an `rsp job` command; returns the exit code.
-pub fn run(cmd: JobCommand) -> i32 {
-    let result = match cmd {
+pub fn run(cmd: JobCommand) -> Result<u8, CliError> {
+    match cmd {
         JobCommand::Start(a) => start(*a),
         JobCommand::List(a) => list(a),
         JobCommand::Get(a) => get(a),
@@ -187,63 +185,53 @@ pub fn run(cmd: JobCommand) -> i32 {
         JobCommand::Restart(a) => verbs::again(a, "restart"),
         JobCommand::RerunFailed(a) => verbs::again(a, "rerun-failed"),
         JobCommand::Clean(a) => verbs::clean(a),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("rsp job: error: {}", e.message);
-            if e.server_down {
-                eprintln!("rsp job: start one with 'rsp serve --detach' (or 'rsp job start', which starts one)");
-            }
-            e.code
-        }
     }
 }
 
-fn connect(common: &Common) -> Result<Client, ClientError> {
-    Client::connect(&state_paths(common)?)
+fn connect(common: &Common) -> Result<Client, CliError> {
+    Ok(Client::connect(&state_paths(common)?)?)
 }
 
-fn state_paths(common: &Common) -> Result<StatePaths, ClientError> {
-    StatePaths::new(common.state_dir.as_deref()).map_err(|e| ClientError::usage(format!("{e} (--state-dir)")))
+fn state_paths(common: &Common) -> Result<StatePaths, CliError> {
+    StatePaths::new(common.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))
 }
 
-fn start(a: StartArgs) -> Result<i32, ClientError> {
-    let usage = |e: crate::common::CliError| ClientError::usage(e.message);
+fn start(a: StartArgs) -> Result<u8, CliError> {
+    let usage = |e: crate::common::CliError| CliError::usage(e.message);
     let (script_name, source) = a.script.source().map_err(usage)?;
     let mut body = Map::new();
     body.insert("script".into(), json!(source));
     body.insert("script_name".into(), json!(script_name));
     if let Some(name) = &a.name {
-        runspace::check_job_name(name).map_err(|e| ClientError::usage(e.to_string()))?;
+        runspace::check_job_name(name).map_err(|e| CliError::usage(e.to_string()))?;
         body.insert("name".into(), json!(name));
     }
     let params: Map<String, Value> = a.script.params().map_err(usage)?.into_iter().collect();
     body.insert("params".into(), Value::Object(params));
     let mut vars = Map::new();
     for var in &a.script.vars {
-        let (k, v) = parse::name_value(var).map_err(|e| ClientError::usage(format!("--var: {e}")))?;
+        let (k, v) = parse::name_value(var).map_err(|e| CliError::usage(format!("--var: {e}")))?;
         vars.insert(k, v);
     }
     body.insert("variables".into(), Value::Object(vars));
     let mut modules = Vec::new();
     for path in &a.script.modules {
         let source = std::fs::read_to_string(path)
-            .map_err(|e| ClientError::usage(format!("cannot read module {}: {e}", path.display())))?;
+            .map_err(|e| CliError::usage(format!("cannot read module {}: {e}", path.display())))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         modules.push(json!({"name": name, "source": source}));
     }
     body.insert("modules".into(), Value::Array(modules));
     let grants = a.script.grants().map_err(usage)?;
     let cwd = context::working_dir()?;
-    let cwd_text = cwd.to_str().ok_or_else(|| ClientError::usage("the current directory's path is not UTF-8"))?;
+    let cwd_text = cwd.to_str().ok_or_else(|| CliError::usage("the current directory's path is not UTF-8"))?;
     body.insert("cwd".into(), json!(cwd_text));
     body.insert("allow".into(), json!(context::absolute_grants(&a.script.allow, &cwd)));
     if let Some(env) = context::environment(&a.env, &grants)? {
         body.insert("env".into(), env);
     }
     let memory_limit = match &a.script.memory_limit {
-        Some(limit) => Some(parse::size(limit).map_err(|e| ClientError::usage(format!("--memory-limit: {e}")))? as u64),
+        Some(limit) => Some(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))? as u64),
         None => None,
     };
     let inputs = match &a.input {
@@ -262,7 +250,7 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
         timeout_ms: a.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         items,
     };
-    limits.check().map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))?;
+    limits.check().map_err(|e| CliError::usage(format!("{}: {}", flag_of(e.field), e.message)))?;
     let fields =
         [("memory_limit", limits.memory_limit), ("timeout_ms", limits.timeout_ms), ("throttle", limits.throttle)];
     for (field, value) in fields {
@@ -280,13 +268,13 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     let client = match Client::connect(&paths) {
         Ok(c) => c,
         Err(e) if e.server_down && !a.no_autostart => {
-            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
-            eprintln!(
+            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(CliError::failure)?;
+            diag!(
                 "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
             );
             Client::connect(&paths)?
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     let created = client.post("/v1/jobs", &Value::Object(body))?;
     let name = created["name"].as_str().ok_or_else(|| malformed("name"))?.to_string();
@@ -314,28 +302,28 @@ fn flag_of(field: &str) -> &'static str {
 }
 
 /// Reads `--input` items now: the server runs them later, maybe after the file is gone.
-fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, ClientError> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| ClientError::usage(format!("cannot read input {}: {e}", path.display())))?;
+fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, CliError> {
+    let file =
+        std::fs::File::open(path).map_err(|e| CliError::usage(format!("cannot read input {}: {e}", path.display())))?;
     let inputs = crate::run::inputs::read(Box::new(file), format, &path.display().to_string())
-        .map_err(|e| ClientError::usage(e.message))?;
+        .map_err(|e| CliError::usage(e.message))?;
     inputs
         .items
         .map(|item| match item {
             runspace::Input::Value(v) => Ok(v),
             runspace::Input::Invalid { text, error } => {
-                Err(ClientError::usage(format!("{}: bad input '{text}': {error}", path.display())))
+                Err(CliError::usage(format!("{}: bad input '{text}': {error}", path.display())))
             }
         })
         .collect()
 }
 
 /// The server's page check, with the option named.
-fn check_page(offset: u64, limit: u64) -> Result<(), ClientError> {
-    limits::check_page(offset, limit).map_err(|e| ClientError::usage(format!("{}: {}", flag_of(e.field), e.message)))
+fn check_page(offset: u64, limit: u64) -> Result<(), CliError> {
+    limits::check_page(offset, limit).map_err(|e| CliError::usage(format!("{}: {}", flag_of(e.field), e.message)))
 }
 
-fn list(a: ListArgs) -> Result<i32, ClientError> {
+fn list(a: ListArgs) -> Result<u8, CliError> {
     check_page(a.offset, a.limit)?;
     let client = connect(&a.common)?;
     let mut path = format!("/v1/jobs?offset={}&limit={}", a.offset, a.limit);
@@ -353,7 +341,7 @@ fn list(a: ListArgs) -> Result<i32, ClientError> {
     Ok(0)
 }
 
-fn get(a: NameArgs) -> Result<i32, ClientError> {
+fn get(a: NameArgs) -> Result<u8, CliError> {
     let job = connect(&a.common)?.get(&format!("/v1/jobs/{}", a.name))?;
     match a.common.format() {
         Format::Json => show::json(&job),
@@ -366,26 +354,26 @@ fn get(a: NameArgs) -> Result<i32, ClientError> {
 /// Prints the records page by page as they arrive: a table's lines, or
 /// one JSON array written record by record, so a large output is never
 /// held whole.
-fn output(a: OutputArgs) -> Result<i32, ClientError> {
+fn output(a: OutputArgs) -> Result<u8, CliError> {
     check_page(a.offset, 1)?;
     let client = connect(&a.common)?;
     verbs::output(&client, &a.name, a.offset, a.limit, a.common.records_format())
 }
 
 /// An answer of the server that lacks what the API promises.
-fn malformed(field: &str) -> ClientError {
-    ClientError::other(format!("the job server's answer has no valid '{field}'"))
+fn malformed(field: &str) -> CliError {
+    CliError::failure(format!("the job server's answer has no valid '{field}'"))
 }
 
-fn wait(a: WaitArgs) -> Result<i32, ClientError> {
+fn wait(a: WaitArgs) -> Result<u8, CliError> {
     let client = connect(&a.common)?;
     if a.all {
         let r = client.post_timeout(&format!("/v1/wait?timeout={}ms", a.timeout.as_millis()), &json!({}), a.timeout)?;
         let pending: Vec<String> =
             r["pending"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
         if !pending.is_empty() {
-            eprintln!("rsp job: timed out after {:?}: still unfinished: {}", a.timeout, pending.join(", "));
-            return Ok(EXIT_TIMEOUT);
+            diag!("rsp job: timed out after {:?}: still unfinished: {}", a.timeout, pending.join(", "));
+            return Ok(exit::TIMED_OUT);
         }
         return verbs::all_jobs(&client, a.common.format());
     }
@@ -394,7 +382,7 @@ fn wait(a: WaitArgs) -> Result<i32, ClientError> {
 
 /// Waits for each job in turn within one overall timeout; prints them.
 /// Exit 0 when all completed, 1 when some did not, 3 on timeout.
-fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Format) -> Result<i32, ClientError> {
+fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Format) -> Result<u8, CliError> {
     let deadline = std::time::Instant::now() + timeout;
     let mut jobs = Vec::new();
     let mut code = 0;
@@ -403,8 +391,8 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
         let r =
             client.post_timeout(&format!("/v1/jobs/{name}/wait?timeout={}ms", left.as_millis()), &json!({}), left)?;
         if r["finished"] != json!(true) {
-            eprintln!("rsp job: timed out after {:?} waiting for job '{name}' ({})", timeout, r["job"]["state"]);
-            return Ok(EXIT_TIMEOUT);
+            diag!("rsp job: timed out after {:?} waiting for job '{name}' ({})", timeout, r["job"]["state"]);
+            return Ok(exit::TIMED_OUT);
         }
         if r["job"]["state"] != json!("Completed") {
             code = 1;
@@ -420,7 +408,7 @@ fn wait_names(client: &Client, names: &[String], timeout: Duration, format: Form
     Ok(code)
 }
 
-fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
+fn simple(a: NameArgs, verb: &str) -> Result<u8, CliError> {
     let client = connect(&a.common)?;
     let path = format!("/v1/jobs/{}", a.name);
     let stuck = "it is inside a call that cannot be interrupted and ends when that call returns";
@@ -428,7 +416,7 @@ fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
         "stop" => {
             let job = client.post(&format!("{path}/stop"), &json!({}))?;
             if job["stopping"] == json!(true) {
-                eprintln!("rsp job: '{}' is stopping: {stuck}", a.name);
+                diag!("rsp job: '{}' is stopping: {stuck}", a.name);
             }
             match a.common.format() {
                 Format::Json => show::json(&job),
@@ -439,12 +427,12 @@ fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
         _ => {
             let answer = client.delete(&path)?;
             if answer["stopping"] == json!(true) {
-                eprintln!("rsp job: '{}' is removed but still stopping: {stuck}", a.name);
+                diag!("rsp job: '{}' is removed but still stopping: {stuck}", a.name);
             }
             if a.common.format() != Format::Table {
                 show::json(&json!({"removed": a.name}));
             } else {
-                eprintln!("rsp job: removed '{}'", a.name);
+                diag!("rsp job: removed '{}'", a.name);
             }
         }
     }

@@ -45,7 +45,7 @@ pub struct RunArgs {
     #[arg(short = 'k', long)]
     pub ordered: bool,
 
-    /// Stop each item after this long (e.g. 500ms, 2s); it is reported as TimedOut.
+    /// Stop each item after this long (500ms, 2s; a bare number is seconds); it is reported as TimedOut.
     #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
     pub timeout: Option<Duration>,
 

@@ -33,7 +33,7 @@ use summary::Tally;
 
 use crate::common::diag::diag;
 use crate::common::progress::Progress;
-use crate::common::CliError;
+use crate::common::{colour, exit, CliError};
 
 /// Runs `rsp run`; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
@@ -41,8 +41,8 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let work = Work::from_args(&args)?;
     if let Some(cmd) = work.command.as_ref().filter(|c| c.dry_run) {
         cmd.dry_run(work.inputs, &mut BufWriter::new(io::stdout().lock()))
-            .map_err(|e| CliError { message: format!("cannot write the commands: {e}"), code: 1 })?;
-        return Ok(0);
+            .map_err(|e| CliError::failure(format!("cannot write the commands: {e}")))?;
+        return Ok(exit::OK);
     }
     let journal = Journal::open(&args.large, work.inputs.items)?;
     let results_dir = args.large.results.as_deref().map(ResultsDir::create).transpose()?;
@@ -100,7 +100,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         return Err(CliError::usage(message.clone()));
     }
     if let Some(message) = outputs.failure {
-        return Err(CliError { message, code: 1 });
+        return Err(CliError::failure(message));
     }
     let successes_halt = matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_)));
     Ok(exit_code(&tally, interrupted, successes_halt, outputs.sink.reader_gone))
@@ -159,8 +159,8 @@ impl View {
             format,
             stdout_tty,
             stderr_tty,
-            colour_out: stdout_tty && console::colors_enabled(),
-            colour_err: stderr_tty && console::colors_enabled_stderr(),
+            colour_out: colour::stdout(),
+            colour_err: colour::stderr(),
             summary: !args.no_summary && (args.summary || stderr_tty),
             progress: !args.no_progress && (args.progress || stderr_tty),
         }
@@ -215,10 +215,10 @@ fn configure(
 fn exit_code(tally: &Tally, interrupted: bool, successes_halt: bool, reader_gone: bool) -> u8 {
     let reader_had_enough = reader_gone && tally.completed + tally.stopped == tally.total;
     if interrupted {
-        130
+        exit::INTERRUPTED
     } else if successes_halt || tally.all_completed() || reader_had_enough {
-        0
+        exit::OK
     } else {
-        1
+        exit::SOME_FAILED
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use runspace_server::{ServerConfig, StatePaths};
 
-use crate::common::parse;
+use crate::common::diag::diag;
+use crate::common::{exit, parse, CliError};
 
 mod stop;
 
@@ -59,35 +60,19 @@ pub enum ServeAction {
 }
 
 /// Runs `rsp serve`; returns the exit code.
-pub fn run(args: ServeArgs) -> i32 {
+pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     if let Some(ServeAction::Stop(stop)) = &args.action {
         return stop::run(stop);
     }
     if args.max_jobs == 0 {
-        eprintln!("rsp serve: error: --max-jobs must be at least 1");
-        return 2;
+        return Err(CliError::usage("--max-jobs must be at least 1"));
     }
-    let paths = match StatePaths::new(args.state_dir.as_deref()) {
-        Ok(paths) => paths,
-        Err(e) => {
-            eprintln!("rsp serve: error: {e} (--state-dir)");
-            return 2;
-        }
-    };
+    let paths =
+        StatePaths::new(args.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))?;
     if args.detach {
-        return match spawn_detached(&paths, &child_args(&args)) {
-            Ok((addr, pid)) => {
-                eprintln!(
-                    "rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}",
-                    paths.log.display()
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("rsp serve: error: {e}");
-                1
-            }
-        };
+        let (addr, pid) = spawn_detached(&paths, &child_args(&args)).map_err(CliError::failure)?;
+        diag!("rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}", paths.log.display());
+        return Ok(exit::OK);
     }
     let config = ServerConfig {
         paths,
@@ -96,13 +81,8 @@ pub fn run(args: ServeArgs) -> i32 {
         max_jobs: args.max_jobs,
         grace: args.grace,
     };
-    match runspace_server::serve(&config) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("rsp serve: error: {e}");
-            1
-        }
-    }
+    runspace_server::serve(&config).map_err(|e| CliError::failure(e.to_string()))?;
+    Ok(exit::OK)
 }
 
 /// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits until it answers.
