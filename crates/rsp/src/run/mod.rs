@@ -13,6 +13,7 @@ pub mod inputs;
 mod interrupt;
 pub mod joblog;
 pub mod output;
+mod record;
 pub mod script;
 mod summary;
 
@@ -62,14 +63,14 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     };
     // Keep the bar from garbling a table written to the same terminal.
     let bar = progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
-    let stdout = io::stdout();
-    let printer = Printer::new(view.format, BufWriter::with_capacity(1 << 16, stdout.lock()), view.colour_out);
+    let printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
     let mut outputs = Outputs {
-        sink: Sink::new(printer, bar, results.control()),
+        sink: Sink::new(printer, io::stdout().lock(), bar, results.control()),
         command: work.command.as_ref(),
         joblog: journal.log,
         results_dir,
         progress,
+        max_unlogged: in_flight(&args),
         failure: None,
     };
     let started = Instant::now();
@@ -174,6 +175,12 @@ fn throttle(args: &RunArgs) -> usize {
         Some(_) => args.large.max_concurrent_batches.or(args.throttle).map_or(4, |n| n as usize),
         None => args.throttle.map_or_else(default_throttle, |n| n as usize),
     }
+}
+
+/// The most items the run has in flight: each runspace holds a batch, or a
+/// chunk of at most 256 items.
+fn in_flight(args: &RunArgs) -> usize {
+    throttle(args).saturating_mul(args.large.batch_size.map_or(256, |n| n as usize)).max(1)
 }
 
 fn default_throttle() -> usize {

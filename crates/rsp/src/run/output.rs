@@ -7,6 +7,7 @@ use console::{style, Term};
 use runspace::{ItemResult, Status};
 use serde_json::Value;
 
+use super::record;
 use crate::common::diag::diag;
 
 /// Output formats of `rsp run`.
@@ -56,12 +57,12 @@ impl<W: Write> Printer<W> {
     pub fn item(&mut self, item: &ItemResult) -> io::Result<()> {
         match self.format {
             Format::Jsonl => {
-                serde_json::to_writer(&mut self.out, item)?;
+                record::write_item(&mut self.out, item)?;
                 self.out.write_all(b"\n")?;
             }
             Format::Json => {
                 self.out.write_all(if self.written == 0 { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut self.out, item)?;
+                record::write_item(&mut self.out, item)?;
             }
             Format::Csv => {
                 let errors = if item.errors.is_empty() { String::new() } else { item.errors.join("; ") };
