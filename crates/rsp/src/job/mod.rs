@@ -4,6 +4,7 @@
 mod context;
 mod records;
 mod show;
+mod start;
 mod verbs;
 
 use crate::common::diag::diag;
@@ -11,12 +12,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::common::{exit, parse, CliError};
-use crate::run::inputs::InputFormat;
-use crate::run::script::ScriptArgs;
-use runspace_server::limits::{self, JobLimits};
+use runspace_server::limits;
 use runspace_server::{Client, StatePaths};
 
 /// Options every `rsp job` command takes.
@@ -57,7 +56,7 @@ impl Common {
 #[derive(clap::Subcommand, Debug)]
 pub enum JobCommand {
     /// Start a job: one run of a script, or a parallel run over --range/--input (Start-Job).
-    Start(Box<StartArgs>),
+    Start(Box<start::StartArgs>),
     /// List jobs, oldest first (Get-Job).
     List(ListArgs),
     /// Show one job: state, times, progress, streams (Get-Job NAME).
@@ -78,41 +77,6 @@ pub enum JobCommand {
     RerunFailed(verbs::AgainArgs),
     /// Remove finished jobs and their output (default: every finished state; never Queued or Running ones).
     Clean(verbs::CleanArgs),
-}
-
-/// `rsp job start`.
-#[derive(clap::Args, Debug)]
-pub struct StartArgs {
-    /// The job's name (default: Job_ and 8 hex digits).
-    #[arg(long)]
-    pub name: Option<String>,
-    #[command(flatten)]
-    pub script: ScriptArgs,
-    /// Run once per integer START..END, inclusive, in parallel.
-    #[arg(long, value_name = "START..END", value_parser = parse::range, conflicts_with = "input")]
-    pub range: Option<parse::Range>,
-    /// Run once per item of FILE (read now, sent with the job), in parallel.
-    #[arg(long, value_name = "FILE")]
-    pub input: Option<PathBuf>,
-    /// How --input is split into items.
-    #[arg(long, value_enum, default_value_t = InputFormat::Lines, value_name = "FORMAT")]
-    pub input_format: InputFormat,
-    /// Runspaces for a run over inputs.
-    #[arg(long, value_name = "N")]
-    pub throttle: Option<usize>,
-    /// Fail the run (or each item) after this long (500ms, 30s; a bare number is seconds).
-    #[arg(long, value_parser = parse::timeout, value_name = "DURATION")]
-    pub timeout: Option<Duration>,
-    /// Wait for the job to finish and print it.
-    #[arg(long)]
-    pub wait: bool,
-    /// Do not start a server when none runs.
-    #[arg(long)]
-    pub no_autostart: bool,
-    #[command(flatten)]
-    pub env: context::EnvArgs,
-    #[command(flatten)]
-    pub common: Common,
 }
 
 /// `rsp job list`.
@@ -174,7 +138,7 @@ pub struct WaitArgs {
 /// Runs an `rsp job` command; returns the exit code.
 pub fn run(cmd: JobCommand) -> Result<u8, CliError> {
     match cmd {
-        JobCommand::Start(a) => start(*a),
+        JobCommand::Start(a) => start::start(*a),
         JobCommand::List(a) => list(a),
         JobCommand::Get(a) => get(a),
         JobCommand::Output(a) => output(a),
@@ -196,99 +160,6 @@ fn state_paths(common: &Common) -> Result<StatePaths, CliError> {
     StatePaths::new(common.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))
 }
 
-fn start(a: StartArgs) -> Result<u8, CliError> {
-    let usage = |e: crate::common::CliError| CliError::usage(e.message);
-    let (script_name, source) = a.script.source().map_err(usage)?;
-    let mut body = Map::new();
-    body.insert("script".into(), json!(source));
-    body.insert("script_name".into(), json!(script_name));
-    if let Some(name) = &a.name {
-        runspace::check_job_name(name).map_err(|e| CliError::usage(e.to_string()))?;
-        body.insert("name".into(), json!(name));
-    }
-    let params: Map<String, Value> = a.script.params().map_err(usage)?.into_iter().collect();
-    body.insert("params".into(), Value::Object(params));
-    let mut vars = Map::new();
-    for var in &a.script.vars {
-        let (k, v) = parse::name_value(var).map_err(|e| CliError::usage(format!("--var: {e}")))?;
-        vars.insert(k, v);
-    }
-    body.insert("variables".into(), Value::Object(vars));
-    let mut modules = Vec::new();
-    for path in &a.script.modules {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| CliError::usage(format!("cannot read module {}: {e}", path.display())))?;
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        modules.push(json!({"name": name, "source": source}));
-    }
-    body.insert("modules".into(), Value::Array(modules));
-    let grants = a.script.grants().map_err(usage)?;
-    let cwd = context::working_dir()?;
-    let cwd_text = cwd.to_str().ok_or_else(|| CliError::usage("the current directory's path is not UTF-8"))?;
-    body.insert("cwd".into(), json!(cwd_text));
-    body.insert("allow".into(), json!(context::absolute_grants(&a.script.allow, &cwd)));
-    if let Some(env) = context::environment(&a.env, &grants)? {
-        body.insert("env".into(), env);
-    }
-    let memory_limit = match &a.script.memory_limit {
-        Some(limit) => Some(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))? as u64),
-        None => None,
-    };
-    let inputs = match &a.input {
-        Some(path) => Some(read_inputs(path, a.input_format)?),
-        None => None,
-    };
-    let items = match (&inputs, a.range) {
-        (Some(inputs), _) => inputs.len() as u64,
-        (None, Some(r)) => r.len(),
-        (None, None) => 1,
-    };
-    // The server's own check, here first, so a bad flag is named as such.
-    let limits = JobLimits {
-        throttle: a.throttle.map(|t| t as u64),
-        memory_limit,
-        timeout_ms: a.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        items,
-    };
-    limits.check().map_err(|e| CliError::usage(format!("{}: {}", flag_of(e.field), e.message)))?;
-    let fields =
-        [("memory_limit", limits.memory_limit), ("timeout_ms", limits.timeout_ms), ("throttle", limits.throttle)];
-    for (field, value) in fields {
-        if let Some(value) = value {
-            body.insert(field.into(), json!(value));
-        }
-    }
-    if let Some(r) = a.range {
-        body.insert("range".into(), json!({"start": r.start, "end": r.end}));
-    }
-    if let Some(inputs) = inputs {
-        body.insert("inputs".into(), Value::Array(inputs));
-    }
-    let paths = state_paths(&a.common)?;
-    let client = match Client::connect(&paths) {
-        Ok(c) => c,
-        Err(e) if e.server_down && !a.no_autostart => {
-            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(CliError::failure)?;
-            diag!(
-                "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
-            );
-            Client::connect(&paths)?
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let created = client.post("/v1/jobs", &Value::Object(body))?;
-    let name = created["name"].as_str().ok_or_else(|| malformed("name"))?.to_string();
-    if !a.wait {
-        match a.common.format() {
-            Format::Json => show::json(&created),
-            Format::Jsonl => show::json_line(&created),
-            Format::Table => show::line(&name),
-        }
-        return Ok(0);
-    }
-    wait_names(&client, &[name], Duration::from_secs(3600), a.common.format())
-}
-
 /// The option that sets an API field of [`JobLimits`].
 fn flag_of(field: &str) -> &'static str {
     match field {
@@ -299,23 +170,6 @@ fn flag_of(field: &str) -> &'static str {
         "limit" => "--limit",
         _ => "--range/--input",
     }
-}
-
-/// Reads `--input` items now: the server runs them later, maybe after the file is gone.
-fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, CliError> {
-    let file =
-        std::fs::File::open(path).map_err(|e| CliError::usage(format!("cannot read input {}: {e}", path.display())))?;
-    let inputs = crate::run::inputs::read(Box::new(file), format, &path.display().to_string())
-        .map_err(|e| CliError::usage(e.message))?;
-    inputs
-        .items
-        .map(|item| match item {
-            runspace::Input::Value(v) => Ok(v),
-            runspace::Input::Invalid { text, error } => {
-                Err(CliError::usage(format!("{}: bad input '{text}': {error}", path.display())))
-            }
-        })
-        .collect()
 }
 
 /// The server's page check, with the option named.

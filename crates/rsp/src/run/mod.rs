@@ -87,6 +87,16 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if view.summary {
         diag!("{}", tally.summary(started.elapsed(), interrupted, view.colour_err));
     }
+    if tally.inputs == 0 && !interrupted {
+        // `rsp run report.luau` under cron reads an empty stdin: say so rather than silently do nothing.
+        let from = if work.command.as_ref().is_some_and(|c| c.has_sources()) {
+            "the argument lists".to_string()
+        } else {
+            args.input.source_name()
+        };
+        let hint = if work.command.is_none() { " (--once runs the script once without input)" } else { "" };
+        diag!("rsp: warning: no items were read from {from}, so nothing ran{hint}");
+    }
     let halted = results.halted();
     if let Some(halt) = halted {
         diag!(

@@ -15,11 +15,12 @@ mod template;
 
 use std::io::{self, IsTerminal, Write};
 
+use regex::Regex;
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
 use serde_json::{json, Value};
 
 use crate::common::CliError;
-use crate::run::inputs::{InputArgs, Inputs};
+use crate::run::inputs::{InputArgs, Inputs, Records};
 use crate::run::output::{Format, Printer};
 use crate::run::script::ScriptArgs;
 use template::{Filled, Template};
@@ -40,8 +41,9 @@ pub struct CommandArgs {
     #[arg(long, requires = "template")]
     pub shell: bool,
 
-    /// Split each input into columns {1}..{N} at this separator (a literal string, e.g. , or '\t').
-    #[arg(long, value_name = "SEP", requires = "template")]
+    /// Split each input into columns {1}..{N} where this regular expression matches
+    /// (GNU parallel's --colsep: e.g. , or '\t' or '\s+').
+    #[arg(long, value_name = "REGEX", requires = "template")]
     pub colsep: Option<String>,
 
     /// Prefix each output line with the input and a TAB (--format values).
@@ -62,7 +64,7 @@ pub struct CommandArgs {
 pub struct CommandMode {
     template: Template,
     shell: bool,
-    colsep: Option<String>,
+    colsep: Option<Regex>,
     tag: bool,
     /// `--dry-run`.
     pub dry_run: bool,
@@ -98,27 +100,37 @@ impl CommandMode {
         if template::uses_slot(text) {
             return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
         }
-        if args.colsep.as_deref() == Some("") {
-            return Err(CliError::usage("--colsep: the separator is empty"));
+        let colsep = match args.colsep.as_deref() {
+            Some("") => return Err(CliError::usage("--colsep: the separator is empty")),
+            Some(pattern) => Some(Regex::new(pattern).map_err(|e| CliError::usage(format!("--colsep: {e}")))?),
+            None => None,
+        };
+        if colsep.as_ref().is_some_and(|re| re.is_match("")) {
+            return Err(CliError::usage(
+                "--colsep: the pattern matches the empty string, so it cannot separate columns",
+            ));
         }
         let template = Template::parse(text).map_err(|e| CliError::usage(format!("--cmd: {e}")))?;
         let sources = match words.is_empty() {
             true => None,
             false => Some(sources::parse(&words).map_err(CliError::usage)?),
         };
-        Ok(Some(CommandMode {
-            template,
-            shell: args.shell,
-            colsep: args.colsep.as_ref().map(|s| s.replace("\\t", "\t")),
-            tag: args.tag,
-            dry_run: args.dry_run,
-            sources,
-        }))
+        Ok(Some(CommandMode { template, shell: args.shell, colsep, tag: args.tag, dry_run: args.dry_run, sources }))
+    }
+
+    /// Whether the inputs come from argument lists (`:::`, `::::`).
+    pub fn has_sources(&self) -> bool {
+        self.sources.is_some()
     }
 
     /// The built-in script that runs one filled-in command.
     pub fn script(&self) -> Result<Script, CliError> {
-        Script::named("command", RUNNER.replace("MAX_OUTPUT", &MAX_OUTPUT.to_string())).map_err(CliError::script)
+        Script::named("command", self.runner_source()).map_err(CliError::script)
+    }
+
+    /// The source of that script (a job sends it to the server).
+    pub fn runner_source(&self) -> String {
+        RUNNER.replace("MAX_OUTPUT", &MAX_OUTPUT.to_string())
     }
 
     /// The session: `exec`, nothing else.
@@ -134,7 +146,10 @@ impl CommandMode {
     /// `--input`, `--range`), each turned into the command to run.
     pub fn inputs(&self, args: &InputArgs) -> Result<Inputs, CliError> {
         // A script runs once on a terminal; a command with no input would run with an empty argument.
-        if self.sources.is_none() && args.input.is_none() && args.range.is_none() && io::stdin().is_terminal() {
+        if args.once {
+            return Err(CliError::usage("--once is for scripts; --cmd runs a command per input"));
+        }
+        if self.sources.is_none() && args.reads_stdin() && io::stdin().is_terminal() {
             return Err(CliError::usage(
                 "--cmd needs inputs: argument lists (::: VALUES, :::: FILES), --input FILE, --range, or a pipe",
             ));
@@ -147,16 +162,17 @@ impl CommandMode {
                 let total = product.len();
                 let colsep = self.colsep.clone();
                 let split = move |values: Vec<String>| match &colsep {
-                    Some(sep) => values.iter().flat_map(|v| v.split(sep.as_str()).map(String::from)).collect(),
+                    Some(sep) => values.iter().flat_map(|v| sep.split(v).map(String::from)).collect(),
                     None => values,
                 };
                 (Box::new(product.map(move |values| Ok(split(values)))), Some(total))
             }
             None => {
-                let inputs = args.open()?;
+                // CSV records are columns {1}..{N}; a header row names them, so it is not an input.
+                let inputs = args.open_with(Records::Arrays { header: !args.no_header })?;
                 let colsep = self.colsep.clone();
                 let columns = inputs.items.map(move |input| match input {
-                    Input::Value(v) => Ok(columns(v, colsep.as_deref())),
+                    Input::Value(v) => Ok(columns(v, colsep.as_ref())),
                     invalid @ Input::Invalid { .. } => Err(invalid),
                 });
                 (Box::new(columns), inputs.total)
@@ -234,9 +250,9 @@ fn write_tagged(out: &mut impl Write, text: &str, tag: Option<&str>) -> io::Resu
 }
 
 /// The columns of an input: split at `colsep`, an array's elements, or the value itself.
-fn columns(value: Value, colsep: Option<&str>) -> Vec<String> {
+fn columns(value: Value, colsep: Option<&Regex>) -> Vec<String> {
     match (value, colsep) {
-        (Value::String(s), Some(sep)) => s.split(sep).map(String::from).collect(),
+        (Value::String(s), Some(sep)) => sep.split(&s).map(String::from).collect(),
         (Value::String(s), None) => vec![s],
         (Value::Array(items), _) => items.iter().map(crate::run::output::bare).collect(),
         (other, _) => vec![crate::run::output::bare(&other)],
@@ -285,10 +301,14 @@ mod tests {
 
     #[test]
     fn columns_come_from_separators_and_arrays() {
-        assert_eq!(columns(json!("a,b,,c"), Some(",")), ["a", "b", "", "c"]);
+        let comma = Regex::new(",").unwrap();
+        assert_eq!(columns(json!("a,b,,c"), Some(&comma)), ["a", "b", "", "c"]);
         assert_eq!(columns(json!("a,b"), None), ["a,b"]);
         assert_eq!(columns(json!([1, "x", null]), None), ["1", "x", ""]);
-        assert_eq!(columns(json!(5), Some(",")), ["5"]);
+        assert_eq!(columns(json!(5), Some(&comma)), ["5"]);
+        // A regular expression, as GNU parallel's --colsep.
+        let spaces = Regex::new(r"\s+").unwrap();
+        assert_eq!(columns(json!("a  b\tc"), Some(&spaces)), ["a", "b", "c"]);
     }
 
     #[test]
