@@ -58,6 +58,11 @@ pub struct RunArgs {
     #[arg(short = 'f', long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
 
+    /// Do not show print, warning and verbose records on stderr (table and values formats
+    /// show them, each line prefixed with its item).
+    #[arg(long)]
+    pub quiet_streams: bool,
+
     /// Print the summary on stderr even when it is not a terminal.
     #[arg(long, overrides_with = "no_summary")]
     pub summary: bool,

@@ -7,6 +7,7 @@
 //! ([`drive`]), and the exit code ([`exit_code`]).
 
 mod args;
+mod columns;
 pub mod command_mode;
 mod drive;
 pub mod inputs;
@@ -63,7 +64,8 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     };
     // Keep the bar from garbling a table written to the same terminal.
     let bar = progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
-    let printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
+    let mut printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
+    printer.show_streams = !args.quiet_streams;
     let mut outputs = Outputs {
         sink: Sink::new(printer, io::stdout().lock(), bar, results.control()),
         command: work.command.as_ref(),
