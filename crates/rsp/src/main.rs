@@ -6,13 +6,14 @@
 
 mod common;
 mod job;
+mod reference;
 mod run;
 mod scan;
 mod serve;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Run Luau scripts in parallel over many inputs, scan TCP ports, and run background jobs.
 #[derive(Parser, Debug)]
@@ -48,6 +49,10 @@ enum Command {
     Job(job::JobCommand),
     /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
     Serve(Box<serve::ServeArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(reference::CompletionsArgs),
+    /// Print a man page: rsp's, or a command's (rsp man run, rsp man job start).
+    Man(reference::ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan::run(*args),
         Command::Job(cmd) => job::run(cmd),
         Command::Serve(args) => serve::run(*args),
+        Command::Completions(args) => reference::completions(&args, Cli::command()),
+        Command::Man(args) => reference::man(&args, Cli::command()),
     };
     ExitCode::from(match result {
         Ok(code) => code,

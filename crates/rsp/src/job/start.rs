@@ -96,10 +96,7 @@ pub fn start(a: StartArgs) -> Result<u8, CliError> {
     if let Some(env) = context::environment(&a.env, &grants)? {
         body.insert("env".into(), env);
     }
-    let memory_limit = match &a.script.memory_limit {
-        Some(limit) => Some(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))? as u64),
-        None => None,
-    };
+    let memory_limit = a.script.memory_limit()?.map(|n| n as u64);
     let items = Items::read(&a.input, command.as_ref())?;
     if let (Some(true), Items::List(inputs)) = (command.as_ref().map(|c| c.dry_run), &items) {
         let mut out = io::stdout().lock();

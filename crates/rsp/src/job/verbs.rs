@@ -207,7 +207,10 @@ pub fn clean(a: CleanArgs) -> Result<u8, CliError> {
     match a.common.format() {
         Format::Json => show::json(&removed),
         Format::Jsonl => show::json_line(&removed),
-        Format::Table => diag!("rsp job: removed {} finished job(s)", removed["removed"]),
+        Format::Table => diag!(
+            "rsp job: removed {}",
+            crate::common::human::count_of(removed["removed"].as_u64().unwrap_or(0), "finished job", "finished jobs")
+        ),
     }
     Ok(0)
 }

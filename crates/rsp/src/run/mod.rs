@@ -34,6 +34,7 @@ use output::{Format, Printer};
 use summary::Tally;
 
 use crate::common::diag::diag;
+use crate::common::human::count_of;
 use crate::common::progress::Progress;
 use crate::common::{colour, exit, CliError};
 
@@ -102,9 +103,9 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let halted = results.halted();
     if let Some(halt) = halted {
         diag!(
-            "rsp: halted by --halt {halt} after {} failures and {} successes",
-            snapshot.failures(),
-            snapshot.completed
+            "rsp: halted by --halt {halt} after {} and {}",
+            count_of(snapshot.failures(), "failure", "failures"),
+            count_of(snapshot.completed, "success", "successes")
         );
     }
     drop(results);

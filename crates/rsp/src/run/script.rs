@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use runspace::{Grants, Script, SessionState};
 use serde_json::Value;
 
+use runspace_server::limits::MIN_MEMORY_LIMIT;
+
 use super::inputs::strip_bom;
 use crate::common::parse;
 use crate::common::CliError;
@@ -85,9 +87,8 @@ impl ScriptArgs {
             session = session.module(&name, source).map_err(CliError::script)?;
         }
         session = session.grants_from(self.grants()?);
-        if let Some(limit) = &self.memory_limit {
-            session =
-                session.memory_limit(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))?);
+        if let Some(bytes) = self.memory_limit()? {
+            session = session.memory_limit(bytes);
         }
         Ok(session)
     }
@@ -104,6 +105,22 @@ impl ScriptArgs {
                 Ok((name, strip_bom(&source).to_vec()))
             })
             .collect()
+    }
+
+    /// `--memory-limit`, checked: below 1 MB no runspace can even open, so a
+    /// bare `10` (ten bytes, not ten megabytes) is refused with that said.
+    pub fn memory_limit(&self) -> Result<Option<usize>, CliError> {
+        let Some(text) = &self.memory_limit else { return Ok(None) };
+        let bytes = parse::size(text).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))?;
+        if (bytes as u64) < MIN_MEMORY_LIMIT {
+            let unit = if text.trim().bytes().all(|b| b.is_ascii_digit()) { " (a bare number is bytes)" } else { "" };
+            return Err(CliError::usage(format!(
+                "--memory-limit {text} means {} bytes{unit}, too small: a runspace needs at least {} (e.g. 64MB)",
+                crate::common::human::human_count(bytes as u64),
+                runspace::units::format_size(MIN_MEMORY_LIMIT)
+            )));
+        }
+        Ok(Some(bytes))
     }
 
     /// The granted capabilities.

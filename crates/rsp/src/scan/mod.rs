@@ -284,8 +284,12 @@ impl Plan {
 fn progress_bar(total_probes: u64) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(total_probes), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ports {per_sec} ETA {eta}",
+        "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ports {rate} ETA {eta}",
     ) {
+        // indicatif's own {per_sec} prints four decimals (`1234.5678/s`).
+        let style = style.with_key("rate", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{} ports/s", crate::common::human::human_rate(state.per_sec()));
+        });
         pb.set_style(style);
     }
     pb

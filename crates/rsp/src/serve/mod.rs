@@ -16,8 +16,9 @@ mod stop;
 /// Run the job server: background jobs with SQLite persistence and an HTTP JSON API on loopback.
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
-#[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
-                        through the state directory: server.json holds its address, token its token.")]
+#[command(after_help = "Clients (rsp job ...) find the server through the state directory: \
+                        server.json holds its address, token its token. The reference: rsp man serve, \
+                        rsp man job.")]
 pub struct ServeArgs {
     /// Where the token, the address file and the default database live
     /// [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].

@@ -30,7 +30,7 @@ pub const MAX_OUTPUT: usize = 16 << 20;
 
 /// Options of command mode.
 #[derive(clap::Args, Debug, Clone, Default)]
-#[command(next_help_heading = "Command mode (see docs/commands.md)")]
+#[command(next_help_heading = "Command mode: a command per input, GNU parallel style")]
 pub struct CommandArgs {
     /// Run this command per input instead of a script (GNU parallel's replacement strings:
     /// {} {.} {/} {//} {/.} {#} {1}..{N}; without one, the input is appended).
@@ -54,8 +54,8 @@ pub struct CommandArgs {
     #[arg(long, requires = "template")]
     pub dry_run: bool,
 
-    /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line); several
-    /// combine into every combination, the last varying fastest.
+    /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line);
+    /// several combine into every combination, the last varying fastest.
     #[arg(value_name = "::: ARGS", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub sources: Vec<String>,
 }
