@@ -58,44 +58,7 @@ pub fn start(a: StartArgs) -> Result<u8, CliError> {
     if a.command.tag {
         return Err(CliError::usage("--tag applies to rsp run; a job's records carry their input"));
     }
-    let mut body = Map::new();
-    let (script_name, source) = match &command {
-        Some(cmd) => ("command".to_string(), cmd.runner_source()),
-        None => a.script.source()?,
-    };
-    body.insert("script".into(), json!(source));
-    body.insert("script_name".into(), json!(script_name));
-    if let Some(name) = &a.name {
-        runspace::check_job_name(name).map_err(|e| CliError::usage(e.to_string()))?;
-        body.insert("name".into(), json!(name));
-    }
-    let params: Map<String, Value> = a.script.params()?.into_iter().collect();
-    body.insert("params".into(), Value::Object(params));
-    let mut vars = Map::new();
-    for var in &a.script.vars {
-        let (k, v) = parse::name_value(var).map_err(|e| CliError::usage(format!("--var: {e}")))?;
-        vars.insert(k, v);
-    }
-    body.insert("variables".into(), Value::Object(vars));
-    let mut modules = Vec::new();
-    for (name, source) in a.script.module_sources()? {
-        let source = String::from_utf8(source)
-            .map_err(|_| CliError::usage(format!("module {name} is not UTF-8 text, which a job's module must be")))?;
-        modules.push(json!({"name": name, "source": source}));
-    }
-    body.insert("modules".into(), Value::Array(modules));
-    let allow = match &command {
-        Some(_) => vec!["exec".to_string()],
-        None => a.script.allow.clone(),
-    };
-    let grants = a.script.grants()?;
-    let cwd = context::working_dir()?;
-    let cwd_text = cwd.to_str().ok_or_else(|| CliError::usage("the current directory's path is not UTF-8"))?;
-    body.insert("cwd".into(), json!(cwd_text));
-    body.insert("allow".into(), json!(context::absolute_grants(&allow, &cwd)));
-    if let Some(env) = context::environment(&a.env, &grants)? {
-        body.insert("env".into(), env);
-    }
+    let mut body = request(&a, command.as_ref())?;
     let memory_limit = a.script.memory_limit()?.map(|n| n as u64);
     let items = Items::read(&a.input, command.as_ref())?;
     if let (Some(true), Items::List(inputs)) = (command.as_ref().map(|c| c.dry_run), &items) {
@@ -144,6 +107,51 @@ pub fn start(a: StartArgs) -> Result<u8, CliError> {
         return Ok(exit::OK);
     }
     wait_names(&client, &[name], Duration::from_secs(3600), a.common.format())
+}
+
+/// The request's script, session and context: what to run (the script, or
+/// command mode's runner with the exec grant only), its variables,
+/// parameters and modules, and the caller's directory and environment.
+fn request(a: &StartArgs, command: Option<&CommandMode>) -> Result<Map<String, Value>, CliError> {
+    let mut body = Map::new();
+    let (script_name, source) = match command {
+        Some(cmd) => ("command".to_string(), cmd.runner_source()),
+        None => a.script.source()?,
+    };
+    body.insert("script".into(), json!(source));
+    body.insert("script_name".into(), json!(script_name));
+    if let Some(name) = &a.name {
+        runspace::check_job_name(name).map_err(|e| CliError::usage(e.to_string()))?;
+        body.insert("name".into(), json!(name));
+    }
+    let params: Map<String, Value> = a.script.params()?.into_iter().collect();
+    body.insert("params".into(), Value::Object(params));
+    let mut vars = Map::new();
+    for var in &a.script.vars {
+        let (k, v) = parse::name_value(var).map_err(|e| CliError::usage(format!("--var: {e}")))?;
+        vars.insert(k, v);
+    }
+    body.insert("variables".into(), Value::Object(vars));
+    let mut modules = Vec::new();
+    for (name, source) in a.script.module_sources()? {
+        let source = String::from_utf8(source)
+            .map_err(|_| CliError::usage(format!("module {name} is not UTF-8 text, which a job's module must be")))?;
+        modules.push(json!({"name": name, "source": source}));
+    }
+    body.insert("modules".into(), Value::Array(modules));
+    let allow = match command {
+        Some(_) => vec!["exec".to_string()],
+        None => a.script.allow.clone(),
+    };
+    let grants = a.script.grants()?;
+    let cwd = context::working_dir()?;
+    let cwd_text = cwd.to_str().ok_or_else(|| CliError::usage("the current directory's path is not UTF-8"))?;
+    body.insert("cwd".into(), json!(cwd_text));
+    body.insert("allow".into(), json!(context::absolute_grants(&allow, &cwd)));
+    if let Some(env) = context::environment(&a.env, &grants)? {
+        body.insert("env".into(), env);
+    }
+    Ok(body)
 }
 
 /// What a job runs over.

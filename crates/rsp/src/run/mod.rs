@@ -58,24 +58,22 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut results = parallel.run_indexed(journal.feed);
     let interrupts = interrupt::install_ctrl_c(results.control());
 
-    let progress = match total {
+    let mut outputs = Outputs {
+        sink: Sink::new(printer(&args, &view), io::stdout().lock(), None, results.control()),
+        command: work.command.as_ref(),
+        joblog: journal.log,
+        results_dir,
+        progress: Progress::Hidden,
+        max_unlogged: in_flight(&args),
+        failure: None,
+    };
+    outputs.progress = match total {
         _ if !view.progress => Progress::Hidden,
         Some(n) if n <= 1 => Progress::Hidden,
         _ => Progress::new(view.stderr_tty, total),
     };
     // Keep the bar from garbling a table written to the same terminal.
-    let bar = progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
-    let mut printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
-    printer.show_streams = !args.quiet_streams;
-    let mut outputs = Outputs {
-        sink: Sink::new(printer, io::stdout().lock(), bar, results.control()),
-        command: work.command.as_ref(),
-        joblog: journal.log,
-        results_dir,
-        progress,
-        max_unlogged: in_flight(&args),
-        failure: None,
-    };
+    outputs.sink.bar = outputs.progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
     let started = Instant::now();
     outputs.drain(&mut results);
 
@@ -91,14 +89,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         diag!("{}", tally.summary(started.elapsed(), interrupted, view.colour_err));
     }
     if tally.inputs == 0 && !interrupted {
-        // `rsp run report.luau` under cron reads an empty stdin: say so rather than silently do nothing.
-        let from = if work.command.as_ref().is_some_and(|c| c.has_sources()) {
-            "the argument lists".to_string()
-        } else {
-            args.input.source_name()
-        };
-        let hint = if work.command.is_none() { " (--once runs the script once without input)" } else { "" };
-        diag!("rsp: warning: no items were read from {from}, so nothing ran{hint}");
+        warn_no_items(&args, work.command.as_ref());
     }
     let halted = results.halted();
     if let Some(halt) = halted {
@@ -118,6 +109,17 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     }
     let successes_halt = matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_)));
     Ok(exit_code(&tally, interrupted, successes_halt, outputs.sink.reader_gone))
+}
+
+/// `rsp run report.luau` under cron reads an empty stdin: say so rather
+/// than silently do nothing.
+fn warn_no_items(args: &RunArgs, command: Option<&CommandMode>) {
+    let from = match command {
+        Some(cmd) if cmd.has_sources() => "the argument lists".to_string(),
+        _ => args.input.source_name(),
+    };
+    let hint = if command.is_none() { " (--once runs the script once without input)" } else { "" };
+    diag!("rsp: warning: no items were read from {from}, so nothing ran{hint}");
 }
 
 /// What runs, in what session, over which inputs: a script (`-e`, a file)
@@ -179,6 +181,13 @@ impl View {
             progress: !args.no_progress && (args.progress || stderr_tty),
         }
     }
+}
+
+/// The printer of the chosen format, into a buffer of its own (see [`drive`]).
+fn printer(args: &RunArgs, view: &View) -> Printer<Vec<u8>> {
+    let mut printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
+    printer.show_streams = !args.quiet_streams;
+    printer
 }
 
 /// Items (or batches) in flight: `--throttle`, or `--max-concurrent-batches`
