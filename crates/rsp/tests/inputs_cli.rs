@@ -237,3 +237,30 @@ fn job_start_reads_piped_items_and_runs_commands() {
     let o = rsp(&["job", "start", "--state-dir", dir, "--dry-run", "--cmd", "gzip -k {}", ":::", "x y"]);
     assert_eq!(stdout(&o), "gzip -k 'x y'\n");
 }
+
+#[test]
+fn slot_numbers_are_unique_among_running_commands_and_within_the_job_count() {
+    // --dry-run shows GNU parallel's numbering.
+    let args: [&str; 7] = ["-j", "2", "echo {%} {#}", ":::", "a", "b", "c"];
+    let o = rsp(&["run", "--dry-run", "-j", "2", "--cmd", "echo {%} {#}", ":::", "a", "b", "c"]);
+    assert_eq!(stdout(&o), "echo 1 1\necho 2 2\necho 1 3\n", "{}", stderr(&o));
+    if let Some(g) = gnu(&args) {
+        assert_eq!(g, stdout(&o));
+    }
+    // Running: a command holds its slot's directory while it runs; a slot
+    // shared by two commands at once would make mkdir fail.
+    let dir = tempfile::tempdir().unwrap();
+    let held = format!("{}/{{%}}", dir.path().display());
+    let cmd = format!("mkdir {held} && sleep 0.05 && rmdir {held} && echo {{%}}");
+    let items: Vec<String> = (0..24).map(|i| i.to_string()).collect();
+    let mut full = vec!["run", "-j", "4", "--shell", "--format", "values", "--cmd", &cmd, ":::"];
+    full.extend(items.iter().map(String::as_str));
+    let o = rsp(&full);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let slots: Vec<u32> = stdout(&o).lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(slots.len(), 24);
+    assert!(slots.iter().all(|s| (1..=4).contains(s)), "{slots:?}");
+    // A job cannot offer slots: its runspaces are the server's.
+    let o = rsp(&["job", "start", "--no-autostart", "--cmd", "echo {%}", ":::", "a"]);
+    assert_eq!(o.status.code(), Some(2));
+}

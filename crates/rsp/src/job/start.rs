@@ -55,6 +55,9 @@ pub struct StartArgs {
 /// Starts a job; with `--wait`, waits for it and prints it.
 pub fn start(a: StartArgs) -> Result<u8, CliError> {
     let command = CommandMode::from_args(&a.command, &a.script)?;
+    if command.as_ref().is_some_and(CommandMode::uses_slot) {
+        return Err(CliError::usage("--cmd: {%} (the slot) is for rsp run; a job's runspaces live on the server"));
+    }
     if a.command.tag {
         return Err(CliError::usage("--tag applies to rsp run; a job's records carry their input"));
     }

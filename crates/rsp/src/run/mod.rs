@@ -43,7 +43,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
     let work = Work::from_args(&args)?;
     if let Some(cmd) = work.command.as_ref().filter(|c| c.dry_run) {
-        cmd.dry_run(work.inputs, &mut BufWriter::new(io::stdout().lock()))
+        cmd.dry_run(work.inputs, throttle(&args), &mut BufWriter::new(io::stdout().lock()))
             .map_err(|e| CliError::failure(format!("cannot write the commands: {e}")))?;
         return Ok(exit::OK);
     }
@@ -136,7 +136,7 @@ impl Work {
     fn from_args(args: &RunArgs) -> Result<Work, CliError> {
         let command = CommandMode::from_args(&args.command, &args.script)?;
         let (script, mut session, params, inputs) = match &command {
-            Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(&args.input)?),
+            Some(cmd) => (cmd.script()?, cmd.session()?, Vec::new(), cmd.inputs(&args.input)?),
             None => (args.script.script()?, args.script.session()?, args.script.params()?, args.input.open()?),
         };
         if let Some(timeout) = args.timeout {

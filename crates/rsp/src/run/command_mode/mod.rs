@@ -14,6 +14,7 @@ mod sources;
 mod template;
 
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 
 use regex::Regex;
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
@@ -33,7 +34,7 @@ pub const MAX_OUTPUT: usize = 16 << 20;
 #[command(next_help_heading = "Command mode: a command per input, GNU parallel style")]
 pub struct CommandArgs {
     /// Run this command per input instead of a script (GNU parallel's replacement strings:
-    /// {} {.} {/} {//} {/.} {#} {1}..{N}; without one, the input is appended).
+    /// {} {.} {/} {//} {/.} {#} {%} {1}..{N}; without one, the input is appended).
     #[arg(long = "cmd", value_name = "TEMPLATE", conflicts_with = "code")]
     pub template: Option<String>,
 
@@ -69,6 +70,8 @@ pub struct CommandMode {
     /// `--dry-run`.
     pub dry_run: bool,
     sources: Option<Vec<sources::Source>>,
+    /// `{%}`: where runspaces claim their slot numbers.
+    slots: Option<Slots>,
 }
 
 impl CommandMode {
@@ -97,9 +100,6 @@ impl CommandMode {
                 "{flag} is for scripts; --cmd runs a command with the exec grant only"
             )));
         }
-        if template::uses_slot(text) {
-            return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
-        }
         let colsep = match args.colsep.as_deref() {
             Some("") => return Err(CliError::usage("--colsep: the separator is empty")),
             Some(pattern) => Some(Regex::new(pattern).map_err(|e| CliError::usage(format!("--colsep: {e}")))?),
@@ -111,11 +111,20 @@ impl CommandMode {
             ));
         }
         let template = Template::parse(text).map_err(|e| CliError::usage(format!("--cmd: {e}")))?;
+        let slots = template.uses_slot().then(Slots::create).transpose()?;
         let sources = match words.is_empty() {
             true => None,
             false => Some(sources::parse(&words).map_err(CliError::usage)?),
         };
-        Ok(Some(CommandMode { template, shell: args.shell, colsep, tag: args.tag, dry_run: args.dry_run, sources }))
+        Ok(Some(CommandMode {
+            template,
+            shell: args.shell,
+            colsep,
+            tag: args.tag,
+            dry_run: args.dry_run,
+            sources,
+            slots,
+        }))
     }
 
     /// Whether the inputs come from argument lists (`:::`, `::::`).
@@ -134,12 +143,21 @@ impl CommandMode {
     }
 
     /// The session: `exec`, nothing else.
-    pub fn session(&self) -> SessionState {
+    pub fn session(&self) -> Result<SessionState, CliError> {
         let mut grants = Grants::default();
         grants.grant(Capability::Exec);
         // Room for both captured streams at their own cap, so a command
         // past it fails with the runner's message and keeps what it printed.
-        SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20))
+        let session = SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20));
+        match &self.slots {
+            Some(slots) => slots.add_to(session),
+            None => Ok(session),
+        }
+    }
+
+    /// Whether the template uses `{%}` (a job cannot: its runspaces live on the server).
+    pub fn uses_slot(&self) -> bool {
+        self.slots.is_some()
     }
 
     /// The inputs: the argument lists when given, else `args` (stdin,
@@ -179,12 +197,13 @@ impl CommandMode {
             }
         };
         let (template, shell) = (self.template.clone(), self.shell);
+        let mark = self.slots.as_ref().map(|s| s.mark.clone()).unwrap_or_default();
         let items = items.enumerate().map(move |(i, args)| {
             let columns = match args {
                 Ok(columns) => columns,
                 Err(invalid) => return invalid,
             };
-            let filled = template.fill(&columns, i as u64 + 1, shell);
+            let filled = template.fill(&columns, i as u64 + 1, shell, &mark);
             let input = match columns.len() {
                 1 => json!(columns[0]),
                 _ => json!(columns),
@@ -198,11 +217,19 @@ impl CommandMode {
         Ok(Inputs { items: Box::new(items), total })
     }
 
-    /// `--dry-run`: prints each command, one per line.
-    pub fn dry_run(&self, inputs: Inputs, out: &mut impl Write) -> io::Result<()> {
-        for input in inputs.items {
+    /// `--dry-run`: prints each command, one per line; `{%}` is shown as
+    /// GNU parallel shows it, the slots of `jobs` taken in turn.
+    pub fn dry_run(&self, inputs: Inputs, jobs: usize, out: &mut impl Write) -> io::Result<()> {
+        for (i, input) in inputs.items.enumerate() {
             if let Input::Value(v) = input {
-                writeln!(out, "{}", v.get("command").and_then(Value::as_str).unwrap_or_default())?;
+                let command = v.get("command").and_then(Value::as_str).unwrap_or_default();
+                match &self.slots {
+                    Some(slots) => {
+                        let slot = i % jobs.max(1) + 1;
+                        writeln!(out, "{}", command.replace(&slots.mark, &slot.to_string()))?
+                    }
+                    None => writeln!(out, "{command}")?,
+                }
             }
         }
         out.flush()
@@ -259,23 +286,99 @@ fn columns(value: Value, colsep: Option<&Regex>) -> Vec<String> {
     }
 }
 
+/// `{%}`: the slot of a runspace. GNU parallel's promise is that no two
+/// commands running at once share a slot, and that slots run from 1 to the
+/// number of jobs. A runspace runs one command at a time, so its slot is
+/// claimed once, when it runs its first command, by creating the first
+/// free numbered directory in the run's slot directory (`mkdir` is atomic
+/// across processes); the module's upvalue keeps it for the runspace's life.
+/// Should a runspace come to run several items at once (items as Luau
+/// threads), the claim has to move from the runspace to the item.
+struct Slots {
+    dir: PathBuf,
+    /// What `{%}` is filled in as, for the runner to replace.
+    mark: String,
+}
+
+impl Slots {
+    fn create() -> Result<Slots, CliError> {
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rsp-slots-{}-{nonce:x}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| CliError::usage(format!("--cmd: cannot make a directory for {{%}} slots: {e}")))?;
+        Ok(Slots { dir, mark: format!("rsp.slot.{nonce:x}.") })
+    }
+
+    fn add_to(&self, session: SessionState) -> Result<SessionState, CliError> {
+        let dir = self.dir.to_string_lossy().into_owned();
+        session
+            .variable("SLOT_DIR", json!(dir))
+            .and_then(|s| s.variable("SLOT_MARK", json!(self.mark)))
+            .and_then(|s| s.module("rsp_slot", SLOT_MODULE))
+            .map_err(CliError::script)
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The module that claims a runspace's slot; see [`Slots`].
+const SLOT_MODULE: &str = r#"
+local slot
+return function(dir)
+    if slot == nil then
+        local r = exec("sh", {"-c", 'i=1; while ! mkdir "$0/$i" 2>/dev/null; do i=$((i+1)); ' ..
+            '[ "$i" -gt 100000 ] && exit 1; done; printf %s "$i"', dir})
+        slot = tonumber(r.stdout)
+        if slot == nil then error("cannot claim a slot for {%} in " .. dir, 0) end
+    end
+    return slot
+end
+"#;
+
 /// Runs one command, given as `{argv}` or `{line}`; see the module docs.
 const RUNNER: &str = r#"
 local c = _
+local argv, line, command = c.argv, c.line, c.command
+if SLOT_MARK then
+    local slot = tostring(rsp_slot(SLOT_DIR))
+    local function put(s)
+        local out, at = {}, 1
+        while true do
+            local i, j = string.find(s, SLOT_MARK, at, true)
+            if not i then break end
+            table.insert(out, string.sub(s, at, i - 1))
+            table.insert(out, slot)
+            at = j + 1
+        end
+        table.insert(out, string.sub(s, at))
+        return table.concat(out)
+    end
+    if line then line = put(line) end
+    if argv then
+        local words = {}
+        for i, w in ipairs(argv) do words[i] = put(w) end
+        argv = words
+    end
+    command = put(command)
+end
 local ok, r
-if c.line then
-    ok, r = pcall(exec, c.line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
+if line then
+    ok, r = pcall(exec, line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
 else
     local args = {}
-    for i = 2, #c.argv do args[i - 1] = c.argv[i] end
-    ok, r = pcall(exec, c.argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
+    for i = 2, #argv do args[i - 1] = argv[i] end
+    ok, r = pcall(exec, argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
 end
 if not ok then
     -- Cannot start (no such program), or stopped: say so without the runner's line numbers.
     local message = string.gsub(tostring(r), "^.-exec: ", "")
     error(message, 0)
 end
-emit({command = c.command, exit_code = r.code or json.null, signal = r.signal or json.null,
+emit({command = command, exit_code = r.code or json.null, signal = r.signal or json.null,
       stdout = string.sub(r.stdout, 1, MAX_OUTPUT), stderr = string.sub(r.stderr, 1, MAX_OUTPUT)})
 local function tail(s)
     local lines = {}
