@@ -43,6 +43,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
     pub grace: Duration,
 
+    /// The web dashboard (at / on the same address) shows jobs but hides and refuses every action.
+    #[arg(long)]
+    pub read_only_ui: bool,
+
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
     pub detach: bool,
@@ -95,6 +99,7 @@ pub fn run(args: ServeArgs) -> i32 {
         listen: SocketAddr::new(args.bind, args.port),
         max_jobs: args.max_jobs,
         grace: args.grace,
+        read_only_ui: args.read_only_ui,
     };
     match runspace_server::serve(&config) {
         Ok(()) => 0,
@@ -124,6 +129,9 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
         "--grace".into(),
         format!("{}ms", args.grace.as_millis()),
     ];
+    if args.read_only_ui {
+        out.push("--read-only-ui".into());
+    }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
     }
