@@ -400,3 +400,28 @@ fn failed_items_are_counted_as_they_finish_and_filtered_by_status() {
     assert_eq!(all.lines().count(), 40);
     assert!(all.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
 }
+
+#[test]
+fn actions_go_through_the_api_from_the_script_and_from_a_plain_form() {
+    let (_dir, server) = server(&[]);
+    let name = submit(&server, json!({"name": "again", "script": "return 1"}));
+    server.until(&name, |j| j["state"] == "Completed");
+    let web = WebSession::login(&server.base, &server.token);
+    // The script gets the API's answer.
+    let a = web.post("/jobs/again/restart", Some(&web.csrf), None);
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(serde_json::from_str::<Value>(&a.body).unwrap()["name"], "again-2");
+    // A plain form is sent on to the new job's page.
+    let a = web.post_form("/jobs/again/restart");
+    assert_eq!((a.status, a.location.as_deref()), (303, Some("/jobs/again-3")));
+    // The API's refusals come through as they are.
+    let a = web.post("/jobs/nothing-here/stop", Some(&web.csrf), None);
+    assert_eq!(a.status, 404, "{}", a.body);
+    let a = web.post("/jobs/again/explode", Some(&web.csrf), None);
+    assert_eq!(a.status, 404);
+    // Remove, then the job is gone from the API and its page.
+    let a = web.post_form("/jobs/again/remove");
+    assert_eq!((a.status, a.location.as_deref()), (303, Some("/jobs")));
+    assert_eq!(server.call("GET", "/v1/jobs/again", None).0, 404);
+    assert_eq!(web.get("/jobs/again").status, 404);
+}

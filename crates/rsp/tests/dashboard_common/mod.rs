@@ -98,6 +98,17 @@ impl WebSession {
     }
 }
 
+impl WebSession {
+    /// A POST as a plain HTML form sends it (no script: no Accept header).
+    pub fn post_form(&self, path: &str) -> Answer {
+        let r = agent()
+            .post(format!("{}{path}", self.base))
+            .header("Cookie", &self.cookie)
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        answer(r.send(format!("csrf={}", self.csrf)))
+    }
+}
+
 // ---- the browser ----------------------------------------------------------
 
 /// The one chromedriver of this test binary, if there is one.

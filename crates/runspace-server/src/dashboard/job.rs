@@ -15,16 +15,18 @@ use serde_json::Value;
 use super::auth::{page_response, Current};
 use super::html::{self, cut, esc, url, Frame};
 use super::{blocking, no_job, store_failure, Dashboard};
-use crate::store::{Cursor, ItemsPage, JobRow, StoreError, StoredRequest};
+use crate::store::{Cursor, From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
 
 /// Item records in one page.
 const ITEMS: u64 = 50;
 /// Stream records shown in a tail (the download has them all).
-const TAIL: usize = 100;
+const TAIL: u64 = 100;
 /// The most characters of one value shown in a cell.
 const CELL: usize = 300;
 /// The most characters of one stream record shown.
 const LINE: usize = 500;
+/// A job's streams, in the order shown.
+const STREAMS: [&str; 6] = ["error", "warning", "information", "verbose", "debug", "progress"];
 /// An item's statuses, as the filter offers them.
 const STATUSES: [&str; 5] = ["Completed", "CompletedWithErrors", "Failed", "TimedOut", "Stopped"];
 
@@ -32,7 +34,8 @@ const STATUSES: [&str; 5] = ["Completed", "CompletedWithErrors", "Failed", "Time
 struct Found {
     row: JobRow,
     items: ItemsPage,
-    detail: Value,
+    /// The tail of each stream that has records (a page is bounded in bytes too).
+    tails: Vec<(&'static str, Page)>,
     request: Option<StoredRequest>,
 }
 
@@ -54,9 +57,14 @@ pub(super) async fn page(
     let read = blocking(move || -> Result<Option<Found>, StoreError> {
         let Some(row) = store.job_row(&job)? else { return Ok(None) };
         let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
-        let detail = store.get(&job)?.unwrap_or(Value::Null);
+        let mut tails = Vec::new();
+        for stream in STREAMS {
+            if let Some(page) = store.stream(&job, stream, From::Tail, TAIL)?.filter(|p| p.total > 0) {
+                tails.push((stream, page));
+            }
+        }
         let request = store.stored_request(&job)?;
-        Ok(Some(Found { row, items, detail, request }))
+        Ok(Some(Found { row, items, tails, request }))
     })
     .await;
     let found = match read {
@@ -84,7 +92,7 @@ pub(super) async fn page(
         esc(&serde_json::to_string(&series).unwrap_or_default())
     );
     results(&mut body, &row, &found.items, status.as_deref());
-    streams(&mut body, &row.name, &found.detail);
+    streams(&mut body, &row.name, &found.tails);
     request(&mut body, found.request.as_ref());
     let frame = Frame {
         title: &name,
@@ -246,32 +254,26 @@ fn results(body: &mut String, row: &JobRow, items: &ItemsPage, status: Option<&s
     body.push_str("</nav></section>");
 }
 
-fn streams(body: &mut String, name: &str, detail: &Value) {
+fn streams(body: &mut String, name: &str, tails: &[(&str, Page)]) {
     body.push_str("<section aria-labelledby=\"str-h\"><h2 id=\"str-h\">Streams</h2>");
-    let counts = detail["stream_counts"].as_object();
-    let mut any = false;
-    for stream in ["error", "warning", "information", "verbose", "debug", "progress"] {
-        let Some(count) = counts.and_then(|c| c.get(stream)).and_then(Value::as_u64).filter(|n| *n > 0) else {
-            continue;
-        };
-        any = true;
-        let records = detail["streams"][stream].as_array().cloned().unwrap_or_default();
-        let shown = records.len().min(TAIL);
+    for (stream, page) in tails {
         let _ = write!(
             body,
             "<details{open}><summary>{stream} <span class=\"n\">{count}</span></summary>\
              <p class=\"sub\">The last {shown} of {count} records · \
              <a href=\"/jobs/{href}/streams/{stream}\" download>Download all</a></p><pre class=\"tail\">",
-            open = if stream == "error" { " open" } else { "" },
+            open = if *stream == "error" { " open" } else { "" },
+            count = page.total,
+            shown = page.records.len(),
             href = url(name),
         );
-        for record in &records[records.len() - shown..] {
+        for record in &page.records {
             body.push_str(&show(record, LINE));
             body.push('\n');
         }
         body.push_str("</pre></details>");
     }
-    if !any {
+    if tails.is_empty() {
         body.push_str("<p class=\"empty\">No stream records (they are stored when the job ends).</p>");
     }
     body.push_str("</section>");

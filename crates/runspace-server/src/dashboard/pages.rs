@@ -35,18 +35,19 @@ fn count(counts: &[(String, u64)], state: &str) -> u64 {
 
 /// `GET /`: the overview.
 pub(super) async fn overview(State(dash): State<Arc<Dashboard>>, Extension(current): Extension<Current>) -> Response {
+    // The counts are read now: the live picture counts only while someone watches.
+    let store = dash.store.clone();
+    let counts = match blocking(move || store.state_counts()).await {
+        Ok(Ok(counts)) => counts,
+        Ok(Err(e)) => return store_failure(e),
+        Err(response) => return response,
+    };
     let mut snapshot = dash.live.latest();
     if snapshot.at == 0.0 {
-        // The first tick has not run yet (the server just started): read now.
-        let store = dash.store.clone();
-        let counts = match blocking(move || store.state_counts()).await {
-            Ok(Ok(counts)) => counts,
-            Ok(Err(e)) => return store_failure(e),
-            Err(response) => return response,
-        };
-        snapshot = Arc::new(Snapshot { counts, at: html::now(), per_minute: vec![0; 60], ..Snapshot::default() });
+        // The first tick has not run yet (the server just started).
+        snapshot = Arc::new(Snapshot { at: html::now(), per_minute: vec![0; 60], ..Snapshot::default() });
     }
-    let counts = &snapshot.counts;
+    let counts = &counts;
     let finished: u64 = STATES[2..].iter().map(|s| count(counts, s)).sum();
     let failed = count(counts, "Failed");
     let mut body = String::from("<h1>Overview</h1><section class=\"cards\" aria-label=\"job counts\">");
