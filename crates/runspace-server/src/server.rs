@@ -176,7 +176,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     };
     write_address(paths, addr, &db)?;
     log(&format!(
-        "listening on http://{addr} (pid {}); token in {}; database {}",
+        "listening on http://{addr} (pid {}; dashboard at http://{addr}/); token in {}; database {}",
         std::process::id(),
         paths.token.display(),
         db.display()

@@ -16,7 +16,8 @@ mod stop;
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
-                        through the state directory: server.json holds its address, token its token.")]
+                        through the state directory: server.json holds its address, token its token. A web \
+                        dashboard is served at / on the same address (log in with the token; docs/dashboard.md).")]
 pub struct ServeArgs {
     /// Where the token, the address file and the default database live
     /// [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].

@@ -78,7 +78,7 @@ pub(super) fn page(frame: &Frame<'_>, body: &str) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
          <meta name=\"csrf-token\" content=\"{csrf}\">\
-         <title>{title} · rsp</title><link rel=\"stylesheet\" href=\"/static/app.css\">\
+         <title>{title} · rsp</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/static/app.css\">\
          <script src=\"/static/app.js\" defer></script></head>\
          <body data-page=\"{page}\"{events}>\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\
@@ -105,7 +105,7 @@ pub(super) fn bare(title: &str, body: &str) -> String {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <meta name=\"color-scheme\" content=\"light dark\">\
-         <title>{} · rsp</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
+         <title>{} · rsp</title><link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/static/app.css\"></head>\
          <body data-page=\"bare\"><main id=\"main\" class=\"narrow\">{body}</main></body></html>",
         esc(title)
     )

@@ -282,6 +282,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_summary_carries_the_workers_with_their_heartbeat_age() {
+        let snapshot = Snapshot {
+            at: 1000.0,
+            workers: vec![WorkerRow { id: "host-a:42".into(), heartbeat: 997.5, slots: 8, items_done: 12 }],
+            ..Snapshot::default()
+        };
+        let summary = snapshot.summary();
+        assert_eq!(summary["workers"][0]["id"], "host-a:42");
+        assert_eq!(summary["workers"][0]["heartbeat_age_s"], 2.5);
+        assert_eq!(summary["workers"][0]["slots"], 8);
+    }
+
+    #[test]
     fn a_meter_measures_the_rate_over_its_window() {
         let mut meter = Meter::default();
         assert_eq!(meter.sample(100.0, 0), (0, None));
