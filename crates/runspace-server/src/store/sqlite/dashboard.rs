@@ -185,3 +185,86 @@ pub(super) fn item_rows(
     };
     Ok(Some(ItemsPage { records, more_below, more_above }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::super::SqliteStore;
+    use crate::store::{Cursor, JobEnd, JobQuery, JobStore, NewJob};
+
+    fn store_with_items(dir: &std::path::Path) -> SqliteStore {
+        let (store, _) = SqliteStore::open(&dir.join("jobs.db")).unwrap();
+        let job = NewJob {
+            name: "j".into(),
+            parallel: true,
+            request: "{\"script_name\": \"Audit.luau\"}".into(),
+            total: 120,
+            at: SystemTime::now(),
+            inputs: None,
+        };
+        store.insert(job).unwrap();
+        for seq in 0..120u64 {
+            let status = if seq % 3 == 0 { "Failed" } else { "Completed" };
+            let record = format!("{{\"index\": {seq}, \"status\": \"{status}\"}}");
+            store.record_output("j", seq, record, Some(seq + 1));
+        }
+        let end = JobEnd {
+            name: "j".into(),
+            state: "CompletedWithErrors".into(),
+            at: SystemTime::now(),
+            error: None,
+            done: 120,
+        };
+        store.finished(end).unwrap();
+        store
+    }
+
+    fn seqs(page: &crate::store::ItemsPage) -> Vec<i64> {
+        page.records.iter().map(|(k, _)| *k).collect()
+    }
+
+    #[test]
+    fn item_records_are_walked_by_key_both_ways_and_by_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_items(dir.path());
+        let first = store.item_rows("j", None, Cursor::First, 50).unwrap().unwrap();
+        assert_eq!(seqs(&first), (0..50).collect::<Vec<_>>());
+        assert_eq!((first.more_below, first.more_above), (false, true));
+        let second = store.item_rows("j", None, Cursor::Above(49), 50).unwrap().unwrap();
+        assert_eq!(seqs(&second), (50..100).collect::<Vec<_>>());
+        assert_eq!((second.more_below, second.more_above), (true, true));
+        let last = store.item_rows("j", None, Cursor::Above(99), 50).unwrap().unwrap();
+        assert_eq!(seqs(&last), (100..120).collect::<Vec<_>>());
+        assert_eq!((last.more_below, last.more_above), (true, false));
+        let back = store.item_rows("j", None, Cursor::Below(100), 50).unwrap().unwrap();
+        assert_eq!(seqs(&back), (50..100).collect::<Vec<_>>(), "in walk order after walking back");
+        let failed = store.item_rows("j", Some("Failed"), Cursor::First, 50).unwrap().unwrap();
+        assert_eq!(seqs(&failed), (0..120).step_by(3).collect::<Vec<_>>());
+        assert!(!failed.more_above);
+        assert!(store.item_rows("nope", None, Cursor::First, 50).unwrap().is_none());
+        // The failed items were counted as they arrived.
+        assert_eq!(store.job_row("j").unwrap().unwrap().failed, 40);
+    }
+
+    #[test]
+    fn the_job_list_filters_by_state_and_searches_names_and_script_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_items(dir.path());
+        let query = |state: Option<&str>, search: Option<&str>| JobQuery {
+            state: state.map(String::from),
+            search: search.map(String::from),
+            cursor: Cursor::First,
+            limit: 10,
+        };
+        let names =
+            |q: JobQuery| -> Vec<String> { store.job_rows(&q).unwrap().rows.into_iter().map(|r| r.name).collect() };
+        assert_eq!(names(query(None, Some("audit"))), vec!["j"], "script name, any case");
+        assert_eq!(names(query(None, Some("J"))), vec!["j"]);
+        assert_eq!(names(query(Some("Failed"), None)), Vec::<String>::new());
+        assert_eq!(names(query(Some("CompletedWithErrors"), Some("aud"))), vec!["j"]);
+        assert_eq!(names(query(None, Some("%"))), Vec::<String>::new(), "no pattern characters");
+        assert_eq!(store.state_counts().unwrap(), vec![("CompletedWithErrors".to_string(), 1)]);
+        assert!(store.active_jobs(10).unwrap().is_empty());
+    }
+}
