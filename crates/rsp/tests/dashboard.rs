@@ -232,7 +232,7 @@ fn browser_log_in_and_watch_a_2000_item_job_reach_the_end_over_sse() {
 
     let name = submit(
         &server,
-        json!({"name": "big", "script": "sleep(0.004) return _", "range": {"start": 1, "end": 2000}, "throttle": 4}),
+        json!({"name": "big", "script": "sleep(0.008) return _", "range": {"start": 1, "end": 2000}, "throttle": 4}),
     );
     b.goto(&format!("{}/jobs/big", server.base));
     b.js("window.__sameLoad = 'yes'", json!([]));
@@ -424,4 +424,31 @@ fn actions_go_through_the_api_from_the_script_and_from_a_plain_form() {
     assert_eq!((a.status, a.location.as_deref()), (303, Some("/jobs")));
     assert_eq!(server.call("GET", "/v1/jobs/again", None).0, 404);
     assert_eq!(web.get("/jobs/again").status, 404);
+}
+
+#[test]
+fn open_event_streams_do_not_hold_up_a_shutdown() {
+    use std::io::{Read, Write};
+    let (_dir, mut server) = server(&[]);
+    let web = WebSession::login(&server.base, &server.token);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let mut streams = Vec::new();
+    for path in ["/events", "/jobs/none/events"] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n", web.cookie)
+            .unwrap();
+        let mut head = [0u8; 512];
+        let n = s.read(&mut head).unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"), "{path}");
+        streams.push(s);
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(server.terminate(Duration::from_secs(15)), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    for mut s in streams {
+        // The stream ends (EOF), it is not left hanging.
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+    }
 }
