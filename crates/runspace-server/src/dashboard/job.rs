@@ -182,7 +182,7 @@ fn results(body: &mut String, row: &JobRow, items: &ItemsPage, status: Option<&s
     let _ = write!(
         body,
         "<section aria-labelledby=\"res-h\"><h2 id=\"res-h\">Results</h2>\
-         <p class=\"sub\"><a href=\"{base}/results.jsonl\" download>Download all results (JSON Lines)</a>\
+         <p class=\"sub\"><a href=\"{base}/results.jsonl\" download>Download all results (JSON Lines)</a> \
          · <a href=\"{base}\" id=\"refresh-results\">Refresh</a></p>"
     );
     let with = |status: Option<&str>, extra: &str| {

@@ -64,7 +64,7 @@ pub(super) async fn overview(State(dash): State<Arc<Dashboard>>, Extension(curre
     let _ = write!(
         body,
         "</section><section aria-labelledby=\"tp\"><h2 id=\"tp\">Throughput, last hour</h2>\
-         <p class=\"sub\"><span id=\"hour-total\">{hour}</span> items in the last hour · now <span id=\"rate-now\">{}</span>\
+         <p class=\"sub\"><span id=\"hour-total\">{hour}</span> items in the last hour · now <span id=\"rate-now\">{}</span> \
          · counted while this server runs</p>\
          <div class=\"chart\" id=\"throughput\" role=\"img\" aria-label=\"items finished per minute over the last hour\" \
          data-values=\"{}\"></div></section>",
