@@ -250,6 +250,7 @@ fn browser_log_in_and_watch_a_2000_item_job_reach_the_end_over_sse() {
         Duration::from_secs(10),
     );
     assert!(b.js("return window.rspDashboard.events", json!([])).as_u64().unwrap() >= 2);
+    assert_eq!(b.text("#refresh-results"), "Refresh: the job has ended", "the results table says it is behind");
     assert_eq!(server.call("GET", &format!("/v1/jobs/{name}"), None).1["progress"]["done"], 2000);
 
     // Hidden tab: the stream is closed; visible again: reopened.

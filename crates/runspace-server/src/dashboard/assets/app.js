@@ -183,6 +183,12 @@
     const error = document.getElementById("job-error");
     if (error) { error.hidden = !j.error; setText(error, j.error || ""); }
     const finished = FINISHED.includes(j.state);
+    const refresh = document.getElementById("refresh-results");
+    if (refresh && (running || (finished && status.wasRunning))) {
+      // The results table is read at load: say when it is behind.
+      setText(refresh, finished ? "Refresh: the job has ended" : "Refresh");
+    }
+    status.wasRunning = running || status.wasRunning;
     document.querySelectorAll("form[data-when]").forEach((form) => {
       const when = form.dataset.when;
       form.hidden = j.state === "Removed" || (when === "active" && finished) || (when === "finished" && !finished);
