@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::auth::{page_response, Current};
 use super::html::{self, cut, esc, url, Frame};
-use super::{blocking, no_job, store_failure, Dashboard};
-use crate::store::{Cursor, From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
+use super::{blocking, cursor, no_job, store_failure, Dashboard};
+use crate::store::{From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
 
 /// Item records in one page.
 const ITEMS: u64 = 50;
@@ -47,12 +47,7 @@ pub(super) async fn page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let status = q.get("status").filter(|s| STATUSES.contains(&s.as_str())).cloned();
-    let key = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
-    let cursor = match (key("below"), key("above")) {
-        (Some(k), _) => Cursor::Below(k),
-        (None, Some(k)) => Cursor::Above(k),
-        _ => Cursor::First,
-    };
+    let cursor = cursor(&q);
     let (store, job, filter) = (dash.store.clone(), name.clone(), status.clone());
     let read = blocking(move || -> Result<Option<Found>, StoreError> {
         let Some(row) = store.job_row(&job)? else { return Ok(None) };

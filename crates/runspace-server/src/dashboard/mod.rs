@@ -98,6 +98,17 @@ fn asset(body: &'static str, kind: &'static str) -> Response {
     response
 }
 
+/// Where a keyset page starts: `?below=KEY`, `?above=KEY`, or the start.
+fn cursor(query: &std::collections::HashMap<String, String>) -> crate::store::Cursor {
+    use crate::store::Cursor;
+    let key = |k: &str| query.get(k).and_then(|v| v.parse::<i64>().ok());
+    match (key("below"), key("above")) {
+        (Some(k), _) => Cursor::Below(k),
+        (None, Some(k)) => Cursor::Above(k),
+        _ => Cursor::First,
+    }
+}
+
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
     tokio::task::spawn_blocking(f).await.map_err(|e| failure(&format!("handler failed: {e}")))

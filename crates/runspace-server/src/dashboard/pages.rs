@@ -14,8 +14,8 @@ use axum::Extension;
 use super::auth::{page_response, Current};
 use super::html::{self, esc, Frame};
 use super::live::Snapshot;
-use super::{blocking, store_failure, Dashboard};
-use crate::store::{Cursor, JobQuery, JobRow};
+use super::{blocking, cursor, store_failure, Dashboard};
+use crate::store::{Cursor, JobQuery, JobRow, JobsPage};
 
 /// Jobs in one page of the list.
 const PAGE: u64 = 50;
@@ -142,38 +142,20 @@ pub(super) fn row(job: &JobRow, rate: Option<f64>, now: f64) -> String {
     )
 }
 
-/// `GET /jobs?state=S&q=TEXT&below=K|above=K`: the job list.
-pub(super) async fn jobs(
-    State(dash): State<Arc<Dashboard>>,
-    Extension(current): Extension<Current>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let state = q.get("state").filter(|s| STATES.contains(&s.as_str())).cloned();
-    let search = q.get("q").map(|s| html::cut(s.trim(), MAX_SEARCH)).filter(|s| !s.is_empty());
-    let key = |k: &str| q.get(k).and_then(|v| v.parse::<i64>().ok());
-    let cursor = match (key("below"), key("above")) {
-        (Some(k), _) => Cursor::Below(k),
-        (None, Some(k)) => Cursor::Above(k),
-        _ => Cursor::First,
-    };
-    let query = JobQuery { state: state.clone(), search: search.clone(), cursor, limit: PAGE };
-    let store = dash.store.clone();
-    let read =
-        blocking(move || Ok::<_, crate::store::StoreError>((store.job_rows(&query)?, store.state_counts()?))).await;
-    let (page, counts) = match read {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => return store_failure(e),
-        Err(response) => return response,
-    };
-    let snapshot = dash.live.latest();
-    let mut body = String::from("<h1>Jobs</h1>");
-    // Links keep the other filters.
-    let link = |state: Option<&str>, extra: &str| {
+/// The list's filters, which every link of the page keeps.
+struct Filter {
+    state: Option<String>,
+    search: Option<String>,
+}
+
+impl Filter {
+    /// The list's URL with these filters (but the state `state`) and `extra`.
+    fn link(&self, state: Option<&str>, extra: &str) -> String {
         let mut parts = Vec::new();
         if let Some(s) = state {
             parts.push(format!("state={}", html::url(s)));
         }
-        if let Some(text) = &search {
+        if let Some(text) = &self.search {
             parts.push(format!("q={}", html::url(text)));
         }
         if !extra.is_empty() {
@@ -184,41 +166,88 @@ pub(super) async fn jobs(
         } else {
             format!("/jobs?{}", parts.join("&"))
         }
-    };
-    body.push_str("<nav class=\"tabs\" aria-label=\"job states\">");
-    let all: u64 = counts.iter().map(|(_, n)| n).sum();
-    let tab = |label: &str, key: Option<&str>, n: u64| {
-        let current = if state.as_deref() == key { " aria-current=\"page\"" } else { "" };
-        format!(
-            "<a href=\"{}\"{current} data-tab=\"{}\">{} <span class=\"n\">{n}</span></a>",
-            esc(&link(key, "")),
-            key.unwrap_or("all"),
-            esc(label)
-        )
-    };
-    body.push_str(&tab("All", None, all));
-    for s in STATES {
-        body.push_str(&tab(s, Some(s), count(&counts, s)));
     }
-    let _ = write!(
-        body,
-        "</nav><form class=\"search\" method=\"get\" action=\"/jobs\" role=\"search\">{}\
-         <label for=\"q\" class=\"visually-hidden\">Search by job or script name</label>\
-         <input id=\"q\" name=\"q\" type=\"search\" placeholder=\"Search job or script name\" value=\"{}\">\
-         <button type=\"submit\">Search</button></form>",
-        state
+
+    /// The state tabs with their counts, and the search form.
+    fn tabs_and_search(&self, counts: &[(String, u64)]) -> String {
+        let mut out = String::from("<nav class=\"tabs\" aria-label=\"job states\">");
+        let all: u64 = counts.iter().map(|(_, n)| n).sum();
+        let tabs = std::iter::once(("All", None, all)).chain(STATES.iter().map(|s| (*s, Some(*s), count(counts, s))));
+        for (label, key, n) in tabs {
+            let current = if self.state.as_deref() == key { " aria-current=\"page\"" } else { "" };
+            let _ = write!(
+                out,
+                "<a href=\"{}\"{current} data-tab=\"{}\">{} <span class=\"n\">{n}</span></a>",
+                esc(&self.link(key, "")),
+                key.unwrap_or("all"),
+                esc(label)
+            );
+        }
+        let hidden_state = self
+            .state
             .as_deref()
             .map(|s| format!("<input type=\"hidden\" name=\"state\" value=\"{}\">", esc(s)))
-            .unwrap_or_default(),
-        esc(search.as_deref().unwrap_or("")),
-    );
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "</nav><form class=\"search\" method=\"get\" action=\"/jobs\" role=\"search\">{hidden_state}\
+             <label for=\"q\" class=\"visually-hidden\">Search by job or script name</label>\
+             <input id=\"q\" name=\"q\" type=\"search\" placeholder=\"Search job or script name\" value=\"{}\">\
+             <button type=\"submit\">Search</button></form>",
+            esc(self.search.as_deref().unwrap_or("")),
+        );
+        out
+    }
+
+    /// Links to the newest, newer and older pages: keys, never offsets.
+    fn pager(&self, page: &JobsPage) -> String {
+        let state = self.state.as_deref();
+        let mut out = String::from("<nav class=\"pager\" aria-label=\"pages\">");
+        if page.more_above {
+            let _ = write!(out, "<a href=\"{}\">« Newest</a>", esc(&self.link(state, "")));
+            if let Some(first) = page.rows.first() {
+                let newer = self.link(state, &format!("above={}", first.key));
+                let _ = write!(out, "<a href=\"{}\" rel=\"prev\">‹ Newer</a>", esc(&newer));
+            }
+        }
+        if let Some(last) = page.rows.last().filter(|_| page.more_below) {
+            let older = self.link(state, &format!("below={}", last.key));
+            let _ = write!(out, "<a href=\"{}\" rel=\"next\">Older ›</a>", esc(&older));
+        }
+        out.push_str("</nav>");
+        out
+    }
+}
+
+/// `GET /jobs?state=S&q=TEXT&below=K|above=K`: the job list.
+pub(super) async fn jobs(
+    State(dash): State<Arc<Dashboard>>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let filter = Filter {
+        state: q.get("state").filter(|s| STATES.contains(&s.as_str())).cloned(),
+        search: q.get("q").map(|s| html::cut(s.trim(), MAX_SEARCH)).filter(|s| !s.is_empty()),
+    };
+    let cursor = cursor(&q);
+    let query = JobQuery { state: filter.state.clone(), search: filter.search.clone(), cursor, limit: PAGE };
+    let store = dash.store.clone();
+    let read =
+        blocking(move || Ok::<_, crate::store::StoreError>((store.job_rows(&query)?, store.state_counts()?))).await;
+    let (page, counts) = match read {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => return store_failure(e),
+        Err(response) => return response,
+    };
+    let snapshot = dash.live.latest();
+    let mut body = String::from("<h1>Jobs</h1>");
+    body.push_str(&filter.tabs_and_search(&counts));
     let _ = write!(
         body,
-        "<p class=\"notice\" id=\"new-jobs\" hidden><a href=\"{}\">New jobs: show them</a></p>",
-        esc(&link(state.as_deref(), ""))
+        "<p class=\"notice\" id=\"new-jobs\" hidden><a href=\"{}\">New jobs: show them</a></p>\
+         <div class=\"scroll\"><table class=\"jobs\" id=\"jobs\">{TABLE_HEAD}",
+        esc(&filter.link(filter.state.as_deref(), ""))
     );
-    body.push_str("<div class=\"scroll\"><table class=\"jobs\" id=\"jobs\">");
-    body.push_str(TABLE_HEAD);
     for job in &page.rows {
         let rate = snapshot.active.iter().find(|a| a.row.name == job.name).and_then(|a| a.rate);
         body.push_str(&row(job, rate, snapshot.at.max(html::now())));
@@ -227,31 +256,9 @@ pub(super) async fn jobs(
     if page.rows.is_empty() {
         body.push_str("<p class=\"empty\">No jobs match.</p>");
     }
-    body.push_str("<nav class=\"pager\" aria-label=\"pages\">");
-    if page.more_above {
-        let _ = write!(body, "<a href=\"{}\">« Newest</a>", esc(&link(state.as_deref(), "")));
-        if let Some(first) = page.rows.first() {
-            let _ = write!(
-                body,
-                "<a href=\"{}\" rel=\"prev\">‹ Newer</a>",
-                esc(&link(state.as_deref(), &format!("above={}", first.key)))
-            );
-        }
-    }
-    if page.more_below {
-        if let Some(last) = page.rows.last() {
-            let _ = write!(
-                body,
-                "<a href=\"{}\" rel=\"next\">Older ›</a>",
-                esc(&link(state.as_deref(), &format!("below={}", last.key)))
-            );
-        }
-    }
-    body.push_str("</nav>");
-    let first_page = matches!(cursor, Cursor::First);
-    let title = "Jobs";
-    let mut frame = frame(title, "jobs", "jobs", &current, &dash);
-    if !first_page {
+    body.push_str(&filter.pager(&page));
+    let mut frame = frame("Jobs", "jobs", "jobs", &current, &dash);
+    if cursor != Cursor::First {
         // Only the first page learns of new jobs; the others still follow their rows.
         frame.page = "jobs-later";
     }
