@@ -17,7 +17,8 @@ mod stop;
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "Clients (rsp job ...) find the server through the state directory: \
-                        server.json holds its address, token its token. The reference: rsp man serve, \
+                        server.json holds its address, token its token. A web dashboard is served at / \
+                        on the same address (log in with the token). The reference: rsp man serve, \
                         rsp man job.")]
 pub struct ServeArgs {
     /// Where the token, the address file and the default database live
@@ -44,6 +45,10 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, let running jobs finish for this long before stopping them.
     #[arg(long, default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// The web dashboard (at / on the same address) shows jobs but hides and refuses every action.
+    #[arg(long)]
+    pub read_only_ui: bool,
 
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
@@ -81,6 +86,7 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
         listen: SocketAddr::new(args.bind, args.port),
         max_jobs: args.max_jobs,
         grace: args.grace,
+        read_only_ui: args.read_only_ui,
     };
     runspace_server::serve(&config).map_err(|e| CliError::failure(e.to_string()))?;
     Ok(exit::OK)
@@ -105,6 +111,9 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
         "--grace".into(),
         format!("{}ms", args.grace.as_millis()),
     ];
+    if args.read_only_ui {
+        out.push("--read-only-ui".into());
+    }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
     }

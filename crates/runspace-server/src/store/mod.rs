@@ -5,12 +5,14 @@
 //! trait, so a second backend (PostgreSQL, shared by many hosts) plugs in
 //! without touching them.
 
+mod dashboard;
 mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub use dashboard::{Cursor, ItemsPage, JobQuery, JobRow, JobsPage, WorkerRow};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -172,6 +174,42 @@ pub trait JobStore: Send + Sync {
     fn delete_finished(&self, names: &[String]) -> Result<(), StoreError>;
     /// Commits everything pending and releases the store.
     fn close(&self);
+
+    // The dashboard's reads (see [`dashboard`]). A backend without them
+    // still serves the API; its dashboard says what is missing.
+
+    /// How many jobs are in each state, by state name.
+    fn state_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(StoreError::Storage("this store does not count jobs by state for the dashboard".into()))
+    }
+    /// A page of the job list, newest first, walked by key.
+    fn job_rows(&self, _query: &JobQuery) -> Result<JobsPage, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// One job's row; `None` if unknown.
+    fn job_row(&self, _name: &str) -> Result<Option<JobRow>, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// The Queued and Running jobs, oldest first, at most `limit`.
+    fn active_jobs(&self, _limit: u64) -> Result<Vec<JobRow>, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// A page of a job's output records (of one item status, if given),
+    /// walked by their sequence number; `None` if the job is unknown.
+    fn item_rows(
+        &self,
+        _name: &str,
+        _status: Option<&str>,
+        _cursor: Cursor,
+        _limit: u64,
+    ) -> Result<Option<ItemsPage>, StoreError> {
+        Err(StoreError::Storage("this store does not page item records for the dashboard".into()))
+    }
+    /// The workers sharing this store, freshest heartbeat first. A store
+    /// used by one server alone (SQLite) has none: the server runs its jobs itself.
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Seconds since the epoch, as stored.
