@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dashboard_common::{agent, answer, browser, Browser, WebSession};
+use fantoccini::key::Key;
 use jobs_common::Server;
 use serde_json::{json, Value};
 
@@ -227,7 +228,7 @@ fn browser_log_in_and_watch_a_2000_item_job_reach_the_end_over_sse() {
     b.goto(&format!("{}/jobs", server.base));
     assert!(b.text("#jobs").contains("earlier"), "the job list shows the job");
     // Keyboard: the first Tab reaches the skip link.
-    b.keys("\u{E004}");
+    b.keys(&[Key::Tab]);
     assert_eq!(b.js("return document.activeElement.className", json!([])), "skip");
 
     let name = submit(
@@ -308,7 +309,7 @@ fn browser_search_and_a_state_tab_filter_the_list() {
     };
     assert_eq!(rows(&b), json!(["beta-ok", "alpha-bad", "alpha-ok"]));
     b.type_into("#q", "alpha");
-    b.keys("\u{E007}"); // Enter
+    b.keys(&[Key::Enter]);
     b.until("the search", "return location.search.includes('q=alpha')", Duration::from_secs(10));
     assert_eq!(rows(&b), json!(["alpha-bad", "alpha-ok"]));
     b.click("a[data-tab=Failed]");
