@@ -36,6 +36,8 @@ pub(crate) struct Dashboard {
     api: Router,
     token: String,
     sessions: auth::Sessions,
+    /// Failed logins, for the back-off.
+    logins: auth::Attempts,
     read_only: bool,
     live: Arc<live::Live>,
     /// Turns true when the server stops: the event streams end.
@@ -54,7 +56,8 @@ impl Dashboard {
         stop: watch::Receiver<bool>,
     ) -> Arc<Dashboard> {
         let live = live::Live::start(store.clone(), stop.clone());
-        Arc::new(Dashboard { store, api, token, sessions: auth::Sessions::default(), read_only, live, stop })
+        let (sessions, logins) = (auth::Sessions::default(), auth::Attempts::default());
+        Arc::new(Dashboard { store, api, token, sessions, logins, read_only, live, stop })
     }
 }
 
