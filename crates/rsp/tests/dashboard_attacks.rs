@@ -1,7 +1,8 @@
 //! Attacks on the dashboard's promises, over plain HTTP: a planted session
 //! cookie, guessing the token at the form, another session's CSRF token,
-//! markup and SSE framing smuggled in through a job's names and values, and
-//! a slowloris on the event stream.
+//! markup and SSE framing smuggled in through a job's names and values,
+//! huge values that must not make a huge page, and a slowloris on the
+//! event stream.
 
 mod dashboard_common;
 mod jobs_common;
@@ -260,6 +261,53 @@ fn parse_events(text: &str) -> Vec<(String, String)> {
         }
     }
     events
+}
+
+#[test]
+fn huge_values_make_no_huge_page() {
+    let (_dir, server) = server(&[]);
+    // Results of 10 MB, stream lines of 1 MB, many errors per item (within the
+    // 16 MB an item may write), and a
+    // 5 MB script: all of it markup that grows when escaped.
+    let script = format!(
+        "--{}\nlocal big = string.rep('<', 10 * 1024 * 1024)\n\
+         for i = 1, 4 do write_warning(string.rep('<', 1024 * 1024)) end\n\
+         for i = 1, 200 do write_error(string.rep('\"', 2000)) end\n\
+         return big",
+        "<".repeat(5 << 20)
+    );
+    submit(&server, json!({"name": "big", "script": &script, "range": {"start": 1, "end": 3}}));
+    // (The API's view of this job carries its stream tails, megabytes: the
+    // list is read instead.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, list) = server.call("GET", "/v1/jobs", None);
+        let state = list["jobs"].as_array().and_then(|j| j.first()).map(|j| j["state"].clone()).unwrap_or_default();
+        if state == "CompletedWithErrors" {
+            break;
+        }
+        assert!(Instant::now() < deadline && state != "Failed", "{list}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let web = WebSession::login(&server.base, &server.token);
+    let mut page = agent().get(format!("{}/jobs/big", server.base)).header("Cookie", &web.cookie).call().unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.body_mut().with_config().limit(1 << 30).read_to_string().unwrap();
+    let size = body.len();
+    eprintln!("the job's page: {size} bytes");
+    assert!(size < 256 << 10, "the job's page is {size} bytes");
+    assert!(body.contains("Download all"), "the whole is a download away");
+    assert!(body.contains("Download the whole script"), "the script is cut");
+    assert!(body.contains("and 197 more (in the download)"), "three errors an item are shown");
+    // The whole is there, for whoever downloads it.
+    let mut all =
+        agent().get(format!("{}/jobs/big/results.jsonl", server.base)).header("Cookie", &web.cookie).call().unwrap();
+    let results = all.body_mut().with_config().limit(1 << 30).read_to_string().unwrap();
+    assert!(results.len() > 30 << 20, "{}", &results[..results.len().min(2000)]);
+    let mut whole =
+        agent().get(format!("{}/jobs/big/script", server.base)).header("Cookie", &web.cookie).call().unwrap();
+    assert!(whole.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert_eq!(whole.body_mut().with_config().limit(1 << 30).read_to_string().unwrap(), script);
 }
 
 #[test]

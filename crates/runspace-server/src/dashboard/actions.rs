@@ -156,6 +156,22 @@ pub(super) async fn download_stream(
     download(&format!("{name}-{stream}.log"), "text/plain; charset=utf-8", rx)
 }
 
+/// `GET /jobs/{name}/script`: the job's script as submitted (its page
+/// shows only the start of a long one).
+pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
+    let (store, job) = (dash.store.clone(), name.clone());
+    let stored = match blocking(move || store.stored_request(&job)).await {
+        Ok(Ok(Some(stored))) => stored,
+        Ok(Ok(None)) => return super::no_job(&name),
+        Ok(Err(e)) => return store_failure(e),
+        Err(response) => return response,
+    };
+    let script = stored.request["script"].as_str().unwrap_or_default().to_string();
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Bytes::from(script));
+    download(&format!("{name}.luau"), "text/plain; charset=utf-8", rx)
+}
+
 /// `GET /jobs/{name}/results.jsonl`: every output record, a JSON document a
 /// line, walked by key.
 pub(super) async fn download_output(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {

@@ -70,6 +70,7 @@ pub(crate) fn router(dash: Arc<Dashboard>) -> Router {
         .route("/jobs/{name}", get(job::page))
         .route("/jobs/{name}/streams/{stream}", get(actions::download_stream))
         .route("/jobs/{name}/results.jsonl", get(actions::download_output))
+        .route("/jobs/{name}/script", get(actions::download_script))
         .route("/jobs/{name}/{action}", post(actions::act))
         .route("/events", get(events::summary))
         .route("/jobs/{name}/events", get(events::job))
