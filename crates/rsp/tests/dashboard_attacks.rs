@@ -1,8 +1,8 @@
 //! Attacks on the dashboard's promises, over plain HTTP: a planted session
 //! cookie, guessing the token at the form, another session's CSRF token,
 //! markup and SSE framing smuggled in through a job's names and values,
-//! huge values that must not make a huge page, and a slowloris on the
-//! event stream.
+//! huge values that must not make a huge page, many open event streams, and
+//! a slowloris on the event stream.
 
 mod dashboard_common;
 mod jobs_common;
@@ -308,6 +308,55 @@ fn huge_values_make_no_huge_page() {
         agent().get(format!("{}/jobs/big/script", server.base)).header("Cookie", &web.cookie).call().unwrap();
     assert!(whole.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     assert_eq!(whole.body_mut().with_config().limit(1 << 30).read_to_string().unwrap(), script);
+}
+
+/// Threads of process `pid` (Linux).
+fn threads(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn many_open_event_streams_cost_no_thread_each_and_the_server_keeps_answering() {
+    let (_dir, server) = server(&[]);
+    submit(
+        &server,
+        json!({"name": "busy", "script": "sleep(0.01) return _", "range": {"start": 1, "end": 1000000}, "throttle": 2}),
+    );
+    submit(&server, json!({"name": "done", "script": "return 1"}));
+    finished(&server, "done");
+    let web = WebSession::login(&server.base, &server.token);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let before = threads(server.pid());
+    let mut streams = Vec::new();
+    // The overview's stream, a running job's, a finished job's (read from
+    // the store when it opens) and a job that does not exist.
+    let paths = ["/events", "/jobs/busy/events", "/jobs/done/events", "/jobs/none/events"];
+    for i in 0..300 {
+        let path = paths[i % paths.len()];
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n", web.cookie)
+            .unwrap();
+        streams.push(s);
+    }
+    for s in &mut streams {
+        let mut head = [0u8; 64];
+        let n = s.read(&mut head).unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    }
+    let after = threads(server.pid());
+    eprintln!("threads: {before} before, {after} with 300 open streams");
+    assert!(after <= before + 16, "threads grew from {before} to {after}");
+    // The server still answers, at once.
+    let started = Instant::now();
+    assert_eq!(web.get("/jobs/busy").status, 200);
+    assert_eq!(server.call("GET", "/v1/jobs/busy", None).0, 200);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // And the streams are live: one more event arrives on the last one.
+    let last = streams.last_mut().unwrap();
+    let mut more = [0u8; 4096];
+    assert!(last.read(&mut more).unwrap() > 0);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use tower::ServiceExt;
 
 use super::auth::{check_csrf, Current};
 use super::html::url;
-use super::{blocking, store_failure, Dashboard};
+use super::{store_failure, Dashboard};
 use crate::store::{Cursor, From};
 
 /// Records read from the store per step of a download.
@@ -128,7 +128,7 @@ pub(super) async fn download_stream(
         return (StatusCode::NOT_FOUND, format!("no such stream: {stream}")).into_response();
     };
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match blocking(move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
+    let first = match dash.read(move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
         Ok(Ok(Some(page))) => page,
         Ok(Ok(None)) => return super::no_job(&name),
         Ok(Err(e)) => return store_failure(e),
@@ -160,7 +160,7 @@ pub(super) async fn download_stream(
 /// shows only the start of a long one).
 pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
     let (store, job) = (dash.store.clone(), name.clone());
-    let stored = match blocking(move || store.stored_request(&job)).await {
+    let stored = match dash.read(move || store.stored_request(&job)).await {
         Ok(Ok(Some(stored))) => stored,
         Ok(Ok(None)) => return super::no_job(&name),
         Ok(Err(e)) => return store_failure(e),
@@ -176,7 +176,7 @@ pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(nam
 /// line, walked by key.
 pub(super) async fn download_output(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match blocking(move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
+    let first = match dash.read(move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
         Ok(Ok(Some(page))) => page,
         Ok(Ok(None)) => return super::no_job(&name),
         Ok(Err(e)) => return store_failure(e),

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::auth::{page_response, Current};
 use super::html::{self, cut, esc, url, Frame};
-use super::{blocking, cursor, no_job, store_failure, Dashboard};
+use super::{cursor, no_job, store_failure, Dashboard};
 use crate::store::{From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
 
 /// Item records in one page.
@@ -59,19 +59,20 @@ pub(super) async fn page(
     let status = q.get("status").filter(|s| STATUSES.contains(&s.as_str())).cloned();
     let cursor = cursor(&q);
     let (store, job, filter) = (dash.store.clone(), name.clone(), status.clone());
-    let read = blocking(move || -> Result<Option<Found>, StoreError> {
-        let Some(row) = store.job_row(&job)? else { return Ok(None) };
-        let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
-        let mut tails = Vec::new();
-        for stream in STREAMS {
-            if let Some(page) = store.stream(&job, stream, From::Tail, TAIL)?.filter(|p| p.total > 0) {
-                tails.push((stream, page));
+    let read = dash
+        .read(move || -> Result<Option<Found>, StoreError> {
+            let Some(row) = store.job_row(&job)? else { return Ok(None) };
+            let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
+            let mut tails = Vec::new();
+            for stream in STREAMS {
+                if let Some(page) = store.stream(&job, stream, From::Tail, TAIL)?.filter(|p| p.total > 0) {
+                    tails.push((stream, page));
+                }
             }
-        }
-        let request = store.stored_request(&job)?;
-        Ok(Some(Found { row, items, tails, request }))
-    })
-    .await;
+            let request = store.stored_request(&job)?;
+            Ok(Some(Found { row, items, tails, request }))
+        })
+        .await;
     let found = match read {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return no_job(&name),
