@@ -360,6 +360,47 @@ fn many_open_event_streams_cost_no_thread_each_and_the_server_keeps_answering() 
 }
 
 #[test]
+fn downloads_read_slowly_cost_no_thread_each_and_lose_nothing() {
+    let (_dir, server) = server(&[]);
+    // 20,000 records of 1 kB: far more than sockets and buffers hold.
+    submit(
+        &server,
+        json!({"name": "wide", "script": "return string.rep('x', 1000)", "range": {"start": 1, "end": 20000}}),
+    );
+    server.until("wide", |j| j["state"] == "Completed");
+    let web = WebSession::login(&server.base, &server.token);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let before = threads(server.pid());
+    // Sixty downloads that read nothing after the head.
+    let mut stalled = Vec::new();
+    for _ in 0..60 {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /jobs/wide/results.jsonl HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\n\r\n", web.cookie).unwrap();
+        let mut head = [0u8; 16];
+        s.read_exact(&mut head).unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 200"));
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let after = threads(server.pid());
+    eprintln!("threads: {before} before, {after} with 60 stalled downloads");
+    assert!(after <= before + 16, "threads grew from {before} to {after}");
+    // Meanwhile a download read to the end has every record.
+    let mut whole =
+        agent().get(format!("{}/jobs/wide/results.jsonl", server.base)).header("Cookie", &web.cookie).call().unwrap();
+    let text = whole.body_mut().with_config().limit(1 << 30).read_to_string().unwrap();
+    assert_eq!(text.lines().count(), 20000);
+    assert!(text.lines().all(|l| l.contains(&"x".repeat(1000))));
+    // A stream of several download pages comes whole and in order.
+    submit(&server, json!({"name": "chatty", "script": "for i = 1, 2500 do write_warning('w' .. i) end"}));
+    server.until("chatty", |j| j["state"] == "Completed");
+    let log = web.get("/jobs/chatty/streams/warning").body;
+    let expected: Vec<String> = (1..=2500).map(|i| format!("w{i}")).collect();
+    assert_eq!(log.lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
 fn a_slowloris_on_the_event_stream_is_cut_off() {
     let (_dir, server) = server(&[]);
     let web = WebSession::login(&server.base, &server.token);
