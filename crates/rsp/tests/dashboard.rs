@@ -454,3 +454,29 @@ fn open_event_streams_do_not_hold_up_a_shutdown() {
         s.read_to_end(&mut rest).unwrap();
     }
 }
+
+#[test]
+fn browser_markup_arriving_over_sse_is_shown_as_text() {
+    let (_dir, server) = server(&[]);
+    let Some(b) = browser(1280, 800) else { return };
+    log_in(&b, &server);
+    // The job fails after the page has loaded: its error arrives only
+    // through the event stream, and is markup that would run if inserted as HTML.
+    let hostile = "<img src=x id=pwned onerror=\"document.title='pwned'\"><b id=bold>loud</b>";
+    let script = format!("sleep(1.5) error({})", serde_json::to_string(hostile).unwrap());
+    let name = submit(&server, json!({"name": "sly", "script": script}));
+    b.goto(&format!("{}/jobs/{name}", server.base));
+    b.until("the stream", "return window.rspDashboard.open", Duration::from_secs(10));
+    assert_eq!(b.text("main .sub [data-state]"), "Running", "the page was loaded before the error existed");
+    b.until(
+        "the error, live",
+        "return !document.getElementById('job-error').hidden && document.getElementById('job-error').textContent",
+        Duration::from_secs(20),
+    );
+    assert!(b.text("#job-error").contains("<img src=x id=pwned"), "shown as text: {}", b.text("#job-error"));
+    assert_eq!(
+        b.js("return [!!document.getElementById('pwned'), !!document.getElementById('bold')]", json!([])),
+        json!([false, false])
+    );
+    assert_ne!(b.js("return document.title", json!([])), "pwned");
+}
