@@ -36,7 +36,6 @@ use crate::streams::{ProgressRecord, Status};
 pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
 pub use results::{Next, Results, RunControl};
 use worker::Staging;
-pub(crate) use worker::{run_chunk, Chunk, ChunkTask, Takeover};
 
 /// One input of a parallel run.
 ///
