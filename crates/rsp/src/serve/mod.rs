@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use runspace_server::{ServerConfig, StatePaths};
 
-use crate::parse;
+use crate::common::parse;
 
 mod stop;
 
