@@ -49,8 +49,16 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let view = View::decide(&args, work.command.is_some());
     let total = work.inputs.total.map(|t| t.saturating_sub(journal.skip_estimate));
 
-    let pool =
-        RunspacePool::builder().min(1).max(throttle(&args)).session(work.session).open().map_err(CliError::script)?;
+    let throttle = throttle(&args);
+    if throttle > 256 {
+        // Thousands of waiting items may each hold a socket or a pipe.
+        let _ = runspace_scan::limits::raise_nofile_limit();
+    }
+    let mut pool = RunspacePool::builder().min(1).throttle(throttle).session(work.session);
+    if let Some(threads) = args.threads {
+        pool = pool.threads(threads as usize);
+    }
+    let pool = pool.open().map_err(CliError::script)?;
     let parallel = configure(pool.parallel(&work.script), &args, work.params, total)?;
     let mut results = parallel.run_indexed(journal.feed);
     let interrupts = interrupt::install_ctrl_c(results.control());
