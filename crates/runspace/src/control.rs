@@ -11,6 +11,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_int;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -127,6 +128,31 @@ impl Switch {
     }
 }
 
+/// A map keyed by generations or lane numbers: small integers handed out
+/// in sequence need no SipHash (which was the costliest step of a trivial
+/// item), a multiply spreads them well enough.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`].
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// The switchboard of one runspace, shared with whoever may stop its items
 /// (the pool's watchdog, invocation handles, a run being stopped).
 ///
@@ -151,7 +177,7 @@ pub(crate) struct Control {
     /// The collection policy of the VM this switchboard drives: see [`GcTrigger`].
     gc: GcTrigger,
     /// Every item in flight: generation → (owner, switch).
-    items: Mutex<HashMap<u64, (u64, Arc<Switch>)>>,
+    items: Mutex<IdMap<(u64, Arc<Switch>)>>,
 }
 
 impl Control {
@@ -171,7 +197,7 @@ impl Control {
         self.gc.rearm();
     }
 
-    fn items(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Arc<Switch>)>> {
+    fn items(&self) -> std::sync::MutexGuard<'_, IdMap<(u64, Arc<Switch>)>> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 

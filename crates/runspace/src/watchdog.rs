@@ -16,14 +16,13 @@
 //! item stuck in C ends when its call does).
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::control::{instant_ns, ns_instant, Control, StopReason};
+use crate::control::{instant_ns, ns_instant, Control, IdMap, StopReason};
 use crate::pool::{Shared, Task};
 
 /// How often, at most, the watchdog looks at the running items.
@@ -53,7 +52,7 @@ pub(crate) trait Held: Send {
 pub(crate) struct Slot {
     pub(crate) control: Arc<Control>,
     /// What each lane runs, by lane.
-    lanes: Mutex<HashMap<u64, Box<dyn Held>>>,
+    lanes: Mutex<IdMap<Box<dyn Held>>>,
     /// Set (under the lanes' lock) when the watchdog has given up on the
     /// worker: it must deliver nothing more and leave.
     abandoned: AtomicBool,
@@ -63,12 +62,12 @@ impl Slot {
     pub(crate) fn new() -> Slot {
         Slot {
             control: Arc::new(Control::default()),
-            lanes: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(IdMap::default()),
             abandoned: AtomicBool::new(false),
         }
     }
 
-    fn lanes(&self) -> MutexGuard<'_, HashMap<u64, Box<dyn Held>>> {
+    fn lanes(&self) -> MutexGuard<'_, IdMap<Box<dyn Held>>> {
         self.lanes.lock().unwrap_or_else(|e| e.into_inner())
     }
 

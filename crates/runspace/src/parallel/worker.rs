@@ -321,9 +321,6 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             let item = chunk.rest.pop()?;
             let at = chunk.position;
             chunk.position += 1;
-            if let Input::Value(value) = &item.1 {
-                chunk.current = Some(Current { index: item.0, position: at, input: value });
-            }
             Some((item, at))
         });
         let ((index, input), at) = match took {
@@ -331,6 +328,14 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             Some(None) => break,
             Some(Some(next)) => next,
         };
+        // `input` stays in place (it is moved only after `current` is
+        // cleared), so the watchdog may read it through the pointer.
+        if let Input::Value(value) = &input {
+            let current = Current { index, position: at, input: value };
+            if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = Some(current)).is_none() {
+                return;
+            }
+        }
         let mut item = match &input {
             Input::Value(value) => run_item(&lane, &prepared, &run, index, value).await,
             Input::Invalid { text, error } => {
