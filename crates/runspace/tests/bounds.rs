@@ -181,26 +181,20 @@ fn the_watchdog_abandons_a_runspace_stuck_in_c_and_the_throttle_holds() {
 fn the_items_sharing_a_stuck_runspace_start_again_on_a_fresh_one() {
     // One runspace: the stuck item blocks every item waiting beside it.
     let pool = RunspacePool::builder().threads(1).throttle(50).open().unwrap();
-    let script = Script::new(&format!(
-        "if _ == 0 then sleep(0.05) {STUCK_IN_C} end
-         sleep(0.3)
-         return _"
-    ))
-    .unwrap();
+    let waiting = Script::new("sleep(0.3) return 'ok'").unwrap();
+    let neighbours: Vec<_> = (0..10).map(|_| pool.invocation(&waiting).begin().unwrap()).collect();
+    let stuck_script = Script::new(&format!("sleep(0.05) {STUCK_IN_C}")).unwrap();
     let started = Instant::now();
-    let seen: Vec<_> = pool.parallel(&script).timeout(Duration::from_secs(1)).run((0..20).map(|n| json!(n))).collect();
-    assert!(started.elapsed() < Duration::from_secs(1) + HANG, "took {:?}", started.elapsed());
-    assert_eq!(seen.len(), 20);
-    let stuck = seen.iter().find(|r| r.index == 0).unwrap();
-    assert_eq!(stuck.status, Status::TimedOut);
-    assert!(stuck.errors[0].contains("timed out"), "{:?}", stuck.errors);
-    // Its neighbours were waiting in the abandoned VM: they ran again,
-    // from the start, on the fresh one, and each is reported once.
-    let mut others: Vec<u64> = seen.iter().filter(|r| r.index != 0).map(|r| r.index).collect();
-    others.sort();
-    assert_eq!(others, (1..20).collect::<Vec<u64>>());
-    for item in seen.iter().filter(|r| r.index != 0) {
-        assert_eq!((item.status, &item.result), (Status::Completed, &json!(item.index)), "{:?}", item.errors);
+    let stuck = pool.invocation(&stuck_script).timeout(Duration::from_millis(500)).begin().unwrap();
+    let r = stuck.end();
+    assert!(started.elapsed() < Duration::from_millis(500) + HANG, "took {:?}", started.elapsed());
+    assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
+    // Its neighbours were waiting in the abandoned VM: they run again, from
+    // the start, on the fresh one, and each ends once.
+    for n in neighbours {
+        assert!(n.wait(HANG), "a neighbour of the stuck item never ended");
+        let r = n.end();
+        assert_eq!((r.status(), r.result()), (Status::Completed, json!("ok")), "{:?}", r.error());
     }
     assert_eq!(pool.open_runspaces(), 1);
 }
