@@ -132,6 +132,7 @@ impl PoolBuilder {
         // the queue, and so memory, grow with the input; room for one task
         // per item in flight (up to a point) keeps lanes of waiting items full.
         let (sender, receiver) = bounded((threads * 4).max(throttle.min(4096)));
+        let sender = TaskSender { queue: sender, queued: Arc::new(tokio::sync::Notify::new()) };
         let (close, closed) = bounded(0);
         let shared = Arc::new(Shared {
             session: self.session,
@@ -139,6 +140,7 @@ impl PoolBuilder {
             throttle,
             lanes_per_worker: throttle.div_ceil(threads),
             receiver,
+            queued_wake: sender.queued.clone(),
             closed,
             workers: Mutex::new(Vec::new()),
             idle: AtomicUsize::new(0),
@@ -241,12 +243,16 @@ impl RunspacePool {
         self.inner.shared.grow_if_busy(queued);
         let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let closed = || Error::Pool("the pool is closed".into());
-        sender.ok_or_else(closed)?.send(Queued { task, counted: true }).map_err(|_| closed())
+        if sender.ok_or_else(closed)?.queue(Queued { task, counted: true }) {
+            Ok(())
+        } else {
+            Err(closed())
+        }
     }
 
     /// A sender for a run's feeder thread, which must not hold the pool itself.
     pub(crate) fn sender(&self) -> Option<TaskSender> {
-        self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone().map(TaskSender)
+        self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Starts workers until `count` exist (never past `threads`).
@@ -273,20 +279,32 @@ pub(crate) struct Queued {
     counted: bool,
 }
 
-/// Queues tasks from a run's feeder thread.
-pub(crate) struct TaskSender(Sender<Queued>);
+/// Queues tasks, and wakes the workers that wait for one beside their
+/// running lanes (a worker with no lane blocks on the queue itself).
+#[derive(Clone)]
+pub(crate) struct TaskSender {
+    queue: Sender<Queued>,
+    queued: Arc<tokio::sync::Notify>,
+}
 
 impl TaskSender {
-    /// Queues `task`, waiting for room; false once the pool is closed.
+    /// Queues `task` from a run's feeder, waiting for room; false once the
+    /// pool is closed.
     pub(crate) fn send(&self, task: Box<dyn Task>) -> bool {
-        self.0.send(Queued { task, counted: false }).is_ok()
+        self.queue(Queued { task, counted: false })
+    }
+
+    fn queue(&self, queued: Queued) -> bool {
+        let sent = self.queue.send(queued).is_ok();
+        self.queued.notify_waiters();
+        sent
     }
 }
 
 pub(crate) struct PoolInner {
     shared: Arc<Shared>,
     /// `None` once closed: nothing new is accepted.
-    sender: Mutex<Option<Sender<Queued>>>,
+    sender: Mutex<Option<TaskSender>>,
     /// Dropped at close. Workers also wait on it, so they leave even while
     /// a run's feeder, blocked in its input, still holds a task sender.
     close: Mutex<Option<Sender<()>>>,
@@ -301,6 +319,8 @@ pub(crate) struct Shared {
     /// Tasks one worker runs at once.
     lanes_per_worker: usize,
     receiver: Receiver<Queued>,
+    /// Notified whenever a task is queued.
+    queued_wake: Arc<tokio::sync::Notify>,
     closed: Receiver<()>,
     workers: Mutex<Vec<WorkerHandle>>,
     /// Workers waiting for work with no lane running.
@@ -438,10 +458,9 @@ impl Drop for PoolInner {
     }
 }
 
-/// How long a worker with lanes running waits, at most, before it looks
-/// at the queue again (the queue has no async wake-up; a lane that ends
-/// wakes the worker at once).
-const MAX_QUEUE_NAP: Duration = Duration::from_millis(20);
+/// How often a worker with lanes running looks for the pool's close (a
+/// queued task or an ended lane wakes it at once).
+const CLOSE_POLL: Duration = Duration::from_millis(50);
 
 /// The lanes a worker runs now, and a wake-up for when one ends.
 #[derive(Default)]
@@ -503,7 +522,6 @@ impl Worker {
         for task in first {
             self.start(&runspace, task, &lanes);
         }
-        let mut nap = Duration::from_millis(1);
         while !self.slot.is_abandoned() {
             let queued = if lanes.running.get() == 0 {
                 shared.idle.fetch_add(1, Ordering::AcqRel);
@@ -517,15 +535,19 @@ impl Worker {
                     None => break,
                 }
             } else if lanes.running.get() < shared.lanes_per_worker {
+                // Registered before the look at the queue, so a task queued
+                // in between still wakes us.
+                let queued = shared.queued_wake.notified();
+                tokio::pin!(queued);
+                queued.as_mut().enable();
                 match shared.receiver.try_recv() {
-                    Ok(queued) => {
-                        nap = Duration::from_millis(1);
-                        queued
-                    }
+                    Ok(queued) => queued,
                     Err(TryRecvError::Empty) => {
                         tokio::select! {
+                            _ = queued => {}
                             _ = lanes.ended.notified() => {}
-                            _ = tokio::time::sleep(nap) => nap = (nap * 2).min(MAX_QUEUE_NAP),
+                            // The close signal has no async wake-up.
+                            _ = tokio::time::sleep(CLOSE_POLL) => {}
                         }
                         continue;
                     }
