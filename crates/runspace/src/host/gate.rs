@@ -2,15 +2,12 @@
 //! check its grant, read its options, and wait for blocking work without
 //! outliving a stop.
 
-use std::time::Duration;
-
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::HostContext;
 use crate::capability::Capability;
-use crate::control::Switch;
 use crate::convert::from_lua;
 
 /// Fails with the message that names the capability and its flag.
@@ -23,9 +20,10 @@ pub(crate) fn check(ctx: &HostContext) -> mlua::Result<()> {
     ctx.switch().check().map_err(HostContext::stopped)
 }
 
+#[cfg(any(feature = "http", feature = "net", feature = "exec"))]
 /// Waits for `work`, failing with the stop's error when the calling item
 /// is stopped or times out first (then `work` is dropped, which cancels it).
-pub(crate) async fn guard<F: std::future::Future>(switch: &Switch, work: F) -> mlua::Result<F::Output> {
+pub(crate) async fn guard<F: std::future::Future>(switch: &crate::control::Switch, work: F) -> mlua::Result<F::Output> {
     switch.guard(work).await.map_err(HostContext::stopped)
 }
 
@@ -50,10 +48,11 @@ pub(crate) fn options<T: DeserializeOwned + Default>(what: &str, value: Option<L
     serde_json::from_value(json).map_err(|e| fail(what, format!("bad options: {e}")))
 }
 
+#[cfg(any(feature = "http", feature = "net", feature = "exec"))]
 /// A timeout given in seconds (like `sleep`), checked.
-pub(crate) fn seconds(what: &str, value: f64) -> mlua::Result<Duration> {
+pub(crate) fn seconds(what: &str, value: f64) -> mlua::Result<std::time::Duration> {
     if value.is_finite() && value >= 0.0 {
-        Ok(Duration::from_secs_f64(value.min(1e9)))
+        Ok(std::time::Duration::from_secs_f64(value.min(1e9)))
     } else {
         Err(fail(what, format!("timeout must be a non-negative number of seconds, not {value}")))
     }

@@ -19,14 +19,19 @@ use crate::streams::{ProgressRecord, Streams};
 
 mod beneath;
 mod env;
+#[cfg(feature = "exec")]
 mod exec;
 mod fs;
 mod gate;
+#[cfg(feature = "http")]
 mod http;
 mod measure;
+#[cfg(feature = "net")]
 mod net;
 mod paths;
+#[cfg(feature = "proc")]
 mod proc;
+mod unavailable;
 
 pub(crate) use env::Surroundings;
 
@@ -225,10 +230,22 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     // The capability-gated libraries are always there, so a script without
     // the grant gets an error naming the flag, not "attempt to index nil".
     fs::install(lua, globals, ctx)?;
+    #[cfg(feature = "proc")]
     proc::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "proc"))]
+    unavailable::install(lua, globals, "proc", &["list"])?;
+    #[cfg(feature = "net")]
     net::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "net"))]
+    unavailable::install(lua, globals, "net", &["probe", "resolve"])?;
+    #[cfg(feature = "http")]
     http::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "http"))]
+    unavailable::install(lua, globals, "http", &["get", "request", "get_json", "post_json"])?;
+    #[cfg(feature = "exec")]
     exec::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "exec"))]
+    unavailable::install(lua, globals, "exec", &["run"])?;
     env::install(lua, globals, ctx)?;
     Ok(())
 }
