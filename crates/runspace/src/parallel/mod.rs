@@ -358,7 +358,9 @@ impl Parallel {
                 None => window.max(batch * throttle * 2),
             };
         }
-        let (results_tx, results_rx) = bounded(throttle * 4 + 4);
+        // The channel's slots are allocated up front: past 10,000 items in
+        // flight, workers wait for the caller rather than the channel growing.
+        let (results_tx, results_rx) = bounded((throttle * 4 + 4).min(40_004));
         let shared = Arc::new(RunShared {
             id: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
             script: self.script,
