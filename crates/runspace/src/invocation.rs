@@ -94,6 +94,13 @@ impl<'p> Invocation<'p> {
     }
 }
 
+impl RunspacePool {
+    /// Prepares one invocation of `script` on this pool.
+    pub fn invocation(&self, script: &Script) -> Invocation<'_> {
+        Invocation::new(self, script)
+    }
+}
+
 /// A running invocation: PowerShell's `IAsyncResult` plus `EndInvoke` and `Stop`.
 ///
 /// ```

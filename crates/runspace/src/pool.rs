@@ -19,10 +19,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::control::StopReason;
 use crate::error::{Error, Result};
-use crate::invocation::Invocation;
-use crate::parallel::Parallel;
 use crate::runspace::Runspace;
-use crate::script::Script;
 use crate::session::SessionState;
 use crate::watchdog::{self, Slot, ABANDON_GRACE};
 
@@ -218,16 +215,6 @@ impl RunspacePool {
     /// The session every runspace of this pool starts with.
     pub fn session(&self) -> &SessionState {
         &self.inner.shared.session
-    }
-
-    /// Prepares one invocation of `script` on this pool.
-    pub fn invocation(&self, script: &Script) -> Invocation<'_> {
-        Invocation::new(self, script)
-    }
-
-    /// Prepares a parallel run of `script` over many inputs.
-    pub fn parallel(&self, script: &Script) -> Parallel {
-        Parallel::new(self.clone(), script)
     }
 
     /// Stops everything running, ends queued work as `Stopped`, and joins

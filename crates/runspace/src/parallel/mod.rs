@@ -402,6 +402,13 @@ impl Parallel {
     }
 }
 
+impl RunspacePool {
+    /// Prepares a parallel run of `script` over many inputs.
+    pub fn parallel(&self, script: &Script) -> Parallel {
+        Parallel::new(self.clone(), script)
+    }
+}
+
 /// Counts kept by a run, readable while it goes.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
