@@ -260,6 +260,10 @@ fn slot_numbers_are_unique_among_running_commands_and_within_the_job_count() {
     let slots: Vec<u32> = stdout(&o).lines().map(|l| l.trim().parse().unwrap()).collect();
     assert_eq!(slots.len(), 24);
     assert!(slots.iter().all(|s| (1..=4).contains(s)), "{slots:?}");
+    // Fewer runspaces than slots would make two running commands share one.
+    let o = rsp(&["run", "-j", "4", "--threads", "2", "--cmd", "echo {%}", ":::", "a"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--threads must equal -j"), "{}", stderr(&o));
     // A job cannot offer slots: its runspaces are the server's.
     let o = rsp(&["job", "start", "--no-autostart", "--cmd", "echo {%}", ":::", "a"]);
     assert_eq!(o.status.code(), Some(2));

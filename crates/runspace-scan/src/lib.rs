@@ -71,5 +71,5 @@ pub use scanner::{
     scan, scan_blocking, ScanConfig, ScanReport, ScanStream, StopHandle, TooManyHosts, DEFAULT_MAX_HOSTS,
 };
 pub use services::Services;
-pub use single::{probe_one, Cancelled, ProbeOutcome};
+pub use single::{probe_async, probe_one, Cancelled, ProbeOutcome};
 pub use target::{Exclusions, Target, TargetError, TargetSpec};

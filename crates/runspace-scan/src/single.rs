@@ -124,6 +124,97 @@ fn wait(
     }
 }
 
+/// Probes `addr` once, like [`probe_one`], as a future for an event loop
+/// that drives many probes at once (the `net.probe` host function of items
+/// that run as Luau threads). Dropping the future closes its socket, which
+/// is how a stopped caller cancels it.
+///
+/// ```
+/// use runspace_scan::{probe_async, PortState};
+/// use std::time::Duration;
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+/// let r = rt.block_on(probe_async(listener.local_addr().unwrap(), Duration::from_secs(1)));
+/// assert_eq!(r.state, PortState::Open);
+/// ```
+pub async fn probe_async(addr: SocketAddr, timeout: Duration) -> ProbeOutcome {
+    let target = SockAddr::new(addr.ip(), addr.port());
+    let mut spares = Spares::default();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let start = Instant::now();
+        let answer = match probe::start(&target, &mut spares) {
+            Launch::Done(answer) => answer,
+            Launch::Pending(fd) => wait_async(Socket(fd), &target, deadline).await,
+        };
+        let now = Instant::now();
+        match answer {
+            Answer::Final(reason) => {
+                let rtt = (reason != Reason::NoResponse).then(|| now - start);
+                return ProbeOutcome { state: reason.state(), reason, rtt, error: None };
+            }
+            Answer::SelfConnect if now < deadline => {}
+            Answer::SelfConnect => return no_response(),
+            Answer::Local(libc::EADDRNOTAVAIL) if probe::source_check(addr.ip()).is_err() => {
+                return local_error(libc::EADDRNOTAVAIL)
+            }
+            Answer::Local(_) if now + LOCAL_BACKOFF < deadline => tokio::time::sleep(LOCAL_BACKOFF).await,
+            Answer::Local(err) | Answer::Fatal(err) => return local_error(err),
+        }
+    }
+}
+
+/// A socket with a connect in progress; closed (with a reset) if dropped
+/// before the probe took it back.
+struct Socket(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for Socket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+impl Socket {
+    fn take(self) -> std::os::fd::RawFd {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        probe::close(self.0, true);
+    }
+}
+
+/// Waits for a pending connect on the event loop; closes the socket on every path.
+async fn wait_async(socket: Socket, target: &SockAddr, deadline: Instant) -> Answer {
+    // SAFETY: `socket` owns an open descriptor that nothing else closes
+    // while the `AsyncFd` holds it (it is closed only after `into_inner`, or
+    // by `Socket`'s drop after the registration is gone), and `as_raw_fd`
+    // always returns that descriptor.
+    let registered =
+        match unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, tokio::io::Interest::WRITABLE) } {
+            Ok(registered) => registered,
+            Err(e) => return Answer::Local(e.into_parts().1.raw_os_error().unwrap_or(libc::ENOMEM)),
+        };
+    let ready = tokio::time::timeout_at(deadline.into(), registered.writable()).await.map(|r| r.map(|_| ()));
+    // Deregistered before the socket is closed or handed on.
+    let fd = registered.into_inner().take();
+    match ready {
+        Ok(Ok(())) => probe::finish(fd, target),
+        Ok(Err(e)) => {
+            probe::close(fd, true);
+            Answer::Local(e.raw_os_error().unwrap_or(libc::EIO))
+        }
+        Err(_elapsed) => {
+            probe::close(fd, false);
+            Answer::Final(Reason::NoResponse)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,10 +10,12 @@
 //! the thread that opened it.
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_int;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mlua::ffi;
@@ -34,34 +36,152 @@ impl StopReason {
     }
 }
 
-/// The stop switch of one runspace, shared with whoever may stop it (the
-/// pool's watchdog, an invocation handle, a run being dropped).
+/// The stop switch of one item (an invocation, or one input of a parallel
+/// run): why it was asked to stop, and its deadline.
 ///
-/// Requests name the *generation* (the invocation's sequence number in this
-/// runspace) they are meant for, so a late request for an invocation that
-/// already ended never hits the next one.
+/// Items of one runspace run as Luau threads side by side, so each has its
+/// own switch: stopping one, or passing its deadline, never touches its
+/// neighbours. A host call that waits races its work against the switch
+/// ([`Switch::guard`]), so a stop drops the pending work (the request, the
+/// child process, the timer) at once.
+#[derive(Debug, Default)]
+pub(crate) struct Switch {
+    /// 0 while it runs on; else the [`StopReason`]. The first reason wins.
+    reason: AtomicU8,
+    /// The deadline in nanoseconds since [`epoch`]; 0 for none.
+    deadline: u64,
+    /// Wakes the host call the item is waiting in.
+    wake: tokio::sync::Notify,
+}
+
+impl Switch {
+    /// A switch for an item that must end by `deadline`.
+    pub(crate) fn new(deadline: Option<Instant>) -> Switch {
+        Switch { reason: AtomicU8::new(0), deadline: deadline.map_or(0, instant_ns), wake: tokio::sync::Notify::new() }
+    }
+
+    /// Asks the item to stop. The first request wins; later ones change nothing.
+    pub(crate) fn stop(&self, reason: StopReason) {
+        if self.reason.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Why the item was asked to stop, if it was.
+    #[inline]
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        match self.reason.load(Ordering::Acquire) {
+            0 => None,
+            r if r == StopReason::TimedOut as u8 => Some(StopReason::TimedOut),
+            _ => Some(StopReason::Stopped),
+        }
+    }
+
+    /// The item's deadline, if it has one.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        (self.deadline != 0).then(|| ns_instant(self.deadline))
+    }
+
+    /// A host call's way to check for a stop (or a passed deadline, which
+    /// is then recorded as the reason) between steps of its work.
+    pub(crate) fn check(&self) -> Result<(), StopReason> {
+        if let Some(reason) = self.reason() {
+            return Err(reason);
+        }
+        if self.deadline != 0 && self.deadline <= instant_ns(Instant::now()) {
+            self.stop(StopReason::TimedOut);
+            return Err(self.reason().unwrap_or(StopReason::TimedOut));
+        }
+        Ok(())
+    }
+
+    /// Runs `work` until it ends, the item is stopped, or its deadline
+    /// passes; in the last two cases `work` is dropped unfinished (which
+    /// cancels what it was waiting for) and the reason comes back.
+    pub(crate) async fn guard<F: std::future::Future>(&self, work: F) -> Result<F::Output, StopReason> {
+        let stopped = self.wake.notified();
+        tokio::pin!(stopped);
+        // Registered before the check, so a stop between the two still wakes us.
+        stopped.as_mut().enable();
+        self.check()?;
+        let deadline = self.deadline();
+        let timer = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = stopped => Err(self.reason().unwrap_or(StopReason::Stopped)),
+            _ = timer => {
+                self.stop(StopReason::TimedOut);
+                Err(self.reason().unwrap_or(StopReason::TimedOut))
+            }
+            output = work => Ok(output),
+        }
+    }
+
+    /// Sleeps for `duration` unless the item is stopped or times out first.
+    pub(crate) async fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
+        self.guard(tokio::time::sleep(duration)).await
+    }
+}
+
+/// A map keyed by generations or lane numbers: small integers handed out
+/// in sequence need no SipHash (which was the costliest step of a trivial
+/// item), a multiply spreads them well enough.
+pub(crate) type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`].
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// The switchboard of one runspace, shared with whoever may stop its items
+/// (the pool's watchdog, invocation handles, a run being stopped).
+///
+/// It knows every item in flight (by generation: the item's sequence number
+/// under this switchboard) and which one the VM is running right now, so
+/// the watchdog can time out a script that computes past its deadline and
+/// notice one stuck in a C call.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
-    /// Generation of the invocation running now; 0 when idle.
+    /// Generation of the item the VM runs now; 0 when none.
     current: AtomicU64,
-    /// The newest stop request: `generation << 2 | reason`. Only grows.
-    request: AtomicU64,
-    /// Deadline of the running invocation, in nanoseconds since [`epoch`]; 0 for none.
+    /// Deadline of that item, in nanoseconds since [`epoch`]; 0 for none.
     deadline: AtomicU64,
-    /// Who the running invocation belongs to (a parallel run's id), 0 for none.
+    /// Who that item belongs to (a parallel run's id), 0 for none.
     owner: AtomicU64,
+    /// The pool lane that item runs in.
+    lane: AtomicU64,
     /// The last generation handed out. Kept here, not in the runspace, so a
     /// runspace opened to replace another continues the sequence: a late
-    /// request for the old runspace's invocation can never match a new one.
+    /// request for the old runspace's item can never match a new one.
     generations: AtomicU64,
-    /// The collection policy of the VM this switch drives: see [`GcTrigger`].
+    /// The collection policy of the VM this switchboard drives: see [`GcTrigger`].
     gc: GcTrigger,
-    sleepers: Mutex<()>,
-    wake: Condvar,
+    /// Every item in flight: generation → (owner, switch).
+    items: Mutex<IdMap<(u64, Arc<Switch>)>>,
 }
 
 impl Control {
-    /// A new generation: the number of the next invocation run under this switch.
+    /// A new generation: the number of the next item run under this switchboard.
     pub(crate) fn next_generation(&self) -> u64 {
         self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -77,27 +197,48 @@ impl Control {
         self.gc.rearm();
     }
 
-    /// Marks generation `gen` as running, for `owner`, until `deadline`.
-    pub(crate) fn begin(&self, gen: u64, owner: u64, deadline: Option<Instant>) {
+    fn items(&self) -> std::sync::MutexGuard<'_, IdMap<(u64, Arc<Switch>)>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that generation `gen`, of `owner`, is in flight.
+    pub(crate) fn admit(&self, gen: u64, owner: u64, switch: Arc<Switch>) {
+        self.items().insert(gen, (owner, switch));
+    }
+
+    /// Records that generation `gen` has ended.
+    pub(crate) fn dismiss(&self, gen: u64) {
+        self.items().remove(&gen);
+    }
+
+    /// Marks generation `gen`, for `owner` on `lane`, as the one the VM
+    /// runs now, until `deadline`.
+    pub(crate) fn begin(&self, gen: u64, owner: u64, lane: u64, deadline: Option<Instant>) {
         self.owner.store(owner, Ordering::Relaxed);
+        self.lane.store(lane, Ordering::Relaxed);
         self.deadline.store(deadline.map_or(0, instant_ns), Ordering::Relaxed);
         self.current.store(gen, Ordering::SeqCst);
     }
 
-    /// Marks the runspace idle.
+    /// Marks the VM idle (the item yielded or ended).
     pub(crate) fn end(&self) {
         self.current.store(0, Ordering::Release);
         self.deadline.store(0, Ordering::Relaxed);
         self.owner.store(0, Ordering::Relaxed);
     }
 
-    /// The generation running now (0 when idle) and its owner.
+    /// The generation the VM runs now (0 when none) and its owner.
     pub(crate) fn running(&self) -> (u64, u64) {
         let gen = self.current.load(Ordering::SeqCst);
         (gen, self.owner.load(Ordering::Relaxed))
     }
 
-    /// The running invocation's deadline, if it has one.
+    /// The pool lane of the item the VM runs now.
+    pub(crate) fn lane(&self) -> u64 {
+        self.lane.load(Ordering::Relaxed)
+    }
+
+    /// The deadline of the item the VM runs now, if it has one.
     pub(crate) fn deadline_ns(&self) -> Option<u64> {
         match self.deadline.load(Ordering::Relaxed) {
             0 => None,
@@ -107,65 +248,34 @@ impl Control {
 
     /// Asks generation `gen` to stop; a no-op once it has ended.
     pub(crate) fn request_stop(&self, gen: u64, reason: StopReason) {
-        if gen == 0 {
-            return;
+        if let Some((_, switch)) = self.items().get(&gen) {
+            switch.stop(reason);
         }
-        self.request.fetch_max(gen << 2 | reason as u64, Ordering::AcqRel);
-        let _guard = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
-        self.wake.notify_all();
     }
 
-    /// Whether the running invocation has been asked to stop, and why.
-    #[inline]
+    /// Asks every item in flight to stop.
+    pub(crate) fn stop_all(&self, reason: StopReason) {
+        for (_, switch) in self.items().values() {
+            switch.stop(reason);
+        }
+    }
+
+    /// Asks the items in flight that belong to `owner` to stop.
+    pub(crate) fn stop_owner(&self, owner: u64) {
+        for (of, switch) in self.items().values() {
+            if *of == owner {
+                switch.stop(StopReason::Stopped);
+            }
+        }
+    }
+
+    /// Why the item the VM runs now was asked to stop, if it was.
     pub(crate) fn stop_reason(&self) -> Option<StopReason> {
-        let request = self.request.load(Ordering::Acquire);
-        if request == 0 || request >> 2 != self.current.load(Ordering::Relaxed) {
+        let gen = self.current.load(Ordering::SeqCst);
+        if gen == 0 {
             return None;
         }
-        Some(if request & 3 == StopReason::TimedOut as u64 { StopReason::TimedOut } else { StopReason::Stopped })
-    }
-
-    /// Sleeps for `duration`, waking early (with the reason) when the
-    /// invocation is stopped or reaches its deadline.
-    pub(crate) fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
-        let until = Instant::now() + duration;
-        let mut guard = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(reason) = self.stop_reason() {
-                return Err(reason);
-            }
-            let now = Instant::now();
-            let deadline = self.deadline_ns().map(ns_instant);
-            if deadline.is_some_and(|d| d <= now) {
-                // `time_out` takes the sleepers' lock to wake others.
-                drop(guard);
-                return Err(self.time_out());
-            }
-            if until <= now {
-                return Ok(());
-            }
-            let wake_at = deadline.map_or(until, |d| d.min(until));
-            guard = self.wake.wait_timeout(guard, wake_at - now).unwrap_or_else(|e| e.into_inner()).0;
-        }
-    }
-
-    /// Records that the running invocation passed its deadline. A host call
-    /// can notice the deadline before the pool's watchdog does; recording it
-    /// makes the invocation end as timed out rather than failed.
-    fn time_out(&self) -> StopReason {
-        self.request_stop(self.current.load(Ordering::Acquire), StopReason::TimedOut);
-        StopReason::TimedOut
-    }
-
-    /// A host call's way to check for a stop between steps of blocking work.
-    pub(crate) fn check(&self) -> Result<(), StopReason> {
-        match self.stop_reason() {
-            Some(r) => Err(r),
-            None => match self.deadline_ns() {
-                Some(d) if d <= instant_ns(Instant::now()) => Err(self.time_out()),
-                _ => Ok(()),
-            },
-        }
+        self.items().get(&gen).and_then(|(_, s)| s.reason())
     }
 }
 
@@ -262,16 +372,16 @@ pub(crate) fn ns_instant(ns: u64) -> Instant {
 }
 
 thread_local! {
-    static ACTIVE: Cell<*const Control> = const { Cell::new(ptr::null()) };
+    static ACTIVE: Cell<(*const Control, *const Switch)> = const { Cell::new((ptr::null(), ptr::null())) };
 }
 
-/// Makes `control` the one the interrupt callback checks on this thread
-/// until the guard drops.
-pub(crate) struct ActiveGuard(*const Control);
+/// Makes `control` and the running item's `switch` the ones the interrupt
+/// callback checks on this thread until the guard drops.
+pub(crate) struct ActiveGuard((*const Control, *const Switch));
 
 impl ActiveGuard {
-    pub(crate) fn new(control: &Control) -> ActiveGuard {
-        ActiveGuard(ACTIVE.with(|a| a.replace(control)))
+    pub(crate) fn new(control: &Control, switch: &Switch) -> ActiveGuard {
+        ActiveGuard(ACTIVE.with(|a| a.replace((control, switch))))
     }
 }
 
@@ -294,13 +404,13 @@ pub(crate) fn install_interrupt(lua: &mlua::Lua) {
 }
 
 unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) {
-    let control = ACTIVE.with(|a| a.get());
-    if control.is_null() {
+    let (control, switch) = ACTIVE.with(|a| a.get());
+    if control.is_null() || switch.is_null() {
         return;
     }
-    // SAFETY: the pointer is set by an `ActiveGuard` that outlives the call
-    // into Lua that got us here.
-    let control = unsafe { &*control };
+    // SAFETY: the pointers are set by an `ActiveGuard` that outlives the
+    // call into Lua that got us here, and the guard borrows both.
+    let (control, switch) = unsafe { (&*control, &*switch) };
     if gc >= 0 {
         // A collector step, which only allocation brings about: no place to
         // raise or collect, but the place to look at the heap's size, so
@@ -309,7 +419,7 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
         control.gc.allocating(|| unsafe { ffi::lua_gc(state, ffi::LUA_GCCOUNT, 0) } as usize);
         return;
     }
-    if let Some(reason) = control.stop_reason() {
+    if let Some(reason) = switch.reason() {
         // The request stays set, so a `pcall` that catches this error is
         // interrupted again at its next safepoint.
         let message: &[u8] = match reason {
@@ -337,21 +447,25 @@ unsafe extern "C-unwind" fn on_interrupt(state: *mut ffi::lua_State, gc: c_int) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
-    fn stale_requests_do_not_hit_the_next_generation() {
+    fn requests_reach_only_their_own_generation() {
         let c = Control::default();
-        c.begin(5, 0, None);
+        let (five, six) = (Arc::new(Switch::new(None)), Arc::new(Switch::new(None)));
+        c.admit(5, 0, five.clone());
+        c.admit(6, 0, six.clone());
         c.request_stop(5, StopReason::TimedOut);
-        assert_eq!(c.stop_reason(), Some(StopReason::TimedOut));
-        c.end();
-        c.begin(6, 0, None);
-        assert_eq!(c.stop_reason(), None);
+        assert_eq!(five.reason(), Some(StopReason::TimedOut));
+        assert_eq!(six.reason(), None);
+        c.dismiss(5);
         c.request_stop(4, StopReason::Stopped);
-        assert_eq!(c.stop_reason(), None);
+        c.request_stop(5, StopReason::Stopped);
+        assert_eq!(six.reason(), None);
         c.request_stop(6, StopReason::Stopped);
-        assert_eq!(c.stop_reason(), Some(StopReason::Stopped));
+        assert_eq!(six.reason(), Some(StopReason::Stopped));
+        // The first reason wins.
+        six.stop(StopReason::TimedOut);
+        assert_eq!(six.reason(), Some(StopReason::Stopped));
     }
 
     #[test]
@@ -373,28 +487,30 @@ mod tests {
         assert_eq!(gc.at_kb(), 48 << 10);
     }
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
     #[test]
     fn sleep_wakes_on_stop() {
-        let c = Arc::new(Control::default());
-        c.begin(1, 0, None);
-        let c2 = c.clone();
+        let s = Arc::new(Switch::new(None));
+        let s2 = s.clone();
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(20));
-            c2.request_stop(1, StopReason::Stopped);
+            s2.stop(StopReason::Stopped);
         });
         let start = Instant::now();
-        assert_eq!(c.sleep(Duration::from_secs(3600)), Err(StopReason::Stopped));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::Stopped));
         assert!(start.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
     }
 
     #[test]
     fn sleep_honours_the_deadline() {
-        let c = Control::default();
-        c.begin(1, 0, Some(Instant::now() + Duration::from_millis(10)));
-        assert_eq!(c.sleep(Duration::from_secs(3600)), Err(StopReason::TimedOut));
-        c.end();
-        c.begin(2, 0, None);
-        assert_eq!(c.sleep(Duration::from_millis(1)), Ok(()));
+        let s = Switch::new(Some(Instant::now() + Duration::from_millis(10)));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::TimedOut));
+        assert_eq!(s.reason(), Some(StopReason::TimedOut));
+        let s = Switch::new(None);
+        assert_eq!(block_on(s.sleep(Duration::from_millis(1))), Ok(()));
     }
 }

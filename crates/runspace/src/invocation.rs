@@ -1,132 +1,20 @@
 //! One script run on a pool: PowerShell's `[powershell]::Create()` with
 //! `AddScript`, `AddArgument`, `AddParameter`, `Invoke` and `BeginInvoke`.
 
+use std::any::Any;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::control::{Control, StopReason};
+use crate::control::{StopReason, Switch};
 use crate::error::{Error, Result};
-use crate::pool::{RunspacePool, Work};
-use crate::runspace::Runspace;
+use crate::invocation_result::{abandoned_message, ran_for, InvocationResult};
+use crate::pool::{Lane, LocalFuture, RunspacePool, Task};
+use crate::runspace::Execution;
 use crate::script::Script;
 use crate::session::check_name;
-use crate::streams::{Status, Streams};
-use crate::watchdog::{Slot, Task};
-
-/// What one invocation produced: its output, its streams, how it ended.
-///
-/// ```
-/// use runspace::{Runspace, Script, SessionState, Status};
-/// use serde_json::json;
-/// let mut rs = Runspace::open(&SessionState::new()).unwrap();
-/// let r = rs.invoke(&Script::new("emit(1) write_warning('careful') return 2").unwrap(), &[], &[]);
-/// assert_eq!(r.output(), &[json!(1), json!(2)]);
-/// assert_eq!(r.result(), json!([1, 2]));
-/// assert_eq!(r.streams().warning, vec!["careful".to_string()]);
-/// assert_eq!(r.status(), Status::Completed);
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub struct InvocationResult {
-    output: Vec<Value>,
-    streams: Streams,
-    status: Status,
-    error: Option<String>,
-    duration: Duration,
-}
-
-impl InvocationResult {
-    pub(crate) fn new(
-        output: Vec<Value>,
-        streams: Streams,
-        status: Status,
-        error: Option<String>,
-        duration: Duration,
-    ) -> InvocationResult {
-        InvocationResult { output, streams, status, error, duration }
-    }
-
-    pub(crate) fn failed(message: String, duration: Duration) -> InvocationResult {
-        InvocationResult::ended(Status::Failed, message, duration)
-    }
-
-    pub(crate) fn ended(status: Status, message: String, duration: Duration) -> InvocationResult {
-        let streams = Streams { error: vec![message.clone()], ..Streams::default() };
-        InvocationResult::new(Vec::new(), streams, status, Some(message), duration)
-    }
-
-    /// Every output value: each `emit(v)`, then the script's return values.
-    pub fn output(&self) -> &[Value] {
-        &self.output
-    }
-
-    /// The output as one value: `null` when there was none, the value when
-    /// there was one, an array when there were several.
-    pub fn result(&self) -> Value {
-        match self.output.as_slice() {
-            [] => Value::Null,
-            [one] => one.clone(),
-            many => Value::Array(many.to_vec()),
-        }
-    }
-
-    /// Like [`result`](Self::result), without cloning.
-    pub fn into_result(self) -> Value {
-        collapse(self.output)
-    }
-
-    /// The error, warning, verbose, debug, information and progress streams.
-    /// A terminating error is the last record of the error stream.
-    pub fn streams(&self) -> &Streams {
-        &self.streams
-    }
-
-    /// How the invocation ended.
-    pub fn status(&self) -> Status {
-        self.status
-    }
-
-    /// The terminating error (with its line), when the status is `Failed`,
-    /// `TimedOut` or `Stopped`.
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-
-    /// How long it ran.
-    pub fn duration(&self) -> Duration {
-        self.duration
-    }
-
-    pub(crate) fn into_parts(self) -> (Vec<Value>, Streams, Status, Duration) {
-        (self.output, self.streams, self.status, self.duration)
-    }
-}
-
-/// The error of an item the watchdog ended while it was stuck in a C call.
-pub(crate) fn abandoned_message(reason: StopReason) -> String {
-    format!("{} (stuck in a library call; its runspace was replaced)", reason.message())
-}
-
-/// How long an abandoned invocation ran, known from its deadline and
-/// timeout (zero when it had none).
-pub(crate) fn ran_for(deadline: Option<Instant>, timeout: Option<Duration>) -> Duration {
-    match (deadline, timeout) {
-        (Some(deadline), Some(timeout)) => {
-            deadline.checked_sub(timeout).map_or(Duration::ZERO, |started| started.elapsed())
-        }
-        _ => Duration::ZERO,
-    }
-}
-
-/// Null for no output, the value for one, an array for several.
-pub(crate) fn collapse(mut output: Vec<Value>) -> Value {
-    match output.len() {
-        0 => Value::Null,
-        1 => output.pop().unwrap_or(Value::Null),
-        _ => Value::Array(output),
-    }
-}
+use crate::streams::Status;
 
 /// A script with its arguments and parameters, ready to run on a pool.
 ///
@@ -201,8 +89,15 @@ impl<'p> Invocation<'p> {
             state: Mutex::new(State::Queued),
             done: Condvar::new(),
         });
-        self.pool.submit(Work::Invoke(shared.clone()))?;
+        self.pool.submit(Box::new(Invoke(shared.clone())))?;
         Ok(InvocationHandle { shared })
+    }
+}
+
+impl RunspacePool {
+    /// Prepares one invocation of `script` on this pool.
+    pub fn invocation(&self, script: &Script) -> Invocation<'_> {
+        Invocation::new(self, script)
     }
 }
 
@@ -263,7 +158,7 @@ impl InvocationHandle {
 }
 
 /// A submitted invocation, shared between its handle and the worker.
-pub(crate) struct Pending {
+struct Pending {
     script: Script,
     args: Vec<Value>,
     params: Vec<(String, Value)>,
@@ -272,9 +167,12 @@ pub(crate) struct Pending {
     done: Condvar,
 }
 
+// One per invocation, and it ends as `Done`: boxing the result would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Queued,
-    Running { control: Arc<Control>, generation: u64 },
+    Running(Arc<Switch>),
     Done(InvocationResult),
 }
 
@@ -295,7 +193,7 @@ impl Pending {
     /// Ends it as `reason` says while its worker is stuck in a C call (the
     /// watchdog abandons that worker).
     /// `deadline` is the running invocation's, from which its run time is known.
-    pub(crate) fn finish_abandoned(&self, reason: StopReason, deadline: Option<Instant>) {
+    fn finish_abandoned(&self, reason: StopReason, deadline: Option<Instant>) {
         let status = match reason {
             StopReason::Stopped => Status::Stopped,
             StopReason::TimedOut => Status::TimedOut,
@@ -305,7 +203,7 @@ impl Pending {
     }
 
     /// Stops it if running; ends it with `reason` if still queued.
-    pub(crate) fn finish_early(&self, reason: StopReason) {
+    fn finish_early(&self, reason: StopReason) {
         let mut state = self.lock();
         match &*state {
             State::Queued => {
@@ -316,39 +214,98 @@ impl Pending {
                 *state = State::Done(InvocationResult::ended(status, reason.message().into(), Duration::ZERO));
                 self.done.notify_all();
             }
-            State::Running { control, generation } => control.request_stop(*generation, reason),
+            State::Running(switch) => switch.stop(reason),
             State::Done(_) => {}
         }
     }
 
-    /// Runs it on `runspace` (called by a pool worker).
-    pub(crate) fn run(self: &Arc<Self>, runspace: &mut Runspace, slot: &Slot) {
-        let generation = runspace.next_generation();
+    /// Runs it on `lane` (called by a pool worker).
+    async fn run(self: Arc<Self>, lane: Lane) {
+        let rs = &lane.runspace;
+        let generation = rs.next_generation();
+        let switch = Arc::new(Switch::new(self.timeout.map(|t| Instant::now() + t)));
         {
             let mut state = self.lock();
             if !matches!(*state, State::Queued) {
                 return; // stopped before it started
             }
-            *state = State::Running { control: slot.control.clone(), generation };
+            *state = State::Running(switch.clone());
         }
-        *slot.task() = Task::Invoke(self.clone());
-        let result = match runspace.prepare(&self.script) {
-            Ok(function) => {
-                let deadline = self.timeout.map(|t| Instant::now() + t);
-                runspace.execute(&function, &self.args, &self.params, generation, 0, deadline, None)
+        lane.slot.hold(lane.id, Box::new(Held(self.clone())));
+        let result = match rs.prepare(&self.script) {
+            Ok(script) => {
+                let (args, params) = (&self.args, &self.params);
+                let owner = 0;
+                rs.execute(Execution {
+                    script: &script,
+                    args,
+                    params,
+                    generation,
+                    owner,
+                    lane: lane.id,
+                    switch,
+                    abort: None,
+                })
+                .await
             }
             Err(failed) => failed,
         };
-        *slot.task() = Task::Idle;
-        self.complete(result);
+        if lane.slot.release(lane.id).is_some() {
+            self.complete(result);
+        } // else the watchdog ended it, or re-queued it elsewhere
     }
 
     /// Ends it without running (the pool could not open a runspace, or closed).
-    pub(crate) fn abandon(&self, status: Status, message: String) {
+    fn abandon(&self, status: Status, message: String) {
         let mut state = self.lock();
         if matches!(*state, State::Queued) {
             *state = State::Done(InvocationResult::ended(status, message, Duration::ZERO));
             self.done.notify_all();
         }
+    }
+}
+
+/// An invocation as a pool task.
+struct Invoke(Arc<Pending>);
+
+impl Task for Invoke {
+    fn run(self: Box<Self>, lane: Lane) -> LocalFuture {
+        Box::pin(self.0.run(lane))
+    }
+
+    fn fail(self: Box<Self>, message: &str) {
+        self.0.abandon(Status::Failed, message.to_string());
+    }
+
+    fn skip(self: Box<Self>) {
+        self.0.abandon(Status::Stopped, "stopped: the pool was closed".into());
+    }
+}
+
+/// A running invocation as the watchdog holds it.
+struct Held(Arc<Pending>);
+
+impl crate::watchdog::Held for Held {
+    fn take_over(self: Box<Self>, reason: StopReason, deadline: Option<Instant>) -> Option<Box<dyn Task>> {
+        self.0.finish_abandoned(reason, deadline);
+        None
+    }
+
+    fn restart(self: Box<Self>) -> Option<Box<dyn Task>> {
+        let mut state = self.0.lock();
+        if !matches!(*state, State::Running(_)) {
+            return None;
+        }
+        *state = State::Queued;
+        drop(state);
+        Some(Box::new(Invoke(self.0)))
+    }
+
+    fn close(self: Box<Self>) {
+        self.0.finish_abandoned(StopReason::Stopped, None);
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
     }
 }

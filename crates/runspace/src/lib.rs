@@ -25,6 +25,7 @@ mod error;
 mod host;
 pub mod inputs;
 mod invocation;
+mod invocation_result;
 pub mod joblog;
 mod jobs;
 pub mod json;
@@ -40,7 +41,8 @@ mod watchdog;
 
 pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
-pub use invocation::{Invocation, InvocationHandle, InvocationResult};
+pub use invocation::{Invocation, InvocationHandle};
+pub use invocation_result::InvocationResult;
 pub use jobs::{
     auto_job_name, check_job_name, JobError, JobEvent, JobInfo, JobManager, JobManagerBuilder, JobSpec, JobState,
     Progress,

@@ -1,28 +1,51 @@
 //! A pool of runspaces on worker threads: PowerShell's `RunspacePool`.
+//!
+//! The pool runs [`Task`]s without knowing what they are (as rayon-core
+//! runs a `JobRef`): a worker gives each task a [`Lane`] of its runspace —
+//! a future on the worker's event loop beside the runspace's other lanes —
+//! and the task runs its items there, each a Luau thread of its own. Items
+//! that wait yield, so `throttle` items in flight cost `threads` OS threads.
 
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::control::StopReason;
 use crate::error::{Error, Result};
-use crate::invocation::{Invocation, Pending};
-use crate::parallel::{self, Chunk, Parallel, Takeover};
 use crate::runspace::Runspace;
-use crate::script::Script;
 use crate::session::SessionState;
-use crate::streams::Status;
 use crate::watchdog::{self, Slot, ABANDON_GRACE};
 
-/// Work a pool worker takes from the queue.
-pub(crate) enum Work {
-    Invoke(Arc<Pending>),
-    Chunk(Chunk),
-    /// What an abandoned worker left: results to deliver, the rest of its chunk.
-    Takeover(Takeover),
+/// A future that runs on one worker thread (it holds the runspace).
+pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Work the pool runs: one invocation, a chunk of a parallel run, what an
+/// abandoned worker left. The pool only starts, fails or skips it.
+pub(crate) trait Task: Send + 'static {
+    /// Runs the task on `lane`, beside the runspace's other lanes.
+    fn run(self: Box<Self>, lane: Lane) -> LocalFuture;
+    /// The worker could not open its runspace: ends every item with `message`.
+    fn fail(self: Box<Self>, message: &str);
+    /// The pool is closing: ends the task unrun.
+    fn skip(self: Box<Self>);
+    /// Called on a fresh worker before its runspace opens (what an
+    /// abandoned worker left delivers the results it had).
+    fn prepare(&mut self) {}
+}
+
+/// What a task runs on: the worker's runspace, the worker's slot (where
+/// the watchdog can take the task over), and the lane's number in it.
+pub(crate) struct Lane {
+    pub(crate) runspace: Rc<Runspace>,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) id: u64,
 }
 
 /// Configures and opens a [`RunspacePool`].
@@ -30,13 +53,17 @@ pub(crate) enum Work {
 /// ```
 /// use runspace::{RunspacePool, SessionState};
 /// let pool = RunspacePool::builder().min(1).max(5).session(SessionState::new()).open().unwrap();
-/// assert_eq!(pool.max(), 5);
+/// assert_eq!((pool.max(), pool.threads()), (5, 5));
+/// let waiting = RunspacePool::builder().threads(2).throttle(10_000).open().unwrap();
+/// assert_eq!((waiting.max(), waiting.threads()), (10_000, 2));
 /// ```
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct PoolBuilder {
     min: usize,
-    max: usize,
+    max: Option<usize>,
+    threads: Option<usize>,
+    throttle: Option<usize>,
     session: SessionState,
 }
 
@@ -47,10 +74,28 @@ impl PoolBuilder {
         self
     }
 
-    /// The most runspaces working at once: the throttle limit (default: the
-    /// number of CPUs).
+    /// PowerShell's maximum: `max` runspaces, each running one item at a
+    /// time (sets both [`threads`](Self::threads) and
+    /// [`throttle`](Self::throttle) unless they are set).
     pub fn max(mut self, max: usize) -> Self {
-        self.max = max;
+        self.max = Some(max);
+        self
+    }
+
+    /// Runspaces, each on its own OS thread (default: the number of CPUs,
+    /// never more than the throttle).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Items in flight at once, over all runspaces (default: the number of
+    /// threads). Items that wait in host calls (`sleep`, `http`, `net`,
+    /// `exec`) yield their runspace to the others, so this may be far
+    /// larger than the number of threads: 10,000 sleeping items cost
+    /// 10,000 small Luau threads, not 10,000 OS threads.
+    pub fn throttle(mut self, items: usize) -> Self {
+        self.throttle = Some(items);
         self
     }
 
@@ -60,21 +105,39 @@ impl PoolBuilder {
         self
     }
 
+    /// (threads, throttle) as set, defaulted and checked.
+    fn limits(&self) -> Result<(usize, usize)> {
+        let cpus = thread::available_parallelism().map_or(2, |n| n.get());
+        let throttle = self.throttle.or(self.max).or(self.threads).unwrap_or(cpus);
+        let threads = self.threads.or(self.max).unwrap_or(cpus);
+        if throttle == 0 {
+            return Err(Error::Pool("the throttle (items in flight) must be at least 1".into()));
+        }
+        if threads == 0 {
+            return Err(Error::Pool("threads must be at least 1".into()));
+        }
+        // More runspaces than items in flight would only sit idle.
+        Ok((threads.min(throttle), throttle))
+    }
+
     /// Opens the pool: starts `min` workers and opens their runspaces, so a
     /// module that fails to load is reported here, not on the first item.
     pub fn open(self) -> Result<RunspacePool> {
-        if self.max == 0 {
-            return Err(Error::Pool("max must be at least 1".into()));
-        }
-        let min = self.min.clamp(1, self.max);
-        // Room for a few chunks per worker keeps workers fed without
-        // letting the queue, and so memory, grow with the input.
-        let (sender, receiver) = bounded(self.max * 4);
+        let (threads, throttle) = self.limits()?;
+        let min = self.min.clamp(1, threads);
+        // Room for a few tasks per worker keeps workers fed without letting
+        // the queue, and so memory, grow with the input; room for one task
+        // per item in flight (up to a point) keeps lanes of waiting items full.
+        let (sender, receiver) = bounded((threads * 4).max(throttle.min(4096)));
+        let sender = TaskSender { queue: sender, queued: Arc::new(tokio::sync::Notify::new()) };
         let (close, closed) = bounded(0);
         let shared = Arc::new(Shared {
             session: self.session,
-            max: self.max,
+            threads,
+            throttle,
+            lanes_per_worker: throttle.div_ceil(threads),
             receiver,
+            queued_wake: sender.queued.clone(),
             closed,
             workers: Mutex::new(Vec::new()),
             idle: AtomicUsize::new(0),
@@ -125,16 +188,17 @@ pub struct RunspacePool {
 impl RunspacePool {
     /// Starts configuring a pool.
     pub fn builder() -> PoolBuilder {
-        PoolBuilder {
-            min: 1,
-            max: thread::available_parallelism().map_or(2, |n| n.get()),
-            session: SessionState::new(),
-        }
+        PoolBuilder { min: 1, max: None, threads: None, throttle: None, session: SessionState::new() }
     }
 
-    /// The throttle limit.
+    /// The throttle limit: items in flight at once.
     pub fn max(&self) -> usize {
-        self.inner.shared.max
+        self.inner.shared.throttle
+    }
+
+    /// The most runspaces (OS threads) the pool opens.
+    pub fn threads(&self) -> usize {
+        self.inner.shared.threads
     }
 
     /// Runspaces open now (not counting ones abandoned inside a C call).
@@ -143,7 +207,7 @@ impl RunspacePool {
     }
 
     /// Worker threads abandoned by the watchdog inside a C call that has
-    /// not returned yet (at most [`max`](Self::max)).
+    /// not returned yet (at most [`threads`](Self::threads)).
     pub fn abandoned_runspaces(&self) -> usize {
         self.inner.shared.abandoned.load(Ordering::Acquire)
     }
@@ -153,64 +217,83 @@ impl RunspacePool {
         &self.inner.shared.session
     }
 
-    /// Prepares one invocation of `script` on this pool.
-    pub fn invocation(&self, script: &Script) -> Invocation<'_> {
-        Invocation::new(self, script)
-    }
-
-    /// Prepares a parallel run of `script` over many inputs.
-    pub fn parallel(&self, script: &Script) -> Parallel {
-        Parallel::new(self.clone(), script)
-    }
-
     /// Stops everything running, ends queued work as `Stopped`, and joins
     /// every worker. Dropping the last clone does the same.
     pub fn close(self) {
         self.inner.shutdown();
     }
 
-    pub(crate) fn submit(&self, work: Work) -> Result<()> {
-        if matches!(work, Work::Invoke(_)) {
-            let queued = self.inner.shared.queued.fetch_add(1, Ordering::AcqRel) + 1;
-            self.inner.shared.grow_if_busy(queued);
-        }
+    /// Queues a task that wants a worker of its own soon (an invocation):
+    /// the pool grows when more of them wait than workers have room.
+    pub(crate) fn submit(&self, task: Box<dyn Task>) -> Result<()> {
+        let queued = self.inner.shared.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        self.inner.shared.grow_if_busy(queued);
         let sender = self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let closed = || Error::Pool("the pool is closed".into());
-        sender.ok_or_else(closed)?.send(work).map_err(|_| closed())
+        if sender.ok_or_else(closed)?.queue(Queued { task, counted: true }) {
+            Ok(())
+        } else {
+            Err(closed())
+        }
     }
 
     /// A sender for a run's feeder thread, which must not hold the pool itself.
-    pub(crate) fn sender(&self) -> Option<Sender<Work>> {
+    pub(crate) fn sender(&self) -> Option<TaskSender> {
         self.inner.sender.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Starts workers until `count` exist (never past `max`).
+    /// Starts workers until `count` exist (never past `threads`).
     pub(crate) fn ensure_workers(&self, count: usize) -> Result<()> {
         let have = self.open_runspaces();
-        let want = count.min(self.inner.shared.max);
+        let want = count.min(self.inner.shared.threads);
         if want > have {
             self.inner.shared.spawn_workers(want - have, false)?;
         }
         Ok(())
     }
 
-    /// Stops the running items that belong to `owner` (a parallel run).
+    /// Stops the items in flight that belong to `owner` (a parallel run).
     pub(crate) fn stop_owner(&self, owner: u64) {
         for slot in self.inner.shared.slots() {
-            let (generation, running_for) = slot.control.running();
-            if running_for == owner {
-                slot.control.request_stop(generation, StopReason::Stopped);
-            }
+            slot.control.stop_owner(owner);
         }
+    }
+}
+
+/// A task in the queue, and whether it counts as a waiting invocation.
+pub(crate) struct Queued {
+    task: Box<dyn Task>,
+    counted: bool,
+}
+
+/// Queues tasks, and wakes the workers that wait for one beside their
+/// running lanes (a worker with no lane blocks on the queue itself).
+#[derive(Clone)]
+pub(crate) struct TaskSender {
+    queue: Sender<Queued>,
+    queued: Arc<tokio::sync::Notify>,
+}
+
+impl TaskSender {
+    /// Queues `task` from a run's feeder, waiting for room; false once the
+    /// pool is closed.
+    pub(crate) fn send(&self, task: Box<dyn Task>) -> bool {
+        self.queue(Queued { task, counted: false })
+    }
+
+    fn queue(&self, queued: Queued) -> bool {
+        let sent = self.queue.send(queued).is_ok();
+        self.queued.notify_waiters();
+        sent
     }
 }
 
 pub(crate) struct PoolInner {
     shared: Arc<Shared>,
     /// `None` once closed: nothing new is accepted.
-    sender: Mutex<Option<Sender<Work>>>,
+    sender: Mutex<Option<TaskSender>>,
     /// Dropped at close. Workers also wait on it, so they leave even while
-    /// a run's feeder, blocked in its input, still holds a work sender.
+    /// a run's feeder, blocked in its input, still holds a task sender.
     close: Mutex<Option<Sender<()>>>,
     watchdog: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
@@ -218,10 +301,16 @@ pub(crate) struct PoolInner {
 /// What the pool, its workers and its watchdog share.
 pub(crate) struct Shared {
     session: SessionState,
-    max: usize,
-    receiver: Receiver<Work>,
+    threads: usize,
+    throttle: usize,
+    /// Tasks one worker runs at once.
+    lanes_per_worker: usize,
+    receiver: Receiver<Queued>,
+    /// Notified whenever a task is queued.
+    queued_wake: Arc<tokio::sync::Notify>,
     closed: Receiver<()>,
     workers: Mutex<Vec<WorkerHandle>>,
+    /// Workers waiting for work with no lane running.
     idle: AtomicUsize,
     /// Invocations submitted and not yet taken by a worker.
     queued: AtomicUsize,
@@ -247,28 +336,28 @@ impl Shared {
         self.workers().iter().map(|w| w.slot.clone()).collect()
     }
 
-    /// Whether another worker may be abandoned: at most `max` abandoned
+    /// Whether another worker may be abandoned: at most `threads` abandoned
     /// threads run at once.
     pub(crate) fn may_abandon(&self) -> bool {
-        self.abandoned.load(Ordering::Acquire) < self.max
+        self.abandoned.load(Ordering::Acquire) < self.threads
     }
 
     /// Detaches the abandoned worker of `slot` and starts a fresh one in
-    /// its place, which first finishes `takeover`.
-    pub(crate) fn replace(self: &Arc<Self>, slot: &Arc<Slot>, takeover: Option<Takeover>) {
+    /// its place, which first runs `takeover` (what the old one left).
+    pub(crate) fn replace(self: &Arc<Self>, slot: &Arc<Slot>, takeover: Vec<Box<dyn Task>>) {
         self.abandoned.fetch_add(1, Ordering::AcqRel);
         let mut workers = self.workers();
         workers.retain(|w| !Arc::ptr_eq(&w.slot, slot));
-        let _ = self.spawn(&mut workers, takeover.map(Work::Takeover), None);
+        let _ = self.spawn(&mut workers, takeover, None);
     }
 
     /// Adds a worker when more invocations wait than workers are idle and
-    /// the throttle allows.
+    /// the thread limit allows.
     fn grow_if_busy(self: &Arc<Self>, queued: usize) {
         if queued > self.idle.load(Ordering::Acquire) {
             let mut workers = self.workers();
-            if workers.len() < self.max {
-                let _ = self.spawn(&mut workers, None, None);
+            if workers.len() < self.threads {
+                let _ = self.spawn(&mut workers, Vec::new(), None);
             }
         }
     }
@@ -279,10 +368,10 @@ impl Shared {
         let mut workers = self.workers();
         let (ready_tx, ready_rx) = bounded::<Result<()>>(count);
         for _ in 0..count {
-            if workers.len() >= self.max {
+            if workers.len() >= self.threads {
                 break;
             }
-            self.spawn(&mut workers, None, Some(ready_tx.clone()))?;
+            self.spawn(&mut workers, Vec::new(), Some(ready_tx.clone()))?;
         }
         drop(workers);
         drop(ready_tx);
@@ -297,7 +386,7 @@ impl Shared {
     fn spawn(
         self: &Arc<Self>,
         workers: &mut Vec<WorkerHandle>,
-        first: Option<Work>,
+        first: Vec<Box<dyn Task>>,
         ready: Option<Sender<Result<()>>>,
     ) -> Result<()> {
         let slot = Arc::new(Slot::new());
@@ -324,14 +413,13 @@ impl PoolInner {
         drop(self.sender.lock().unwrap_or_else(|e| e.into_inner()).take());
         drop(self.close.lock().unwrap_or_else(|e| e.into_inner()).take());
         let workers = std::mem::take(&mut *shared.workers());
-        // A worker may take its last piece of work just after a stop request
-        // went out, so keep asking until every worker has left; one stuck in
-        // a C call past the grace is left behind.
+        // A worker may start its last item just after a stop request went
+        // out, so keep asking until every worker has left; one stuck in a C
+        // call past the grace is left behind.
         let give_up = Instant::now() + ABANDON_GRACE;
         while !workers.iter().all(|w| w.thread.is_finished()) && Instant::now() < give_up {
             for worker in &workers {
-                let (generation, _) = worker.slot.control.running();
-                worker.slot.control.request_stop(generation, StopReason::Stopped);
+                worker.slot.control.stop_all(StopReason::Stopped);
             }
             thread::sleep(Duration::from_millis(1));
         }
@@ -345,8 +433,8 @@ impl PoolInner {
             }
         }
         // Work that no worker took (there were none, or all failed to open).
-        while let Ok(work) = shared.receiver.try_recv() {
-            abandon(work);
+        while let Ok(queued) = shared.receiver.try_recv() {
+            queued.task.skip();
         }
     }
 }
@@ -357,83 +445,137 @@ impl Drop for PoolInner {
     }
 }
 
-/// One worker thread and the runspace it owns for its whole life.
+/// How often a worker with lanes running looks for the pool's close (a
+/// queued task or an ended lane wakes it at once).
+const CLOSE_POLL: Duration = Duration::from_millis(50);
+
+/// The lanes a worker runs now, and a wake-up for when one ends.
+#[derive(Default)]
+struct Lanes {
+    running: Cell<usize>,
+    next_id: Cell<u64>,
+    ended: tokio::sync::Notify,
+}
+
+/// One worker thread, its event loop and the runspace it owns for life.
 struct Worker {
     shared: Arc<Shared>,
     slot: Arc<Slot>,
 }
 
 impl Worker {
-    fn run(self, first: Option<Work>, ready: Option<Sender<Result<()>>>) {
+    fn run(self, first: Vec<Box<dyn Task>>, ready: Option<Sender<Result<()>>>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                let message = format!("cannot start a worker's event loop: {e}");
+                if let Some(ready) = ready {
+                    let _ = ready.send(Err(Error::Pool(message.clone())));
+                }
+                first.into_iter().for_each(|task| task.fail(&message));
+                return self.leave();
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, self.serve(first, ready));
+        {
+            // Lanes still there (an abandoned worker's) are dropped here,
+            // which cancels what their items waited on.
+            let _entered = runtime.enter();
+            drop(local);
+        }
+        // Name lookups on the blocking pool may not return soon: no waiting.
+        runtime.shutdown_background();
+        self.leave();
+    }
+
+    fn leave(&self) {
+        if self.slot.is_abandoned() {
+            self.shared.abandoned.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    async fn serve(&self, first: Vec<Box<dyn Task>>, ready: Option<Sender<Result<()>>>) {
         let shared = &self.shared;
         let control = self.slot.control.clone();
+        let lanes = Rc::new(Lanes::default());
         let mut first = first;
-        if let Some(Work::Takeover(takeover)) = &mut first {
-            // The abandoned worker's results go out before a runspace opens.
-            takeover.deliver();
-        }
-        let mut runspace = Runspace::open_with(&shared.session, control.clone());
+        // What an abandoned worker left delivers its results before a runspace opens.
+        first.iter_mut().for_each(|task| task.prepare());
+        let mut runspace = Runspace::open_with(&shared.session, control.clone()).map(Rc::new);
         if let Some(ready) = ready {
             let _ = ready.send(runspace.as_ref().map(|_| ()).map_err(Clone::clone));
         }
-        if let Some(work) = first {
-            self.handle(&mut runspace, work);
+        for task in first {
+            self.start(&runspace, task, &lanes);
         }
-        if self.slot.is_abandoned() {
-            shared.abandoned.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        shared.idle.fetch_add(1, Ordering::AcqRel);
-        loop {
-            let work = crossbeam_channel::select! {
-                recv(shared.receiver) -> work => match work {
-                    Ok(work) => work,
-                    Err(_) => break,
-                },
-                recv(shared.closed) -> _ => break,
+        while !self.slot.is_abandoned() {
+            let queued = if lanes.running.get() == 0 {
+                shared.idle.fetch_add(1, Ordering::AcqRel);
+                let queued = crossbeam_channel::select! {
+                    recv(shared.receiver) -> queued => queued.ok(),
+                    recv(shared.closed) -> _ => None,
+                };
+                shared.idle.fetch_sub(1, Ordering::AcqRel);
+                match queued {
+                    Some(queued) => queued,
+                    None => break,
+                }
+            } else if lanes.running.get() < shared.lanes_per_worker {
+                // Registered before the look at the queue, so a task queued
+                // in between still wakes us.
+                let queued = shared.queued_wake.notified();
+                tokio::pin!(queued);
+                queued.as_mut().enable();
+                match shared.receiver.try_recv() {
+                    Ok(queued) => queued,
+                    Err(TryRecvError::Empty) => {
+                        tokio::select! {
+                            _ = queued => {}
+                            _ = lanes.ended.notified() => {}
+                            // The close signal has no async wake-up.
+                            _ = tokio::time::sleep(CLOSE_POLL) => {}
+                        }
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            } else {
+                lanes.ended.notified().await;
+                continue;
             };
-            shared.idle.fetch_sub(1, Ordering::AcqRel);
-            if matches!(work, Work::Invoke(_)) {
+            if queued.counted {
                 shared.queued.fetch_sub(1, Ordering::AcqRel);
             }
             if runspace.as_ref().is_ok_and(|rs| !rs.is_healthy()) {
-                runspace = Runspace::open_with(&shared.session, control.clone());
+                // Lanes still running keep the old one until they end.
+                runspace = Runspace::open_with(&shared.session, control.clone()).map(Rc::new);
             }
-            self.handle(&mut runspace, work);
-            if self.slot.is_abandoned() {
-                // The watchdog reported the item and started a worker in
-                // this one's place; the VM is dropped on the way out.
-                shared.abandoned.fetch_sub(1, Ordering::AcqRel);
-                return;
-            }
-            shared.idle.fetch_add(1, Ordering::AcqRel);
+            self.start(&runspace, queued.task, &lanes);
         }
-        shared.idle.fetch_sub(1, Ordering::AcqRel);
+        // The queue closed: let the lanes finish (the pool's close stops them).
+        while lanes.running.get() > 0 && !self.slot.is_abandoned() {
+            lanes.ended.notified().await;
+        }
     }
 
-    fn handle(&self, runspace: &mut Result<Runspace>, work: Work) {
+    fn start(&self, runspace: &Result<Rc<Runspace>>, task: Box<dyn Task>, lanes: &Rc<Lanes>) {
         if self.shared.closing.load(Ordering::Acquire) {
-            return abandon(work);
+            return task.skip();
         }
-        match runspace {
-            Ok(rs) => match work {
-                Work::Invoke(pending) => pending.run(rs, &self.slot),
-                Work::Chunk(chunk) => parallel::run_chunk(rs, chunk, &self.slot),
-                Work::Takeover(takeover) => takeover.finish(Ok(rs), &self.slot),
-            },
-            Err(e) => match work {
-                Work::Invoke(pending) => pending.abandon(Status::Failed, e.to_string()),
-                Work::Chunk(chunk) => chunk.fail_all(&e.to_string()),
-                Work::Takeover(takeover) => takeover.finish(Err(e), &self.slot),
-            },
-        }
-    }
-}
-
-fn abandon(work: Work) {
-    match work {
-        Work::Invoke(pending) => pending.abandon(Status::Stopped, "stopped: the pool was closed".into()),
-        Work::Chunk(chunk) => chunk.skip(),
-        Work::Takeover(takeover) => takeover.skip(),
+        let runspace = match runspace {
+            Ok(runspace) => runspace.clone(),
+            Err(e) => return task.fail(&e.to_string()),
+        };
+        let id = lanes.next_id.get() + 1;
+        lanes.next_id.set(id);
+        lanes.running.set(lanes.running.get() + 1);
+        let work = task.run(Lane { runspace, slot: self.slot.clone(), id });
+        let lanes = lanes.clone();
+        tokio::task::spawn_local(async move {
+            work.await;
+            lanes.running.set(lanes.running.get() - 1);
+            lanes.ended.notify_one();
+        });
     }
 }

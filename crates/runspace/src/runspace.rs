@@ -1,22 +1,24 @@
 //! One sandboxed Luau VM: PowerShell's runspace.
 
-use std::cell::RefCell;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures_core::Stream;
 use mlua::chunk::ChunkMode;
-use mlua::thread::ThreadStatus;
-use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
+use mlua::thread::{AsyncThread, ThreadStatus};
+use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
-use crate::control::{install_interrupt, ActiveGuard, Control, StopReason};
+use crate::control::{install_interrupt, ActiveGuard, Control, StopReason, Switch};
 use crate::convert::{from_lua_within, to_lua};
 use crate::error::{Error, Result};
 use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
-use crate::invocation::InvocationResult;
+use crate::invocation_result::InvocationResult;
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::stdlib;
@@ -50,13 +52,19 @@ const TOP_LEVEL_YIELD: &str = "cannot yield from the top level of an item (yield
 /// long-lived pool fed many distinct scripts must not grow without bound.
 const MAX_CACHED_SCRIPTS: usize = 64;
 
+/// Spare item contexts (a Luau thread and a global table) kept for the next
+/// items; more than this are let go when a burst of concurrent items ends.
+const MAX_SPARE_CONTEXTS: usize = 256;
+
 /// One isolated script environment: a sandboxed Luau VM with the session's
 /// variables, modules and host functions.
 ///
-/// Every invocation gets a fresh global table (writes land in a proxy that
-/// is cleared afterwards), libraries and session variables are read-only,
+/// Every item runs in a Luau thread of its own with a fresh global table
+/// (cleared when it ends); libraries and session variables are read-only,
 /// and nothing reaches files, processes or the network unless the session
-/// grants it. A runspace belongs to the thread that opened it.
+/// grants it. Items that wait (`sleep`, `http`, `net`, `exec`) yield their
+/// thread, so one runspace runs many of them at once. A runspace belongs to
+/// the thread that opened it.
 ///
 /// ```
 /// use runspace::{Runspace, Script, SessionState, Status};
@@ -72,22 +80,67 @@ const MAX_CACHED_SCRIPTS: usize = 64;
 /// ```
 pub struct Runspace {
     lua: Lua,
-    /// The sandbox's global proxy: where a script's global writes land.
-    proxy: Table,
-    /// The Luau thread (coroutine) every item runs in, reset to the item's
-    /// function each time. Running in a thread, not a call from C on the
-    /// main thread, is what makes an item Luau code like any other:
-    /// `coroutine.isyieldable()` is true and `pcall` recurses as deep as
-    /// Luau allows (~10,000 levels) instead of nesting on the C stack (~200).
-    thread: Thread,
+    /// The metatable of every item's global table: reads fall through to
+    /// the shared, read-only globals; the metatable itself is protected.
+    env_meta: Table,
+    /// Threads and global tables of ended items, ready for the next ones.
+    spare: RefCell<Vec<ItemContext>>,
+    /// Any function: what a spare thread is reset to, so that it lets go of
+    /// what its last item held.
+    placeholder: Function,
     control: Arc<Control>,
-    capture: Rc<RefCell<Capture>>,
-    functions: HashMap<u64, Function>,
+    /// The capture and stop switch of the item the VM runs now.
+    polled: host::Polled,
+    functions: RefCell<HashMap<u64, Function>>,
     memory_limit: Option<usize>,
     max_output: usize,
-    healthy: bool,
-    /// The interned key `_`, kept to spare a string lookup per item.
+    healthy: Cell<bool>,
+    /// The interned keys `_` and `_G`, kept to spare a string lookup per item.
     underscore: mlua::LuaString,
+    g_key: mlua::LuaString,
+    /// Drives [`Runspace::invoke`] outside a pool; made on first use.
+    runtime: OnceCell<tokio::runtime::Runtime>,
+}
+
+/// Where one item runs: a Luau thread and the item's own global table.
+///
+/// Running in a thread, not a call from C on the main thread, is what makes
+/// an item Luau code like any other: `coroutine.isyieldable()` is true,
+/// `pcall` recurses as deep as Luau allows (~10,000 levels) instead of
+/// nesting on the C stack (~200), and a host call that waits can yield it.
+struct ItemContext {
+    thread: Thread,
+    /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
+    /// here, reads fall through to the shared globals.
+    env: Table,
+    /// The last script run here, bound to `env`: (script id, closure).
+    bound: Option<(u64, Function)>,
+}
+
+/// A script loaded into a runspace.
+pub(crate) struct Prepared {
+    id: u64,
+    function: Function,
+}
+
+/// One item to run: what [`Runspace::execute`] needs.
+pub(crate) struct Execution<'a> {
+    /// The script, from [`Runspace::prepare`].
+    pub(crate) script: &'a Prepared,
+    /// Positional arguments (the first is also `_`).
+    pub(crate) args: &'a [Value],
+    /// Named parameters: plain globals.
+    pub(crate) params: &'a [(String, Value)],
+    /// The item's number under the runspace's switchboard.
+    pub(crate) generation: u64,
+    /// Who the item belongs to (a parallel run's id), 0 for none.
+    pub(crate) owner: u64,
+    /// The pool lane it runs in (0 outside a pool).
+    pub(crate) lane: u64,
+    /// The item's own stop switch, with its deadline.
+    pub(crate) switch: Arc<Switch>,
+    /// A run-wide stop that the item obeys from its start.
+    pub(crate) abort: Option<&'a AtomicBool>,
 }
 
 impl Runspace {
@@ -97,8 +150,8 @@ impl Runspace {
         Runspace::open_with(session, Arc::new(Control::default()))
     }
 
-    /// Opens a runspace that answers to an existing stop switch: a pool
-    /// worker keeps one switch for life, across runspace replacements.
+    /// Opens a runspace that answers to an existing switchboard: a pool
+    /// worker keeps one for life, across runspace replacements.
     pub(crate) fn open_with(session: &SessionState, control: Arc<Control>) -> Result<Runspace> {
         let vm = |e: mlua::Error| Error::Vm(e.to_string());
         stdlib::set_flags();
@@ -113,10 +166,9 @@ impl Runspace {
         for name in REMOVED_GLOBALS {
             globals.raw_set(*name, LuaValue::Nil).map_err(vm)?;
         }
-        let capture = Rc::new(RefCell::new(Capture::default()));
+        let polled = host::Polled::default();
         let ctx = HostContext {
-            capture: capture.clone(),
-            control: control.clone(),
+            polled: polled.clone(),
             grants: session.host_grants(),
             max_output: session.max_output_bytes(),
             surroundings: session.surroundings.clone(),
@@ -131,38 +183,56 @@ impl Runspace {
 
         let loaded = lua.create_table().map_err(vm)?;
         if !session.modules.is_empty() {
-            load_modules(&lua, &globals, &loaded, session, &control)?;
+            load_modules(&lua, &globals, &loaded, session, &control, &polled)?;
         }
-        globals.raw_set("require", session_require(&lua, loaded).map_err(vm)?).map_err(vm)?;
+        let placeholder = session_require(&lua, loaded).map_err(vm)?;
+        globals.raw_set("require", placeholder.clone()).map_err(vm)?;
+        // Every item's table has its own `_G`. Were the shared one there,
+        // Luau would resolve a script's `_G` once, at load, to it.
+        globals.raw_set("_G", LuaValue::Nil).map_err(vm)?;
 
         lua.sandbox(true).map_err(vm)?;
-        let proxy = lua.globals();
-        make_g_the_proxy(&globals, &proxy).map_err(vm)?;
-        let underscore = lua.create_string("_").map_err(vm)?;
-        // Any function will do: every item resets the thread to its own.
-        let thread = lua.create_thread(globals.raw_get("require").map_err(vm)?).map_err(vm)?;
+        let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
         Ok(Runspace {
-            underscore,
+            underscore: lua.create_string("_").map_err(vm)?,
+            g_key: lua.create_string("_G").map_err(vm)?,
             lua,
-            proxy,
-            thread,
+            env_meta,
+            spare: RefCell::new(Vec::new()),
+            placeholder,
             control,
-            capture,
-            functions: HashMap::new(),
+            polled,
+            functions: RefCell::new(HashMap::new()),
             memory_limit: session.memory_limit,
             max_output: session.max_output_bytes(),
-            healthy: true,
+            healthy: Cell::new(true),
+            runtime: OnceCell::new(),
         })
     }
 
-    /// Runs `script` to the end (or to its session's timeout) with positional
-    /// `args` (the first is also `_`) and named `params` (plain globals).
+    /// Runs `script` to the end with positional `args` (the first is also
+    /// `_`) and named `params` (plain globals).
+    ///
+    /// Outside a pool nothing watches the clock, so a script runs until it
+    /// ends or a [`Stopper`] stops it. Must not be called from inside an
+    /// async runtime (use a [`RunspacePool`](crate::RunspacePool) there).
     pub fn invoke(&mut self, script: &Script, args: &[Value], params: &[(String, Value)]) -> InvocationResult {
         let generation = self.next_generation();
-        match self.prepare(script) {
-            Ok(function) => self.execute(&function, args, params, generation, 0, None, None),
-            Err(failed) => failed,
-        }
+        let prepared = match self.prepare(script) {
+            Ok(prepared) => prepared,
+            Err(failed) => return failed,
+        };
+        let runtime = match self.runtime.get() {
+            Some(rt) => rt,
+            None => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => self.runtime.get_or_init(|| rt),
+                Err(e) => return InvocationResult::failed(format!("cannot start an event loop: {e}"), Duration::ZERO),
+            },
+        };
+        let switch = Arc::new(Switch::new(None));
+        let execution =
+            Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch, abort: None };
+        runtime.block_on(self.execute(execution))
     }
 
     /// A handle that stops whatever this runspace is running, from any thread.
@@ -178,12 +248,12 @@ impl Runspace {
     /// False once something left the VM in a state we cannot vouch for;
     /// the pool then replaces the runspace.
     pub(crate) fn is_healthy(&self) -> bool {
-        self.healthy
+        self.healthy.get()
     }
 
-    /// The generation of the next invocation: handed out by the stop
-    /// switch, which outlives the runspace when a pool replaces it.
-    pub(crate) fn next_generation(&mut self) -> u64 {
+    /// The generation of the next item: handed out by the switchboard,
+    /// which outlives the runspace when a pool replaces it.
+    pub(crate) fn next_generation(&self) -> u64 {
         self.control.next_generation()
     }
 
@@ -191,68 +261,126 @@ impl Runspace {
     // The error is the finished (failed) result itself, built once per
     // script load at most: boxing it would only add an allocation.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn prepare(&mut self, script: &Script) -> Result<Function, InvocationResult> {
+    pub(crate) fn prepare(&self, script: &Script) -> Result<Prepared, InvocationResult> {
         self.function(script)
+            .map(|function| Prepared { id: script.id(), function })
             .map_err(|e| InvocationResult::failed(format!("cannot load script: {}", clean_message(&e)), Duration::ZERO))
     }
 
-    /// Runs one invocation of a prepared script as generation `generation`,
-    /// on behalf of `owner`; stops at once if `abort` is set.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn execute(
-        &mut self,
-        function: &Function,
-        args: &[Value],
-        params: &[(String, Value)],
-        generation: u64,
-        owner: u64,
-        deadline: Option<Instant>,
-        abort: Option<&AtomicBool>,
-    ) -> InvocationResult {
+    /// Runs one item to its end as a Luau thread of its own. The future is
+    /// pending while the item waits in a host call; other items of the
+    /// runspace run meanwhile.
+    pub(crate) async fn execute(&self, e: Execution<'_>) -> InvocationResult {
         let started = Instant::now();
-        self.control.begin(generation, owner, deadline);
-        // Whoever sets `abort` then looks for running items (SeqCst on both
-        // sides): either it sees this item running, or this sees the flag.
-        if abort.is_some_and(|a| a.load(Ordering::SeqCst)) {
-            self.control.request_stop(generation, StopReason::Stopped);
+        self.control.admit(e.generation, e.owner, e.switch.clone());
+        // Whoever sets `abort` then stops the items in flight (SeqCst on
+        // both sides): either it sees this item, or this sees the flag.
+        if e.abort.is_some_and(|a| a.load(Ordering::SeqCst)) {
+            e.switch.stop(StopReason::Stopped);
         }
-        let outcome = {
-            let _active = ActiveGuard::new(&self.control);
-            self.call(function, args, params)
+        let mut capture = Capture::default();
+        let (context, outcome) = match self.start(&e) {
+            Ok((context, mut thread)) => {
+                let outcome =
+                    std::future::poll_fn(|cx| self.poll_item(&context, &mut thread, &e, &mut capture, cx)).await;
+                (Some(context), outcome)
+            }
+            Err(err) => (None, Err(err)),
         };
-        let stop = self.control.stop_reason();
-        self.control.end();
-        let capture = std::mem::take(&mut *self.capture.borrow_mut());
-        let result = self.finish(outcome, capture, stop, started.elapsed());
-        self.reset(result.status() != Status::Completed && result.status() != Status::CompletedWithErrors);
+        self.control.dismiss(e.generation);
+        let result = self.finish(outcome, capture, e.switch.reason(), started.elapsed());
+        let abnormal = !matches!(result.status(), Status::Completed | Status::CompletedWithErrors);
+        self.release(context, abnormal);
         result
     }
 
-    fn call(&self, function: &Function, args: &[Value], params: &[(String, Value)]) -> mlua::Result<MultiValue> {
-        let mut lua_args = MultiValue::with_capacity(args.len());
-        for arg in args {
+    /// Takes a spare context (or makes one) and sets it up for `e`.
+    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, AsyncThread<MultiValue>)> {
+        let spare = self.spare.borrow_mut().pop();
+        let mut context = match spare {
+            Some(context) => context,
+            None => self.new_context()?,
+        };
+        let env = &context.env;
+        env.raw_set(&self.g_key, env)?;
+        let function = match &context.bound {
+            Some((id, f)) if *id == e.script.id => f.clone(),
+            _ => {
+                // A closure of the script's prototype whose globals are the
+                // item's table (`Thread::sandbox` would not re-bind an
+                // already-loaded function). Luau resolves a chunk's imports
+                // (`string`, `math`...) once, at load, from the shared
+                // globals, which is right for them; the shared globals have
+                // no `_G` (see `open_with`), so `_G` is looked up when read,
+                // in the item's table.
+                let f = e.script.function.deep_clone()?;
+                f.set_environment(env.clone())?;
+                context.bound = Some((e.script.id, f.clone()));
+                f
+            }
+        };
+        let mut lua_args = MultiValue::with_capacity(e.args.len());
+        for arg in e.args {
             lua_args.push_back(to_lua(&self.lua, arg)?);
         }
         if let Some(first) = lua_args.front() {
-            self.proxy.raw_set(&self.underscore, first.clone())?;
+            env.raw_set(&self.underscore, first.clone())?;
         }
-        for (name, value) in params {
-            self.proxy.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
+        for (name, value) in e.params {
+            env.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
         }
-        self.thread.reset(function.clone())?;
-        let outcome = self.thread.resume(lua_args);
-        match self.thread.status() {
-            ThreadStatus::Finished => outcome,
-            status => {
-                // Errored or yielded: the thread's stack still holds what
-                // the item was using. Resetting it now lets that be
-                // collected before the next item, not after it.
-                self.thread.reset(function.clone())?;
-                match (status, outcome) {
-                    (ThreadStatus::Resumable, Ok(_)) => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
-                    (_, outcome) => outcome,
-                }
-            }
+        context.thread.reset(function)?;
+        let thread = context.thread.clone().into_async(lua_args)?;
+        Ok((context, thread))
+    }
+
+    fn new_context(&self) -> mlua::Result<ItemContext> {
+        let env = self.lua.create_table()?;
+        env.set_metatable(Some(self.env_meta.clone()))?;
+        // SAFETY: `exec_raw` pushes `env` and hands us the VM's state; we
+        // only flag the table on top and pop it. "safeenv" lets Luau call
+        // builtins (math.floor...) directly, as luaL_sandboxthread does for
+        // the table it makes.
+        unsafe {
+            self.lua.exec_raw::<()>(&env, |state| {
+                ffi::lua_setsafeenv(state, -1, 1);
+                ffi::lua_pop(state, 1);
+            })?;
+        }
+        let thread = self.lua.create_thread(self.placeholder.clone())?;
+        Ok(ItemContext { thread, env, bound: None })
+    }
+
+    /// Resumes the item's thread once, as the item: its switch is the one
+    /// the interrupt checks, its capture the one host functions record into.
+    fn poll_item(
+        &self,
+        context: &ItemContext,
+        thread: &mut AsyncThread<MultiValue>,
+        e: &Execution<'_>,
+        capture: &mut Capture,
+        cx: &mut Context<'_>,
+    ) -> Poll<mlua::Result<MultiValue>> {
+        let deadline = e.switch.deadline();
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            // It waited for its turn past its deadline.
+            e.switch.stop(StopReason::TimedOut);
+        }
+        self.control.begin(e.generation, e.owner, e.lane, deadline);
+        self.polled.enter(capture, &e.switch);
+        let polled = {
+            let _active = ActiveGuard::new(&self.control, &e.switch);
+            Pin::new(thread).poll_next(cx)
+        };
+        self.polled.leave(capture);
+        self.control.end();
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+            Poll::Ready(Some(outcome)) => match context.thread.status() {
+                ThreadStatus::Resumable => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+                _ => Poll::Ready(outcome),
+            },
         }
     }
 
@@ -310,25 +438,41 @@ impl Runspace {
         }
     }
 
-    /// Clears what the invocation left behind. After an abnormal end the
-    /// garbage is collected at once, so a memory bomb's leftovers do not
-    /// count against the next item's limit.
-    fn reset(&mut self, abnormal: bool) {
-        if self.proxy.clear().is_err() {
-            self.healthy = false;
+    /// Clears what the item left behind and keeps its context for the
+    /// next one. After an abnormal end the garbage is collected at once, so
+    /// a memory bomb's leftovers do not count against the next item's limit.
+    fn release(&self, context: Option<ItemContext>, abnormal: bool) {
+        if let Some(context) = context {
+            let cleared = context.env.clear();
+            // Errored or yielded: the thread's stack still holds what the
+            // item was using. Resetting it now lets that be collected
+            // before the next item, not after it.
+            let reset = match context.thread.status() {
+                ThreadStatus::Finished => Ok(()),
+                _ => context.thread.reset(self.placeholder.clone()),
+            };
+            if cleared.is_err() || reset.is_err() {
+                self.healthy.set(false);
+            } else {
+                let mut spare = self.spare.borrow_mut();
+                if spare.len() < MAX_SPARE_CONTEXTS {
+                    spare.push(context);
+                }
+            }
         }
         if abnormal && self.lua.gc_collect().is_err() {
-            self.healthy = false;
+            self.healthy.set(false);
         }
         self.control.rearm_gc();
     }
 
-    fn function(&mut self, script: &Script) -> mlua::Result<Function> {
-        if let Some(f) = self.functions.get(&script.id()) {
+    fn function(&self, script: &Script) -> mlua::Result<Function> {
+        let mut functions = self.functions.borrow_mut();
+        if let Some(f) = functions.get(&script.id()) {
             return Ok(f.clone());
         }
-        if self.functions.len() >= MAX_CACHED_SCRIPTS {
-            self.functions.clear();
+        if functions.len() >= MAX_CACHED_SCRIPTS {
+            functions.clear();
         }
         let f = self
             .lua
@@ -336,7 +480,7 @@ impl Runspace {
             .set_name(format!("={}", script.name()))
             .set_mode(ChunkMode::Binary)
             .into_function()?;
-        self.functions.insert(script.id(), f.clone());
+        functions.insert(script.id(), f.clone());
         Ok(f)
     }
 }
@@ -363,8 +507,7 @@ pub struct Stopper {
 impl Stopper {
     /// Stops the running invocation, if any; the next one is unaffected.
     pub fn stop(&self) {
-        let (generation, _) = self.control.running();
-        self.control.request_stop(generation, StopReason::Stopped);
+        self.control.stop_all(StopReason::Stopped);
     }
 }
 
@@ -382,21 +525,23 @@ fn load_modules(
     loaded: &Table,
     session: &SessionState,
     control: &Arc<Control>,
+    polled: &host::Polled,
 ) -> Result<()> {
     let limit = session.timeout.unwrap_or(MODULE_TIMEOUT);
-    let generation = control.next_generation();
-    control.begin(generation, 0, Some(Instant::now() + limit));
+    let switch = Arc::new(Switch::new(Some(Instant::now() + limit)));
     // Nothing else watches a runspace being opened, so a timer thread
     // pulls the stop switch; it leaves as soon as loading is over.
     let (done, finished) = crossbeam_channel::bounded::<()>(0);
-    let timer = control.clone();
+    let timer = switch.clone();
     let alarm = std::thread::Builder::new().name("runspace-module-timer".into()).spawn(move || {
         if finished.recv_timeout(limit).is_err_and(|e| e.is_timeout()) {
-            timer.request_stop(generation, StopReason::TimedOut);
+            timer.stop(StopReason::TimedOut);
         }
     });
+    let mut capture = host::Capture::default();
+    polled.enter(&mut capture, &switch);
     let result = {
-        let _active = ActiveGuard::new(control);
+        let _active = ActiveGuard::new(control, &switch);
         session.modules.iter().try_for_each(|module| {
             let value: LuaValue = lua
                 .load(&module.bytecode[..])
@@ -404,7 +549,7 @@ fn load_modules(
                 .set_mode(ChunkMode::Binary)
                 .eval()
                 .map_err(|e| {
-                    let message = match control.stop_reason() {
+                    let message = match switch.reason() {
                         Some(StopReason::TimedOut) => {
                             format!("did not finish loading within {}", humantime::format_duration(limit))
                         }
@@ -419,33 +564,24 @@ fn load_modules(
             loaded.raw_set(module.name.as_str(), value).map_err(vm)
         })
     };
+    polled.leave(&mut capture);
     drop(done);
     if let Ok(alarm) = alarm {
         let _ = alarm.join();
     }
-    control.end();
     result
 }
 
-/// Makes `_G` the item's own writable global table, as in plain Lua: the
-/// sandbox's proxy, which is cleared after every item. Reads fall through
-/// to the libraries and session globals; writes (`_G.x = 1`, `_G[i] = v`)
-/// land in the proxy. The proxy's metatable is protected, so no item can
-/// unhook the libraries for the items after it.
-fn make_g_the_proxy(globals: &Table, proxy: &Table) -> mlua::Result<()> {
-    globals.set_readonly(false);
-    let set = globals.raw_set("_G", proxy);
-    globals.set_readonly(true);
-    set?;
-    if let Some(meta) = proxy.metatable() {
-        // Luau made it read-only, which keeps its fields but not the
-        // proxy from being given another metatable.
-        meta.set_readonly(false);
-        let set = meta.raw_set("__metatable", false);
-        meta.set_readonly(true);
-        set?;
-    }
-    Ok(())
+/// The metatable of every item's global table: reads fall through to the
+/// shared globals (libraries, session variables, modules: all read-only),
+/// and `__metatable` keeps a script from unhooking them for the items after
+/// it. `_G` is the item's own table (set per item), as in plain Lua.
+fn item_metatable(lua: &Lua, globals: &Table) -> mlua::Result<Table> {
+    let meta = lua.create_table()?;
+    meta.raw_set("__index", globals)?;
+    meta.raw_set("__metatable", false)?;
+    meta.set_readonly(true);
+    Ok(meta)
 }
 
 /// Makes a session value read-only, all the way down, so scripts share it safely.
@@ -520,10 +656,9 @@ pub(crate) fn clean_message(e: &mlua::Error) -> String {
 mod tests {
     use super::*;
 
-    /// A pool worker keeps its stop switch when it replaces its runspace. A
-    /// stop for the old runspace's last invocation that arrives late must
-    /// neither hit the new runspace's invocations nor shadow stops meant
-    /// for them.
+    /// A pool worker keeps its switchboard when it replaces its runspace:
+    /// the new one continues the generations, so a late stop meant for the
+    /// old runspace's item cannot hit a new one.
     #[test]
     fn a_replacement_runspace_continues_the_generations() {
         let control = Arc::new(Control::default());
@@ -537,6 +672,7 @@ mod tests {
         control.request_stop(3, StopReason::Stopped);
 
         let mut new = Runspace::open_with(&session, control.clone()).unwrap();
+        assert!(new.next_generation() > 3);
         for _ in 0..3 {
             assert_eq!(new.invoke(&quick, &[], &[]).status(), Status::Completed);
         }

@@ -178,6 +178,28 @@ fn the_watchdog_abandons_a_runspace_stuck_in_c_and_the_throttle_holds() {
 }
 
 #[test]
+fn the_items_sharing_a_stuck_runspace_start_again_on_a_fresh_one() {
+    // One runspace: the stuck item blocks every item waiting beside it.
+    let pool = RunspacePool::builder().threads(1).throttle(50).open().unwrap();
+    let waiting = Script::new("sleep(0.3) return 'ok'").unwrap();
+    let neighbours: Vec<_> = (0..10).map(|_| pool.invocation(&waiting).begin().unwrap()).collect();
+    let stuck_script = Script::new(&format!("sleep(0.05) {STUCK_IN_C}")).unwrap();
+    let started = Instant::now();
+    let stuck = pool.invocation(&stuck_script).timeout(Duration::from_millis(500)).begin().unwrap();
+    let r = stuck.end();
+    assert!(started.elapsed() < Duration::from_millis(500) + HANG, "took {:?}", started.elapsed());
+    assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
+    // Its neighbours were waiting in the abandoned VM: they run again, from
+    // the start, on the fresh one, and each ends once.
+    for n in neighbours {
+        assert!(n.wait(HANG), "a neighbour of the stuck item never ended");
+        let r = n.end();
+        assert_eq!((r.status(), r.result()), (Status::Completed, json!("ok")), "{:?}", r.error());
+    }
+    assert_eq!(pool.open_runspaces(), 1);
+}
+
+#[test]
 fn a_stop_reaches_an_invocation_stuck_in_c() {
     let pool = RunspacePool::builder().max(1).open().unwrap();
     let handle = pool.invocation(&Script::new(STUCK_IN_C).unwrap()).begin().unwrap();

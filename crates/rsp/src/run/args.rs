@@ -42,10 +42,16 @@ pub struct RunArgs {
     #[command(flatten)]
     pub command: CommandArgs,
 
-    /// Runspaces working at once (default: the number of CPUs, right for CPU-bound
-    /// scripts; raise it for scripts that mostly wait, e.g. --throttle 200).
-    #[arg(short = 't', visible_short_alias = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Items in flight at once (default: the number of CPUs, right for CPU-bound
+    /// scripts). Items that wait in sleep, http, net or exec yield their runspace
+    /// to the others, so raise it for scripts that mostly wait, e.g. --throttle 10000.
+    #[arg(short = 't', visible_short_alias = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub throttle: Option<u32>,
+
+    /// Runspaces, each on its own OS thread, that the items in flight share
+    /// (default: the number of CPUs, never more than --throttle).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
 
     /// Print results in input order (a bounded reorder buffer) instead of as they finish.
     #[arg(short = 'k', long)]

@@ -38,6 +38,30 @@ use crate::common::human::count_of;
 use crate::common::progress::Progress;
 use crate::common::{colour, exit, CliError};
 
+/// How many runspaces to open, when not the engine's default (the CPUs).
+/// `{%}` is a runspace's slot, claimed once by its first command, so a
+/// command mode that uses it needs one runspace per item in flight: two
+/// commands sharing a runspace would share a slot, which GNU parallel
+/// promises never happens.
+fn runspaces(args: &RunArgs, command: Option<&CommandMode>, throttle: usize) -> Result<Option<usize>, CliError> {
+    let threads = args.threads.map(|t| t as usize);
+    if !command.is_some_and(CommandMode::uses_slot) {
+        return Ok(threads);
+    }
+    match threads {
+        Some(t) if t != throttle => Err(CliError::usage(format!(
+            "--cmd with {{%}}: each slot is a runspace, so --threads must equal -j ({throttle}), not {t}"
+        ))),
+        _ if throttle > MAX_SLOTS => {
+            Err(CliError::usage(format!("--cmd with {{%}}: at most {MAX_SLOTS} slots (-j {throttle} asks for more)")))
+        }
+        _ => Ok(Some(throttle)),
+    }
+}
+
+/// The most runspaces `--threads` allows, and so the most `{%}` slots.
+const MAX_SLOTS: usize = 4096;
+
 /// Runs `rsp run`; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
@@ -52,8 +76,16 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let view = View::decide(&args, work.command.is_some());
     let total = work.inputs.total.map(|t| t.saturating_sub(journal.skip_estimate));
 
-    let pool =
-        RunspacePool::builder().min(1).max(throttle(&args)).session(work.session).open().map_err(CliError::script)?;
+    let throttle = throttle(&args);
+    if throttle > 256 {
+        // Thousands of waiting items may each hold a socket or a pipe.
+        let _ = runspace_scan::limits::raise_nofile_limit();
+    }
+    let mut pool = RunspacePool::builder().min(1).throttle(throttle).session(work.session);
+    if let Some(threads) = runspaces(&args, work.command.as_ref(), throttle)? {
+        pool = pool.threads(threads);
+    }
+    let pool = pool.open().map_err(CliError::script)?;
     let parallel = configure(pool.parallel(&work.script), &args, work.params, total)?;
     let mut results = parallel.run_indexed(journal.feed);
     let interrupts = interrupt::install_ctrl_c(results.control());

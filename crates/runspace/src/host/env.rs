@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use mlua::{Lua, Table};
 
@@ -39,9 +38,10 @@ impl Surroundings {
         }
     }
 
+    #[cfg(feature = "exec")]
     /// Gives `command` the session's environment and working directory
     /// (`cwd`, the script's own choice, resolved against the latter).
-    pub(crate) fn apply(&self, command: &mut Command, cwd: Option<&str>) {
+    pub(crate) fn apply(&self, command: &mut std::process::Command, cwd: Option<&str>) {
         if let Some(vars) = &self.environment {
             command.env_clear().envs(vars);
         }

@@ -5,26 +5,25 @@
 //! arguments are never re-split or expanded. The child gets its own process
 //! group; when its timeout passes or the item is stopped, the whole group is
 //! killed (a shell's children too), so nothing it started keeps running or
-//! keeps its output pipes open.
+//! keeps its output pipes open. The item's thread yields while the child
+//! runs, so many items can wait on children side by side; a stopped item
+//! drops its wait, which kills the group and reaps the child.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::Deserialize;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::gate::{self, fail, record};
 use super::HostContext;
 use crate::capability::Capability;
-use crate::control::Control;
+use crate::control::Switch;
 use crate::convert::from_lua;
-use pipes::Pipes;
-
-mod pipes;
 
 /// Output kept per stream unless `max_output` says otherwise; the rest is
 /// read and dropped, so a chatty child never blocks on a full pipe.
@@ -34,8 +33,8 @@ const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 /// grandchild outside the group may hold them open indefinitely.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
-/// Longest pause between looks at the child and the stop switch.
-const MAX_SLICE: Duration = Duration::from_millis(20);
+/// Bytes read per `read` call.
+const CHUNK: usize = 64 << 10;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -59,15 +58,23 @@ struct ExecOptions {
 pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Result<()> {
     let exec = lua.create_table()?;
     let c = ctx.clone();
-    let run_fn =
-        lua.create_function(move |lua, (program, args, opts): (String, Option<Table>, Option<LuaValue>)| {
-            run(lua, &c, &program, args, opts)
-        })?;
-    exec.raw_set("run", run_fn.clone())?;
+    exec.raw_set(
+        "run",
+        lua.create_async_function(move |lua, (program, args, opts): (String, Option<Table>, Option<LuaValue>)| {
+            let (c, switch) = (c.clone(), c.switch());
+            async move { run(&lua, &c, &switch, &program, args, opts).await }
+        })?,
+    )?;
     let meta = lua.create_table()?;
+    let c = ctx.clone();
     meta.raw_set(
         "__call",
-        lua.create_function(move |_, (_exec, rest): (Table, mlua::MultiValue)| run_fn.call::<Table>(rest))?,
+        lua.create_async_function(
+            move |lua, (_exec, program, args, opts): (Table, String, Option<Table>, Option<LuaValue>)| {
+                let (c, switch) = (c.clone(), c.switch());
+                async move { run(&lua, &c, &switch, &program, args, opts).await }
+            },
+        )?,
     )?;
     // Scripts may not swap the metatable for other items of the runspace to see.
     meta.raw_set("__metatable", false)?;
@@ -76,9 +83,10 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     globals.raw_set("exec", exec)
 }
 
-fn run(
+async fn run(
     lua: &Lua,
     ctx: &HostContext,
+    switch: &Switch,
     program: &str,
     args: Option<Table>,
     opts: Option<LuaValue>,
@@ -105,27 +113,47 @@ fn run(
         .process_group(0);
     ctx.surroundings.apply(&mut cmd, opts.cwd.as_deref());
     cmd.envs(opts.env.iter().flatten());
+    let mut cmd = tokio::process::Command::from(cmd);
+    // A stopped item drops this future: the child is killed and reaped.
+    cmd.kill_on_drop(true);
 
-    gate::check(&ctx.control)?;
+    gate::check(ctx)?;
     let started = Instant::now();
     let mut child = cmd.spawn().map_err(|e| fail(what, format!("{program}: {e}")))?;
+    // Kills the child's whole group if the item is stopped while it runs.
+    let mut group = Group(child.id().map(|pid| pid as libc::pid_t));
     if let (Some(text), Some(mut pipe)) = (opts.stdin, child.stdin.take()) {
-        // A child that never reads its input must not block us: write from a thread.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(text.as_bytes());
+        // A child that never reads its input must not block us: write on the side.
+        tokio::spawn(async move {
+            let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let mut pipes = Pipes::new(&mut child, max_output);
-
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let deadline = timeout.map(|t| started + t);
-    let (status, timed_out) = match supervise(&mut child, &mut pipes, &ctx.control, deadline) {
-        Ok(ended) => ended,
-        Err(e) => {
-            kill(&mut child);
-            return Err(e);
+    let ended = gate::guard(switch, async {
+        let read = async {
+            tokio::join!(read_capped(stdout, &mut out, max_output), read_capped(stderr, &mut err, max_output))
+        };
+        tokio::pin!(read);
+        let waiting = wait(&mut child, &group, deadline);
+        tokio::pin!(waiting);
+        let mut read_all = false;
+        let ended = loop {
+            tokio::select! {
+                ended = &mut waiting => break ended,
+                _ = &mut read, if !read_all => read_all = true,
+            }
+        };
+        if !read_all {
+            // A grandchild outside the group may hold the pipes open.
+            let _ = tokio::time::timeout(DRAIN_GRACE, &mut read).await;
         }
-    };
-    let (out, err) = pipes.finish(Instant::now() + DRAIN_GRACE);
+        ended
+    })
+    .await?;
+    let (status, timed_out) = ended.map_err(|e| fail(what, e))?;
+    group.0 = None;
     record(
         lua,
         [
@@ -157,44 +185,56 @@ fn arguments(args: Option<Table>) -> mlua::Result<Vec<String>> {
     }
 }
 
-/// Waits for the child, killing it at its own deadline (then `timed_out`),
-/// and failing with the stop's error when the item is stopped (the caller kills).
-/// Output is read meanwhile.
-fn supervise(
-    child: &mut Child,
-    pipes: &mut Pipes,
-    control: &Control,
-    deadline: Option<Instant>,
-) -> mlua::Result<(ExitStatus, bool)> {
-    // Naps, when there is nothing to poll, start short so quick commands return quickly.
-    let mut slice = Duration::from_millis(1);
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| fail("exec", e))? {
-            return Ok((status, false));
-        }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| d <= now) {
-            kill(child);
-            let status = child.wait().map_err(|e| fail("exec", e))?;
-            return Ok((status, true));
-        }
-        // Woken by output or the exit itself; the stop switch is looked at every slice.
-        if pipes.pump(deadline.map_or(MAX_SLICE, |d| MAX_SLICE.min(d - now))) {
-            control.check().map_err(super::HostContext::stopped)?;
-        } else {
-            let nap = deadline.map_or(slice, |d| slice.min(d - now));
-            control.sleep(nap).map_err(super::HostContext::stopped)?;
-            slice = (slice * 2).min(MAX_SLICE);
+/// The child's process group, killed when dropped while it is set: the
+/// item was stopped (its future dropped) with the child still running.
+struct Group(Option<libc::pid_t>);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: plain kill(2). The group id is the child's pid
+            // (`process_group(0)`), and the child is not reaped yet (the
+            // group is disarmed once it is), so the id cannot have been reused.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
     }
 }
 
-/// Kills the child's whole process group, then reaps the child.
-fn kill(child: &mut Child) {
-    let pid = child.id() as libc::pid_t;
-    // SAFETY: plain kill(2). The group id is the child's pid (`process_group(0)`),
-    // and the child is not reaped yet, so the id cannot have been reused.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-    let _ = child.kill();
-    let _ = child.wait();
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for the child, killing its group at its own deadline (then `timed_out`).
+async fn wait(
+    child: &mut tokio::process::Child,
+    group: &Group,
+    deadline: Option<Instant>,
+) -> std::io::Result<(ExitStatus, bool)> {
+    let Some(deadline) = deadline else { return Ok((child.wait().await?, false)) };
+    match tokio::time::timeout_at(deadline.into(), child.wait()).await {
+        Ok(status) => Ok((status?, false)),
+        Err(_elapsed) => {
+            group.kill();
+            let _ = child.start_kill();
+            Ok((child.wait().await?, true))
+        }
+    }
+}
+
+/// Reads `pipe` to its end, keeping at most `max` bytes in `kept` (the rest
+/// is read and dropped, so a chatty child never blocks on a full pipe).
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>, max: usize) {
+    let Some(mut pipe) = pipe else { return };
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let room = max.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
 }

@@ -106,10 +106,10 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
             // A symbolic link is removed itself, never what it points to.
             let target = write_path(&c, what, &path, Last::Keep)?;
             let opts: RemoveOptions = gate::options(what, opts)?;
-            let control = &c.control;
-            match beneath::remove(&target, opts.recursive, &|| control.check().is_ok()) {
+            let switch = c.switch();
+            match beneath::remove(&target, opts.recursive, &|| switch.check().is_ok()) {
                 Ok(removed) => Ok(removed),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => gate::check(control).map(|()| false),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => gate::check(&c).map(|()| false),
                 Err(e) => Err(fail(what, format!("{path}: {e}"))),
             }
         })?,
@@ -183,7 +183,7 @@ fn list(lua: &Lua, ctx: &HostContext, dir: &Checked, shown: &Path, recursive: bo
         for name in names {
             seen += 1;
             if seen.is_multiple_of(CHECK_EVERY) {
-                gate::check(&ctx.control)?;
+                gate::check(ctx)?;
             }
             // Entries can vanish while we list; skip them.
             let Ok(stat) = dir.stat(&name) else { continue };

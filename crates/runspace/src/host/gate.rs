@@ -2,29 +2,29 @@
 //! check its grant, read its options, and wait for blocking work without
 //! outliving a stop.
 
-use std::time::{Duration, Instant};
-
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use mlua::{Lua, Table, Value as LuaValue};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::HostContext;
 use crate::capability::Capability;
-use crate::control::Control;
 use crate::convert::from_lua;
-
-/// How often a host call that waits on another thread looks at its stop switch.
-pub(crate) const POLL: Duration = Duration::from_millis(10);
 
 /// Fails with the message that names the capability and its flag.
 pub(crate) fn require(ctx: &HostContext, capability: Capability, what: &str) -> mlua::Result<()> {
     ctx.grants.require(capability, what).map_err(mlua::Error::runtime)
 }
 
-/// Fails with the stop's error when the invocation has been stopped or timed out.
-pub(crate) fn check(control: &Control) -> mlua::Result<()> {
-    control.check().map_err(HostContext::stopped)
+/// Fails with the stop's error when the calling item has been stopped or timed out.
+pub(crate) fn check(ctx: &HostContext) -> mlua::Result<()> {
+    ctx.switch().check().map_err(HostContext::stopped)
+}
+
+#[cfg(any(feature = "http", feature = "net", feature = "exec"))]
+/// Waits for `work`, failing with the stop's error when the calling item
+/// is stopped or times out first (then `work` is dropped, which cancels it).
+pub(crate) async fn guard<F: std::future::Future>(switch: &crate::control::Switch, work: F) -> mlua::Result<F::Output> {
+    switch.guard(work).await.map_err(HostContext::stopped)
 }
 
 /// A runtime error prefixed with the function's name.
@@ -48,33 +48,13 @@ pub(crate) fn options<T: DeserializeOwned + Default>(what: &str, value: Option<L
     serde_json::from_value(json).map_err(|e| fail(what, format!("bad options: {e}")))
 }
 
+#[cfg(any(feature = "http", feature = "net", feature = "exec"))]
 /// A timeout given in seconds (like `sleep`), checked.
-pub(crate) fn seconds(what: &str, value: f64) -> mlua::Result<Duration> {
+pub(crate) fn seconds(what: &str, value: f64) -> mlua::Result<std::time::Duration> {
     if value.is_finite() && value >= 0.0 {
-        Ok(Duration::from_secs_f64(value.min(1e9)))
+        Ok(std::time::Duration::from_secs_f64(value.min(1e9)))
     } else {
         Err(fail(what, format!("timeout must be a non-negative number of seconds, not {value}")))
-    }
-}
-
-/// Waits for another thread's answer on `rx`, giving up when the invocation
-/// is stopped or `until` passes (then `Ok(None)`).
-///
-/// The worker thread is not joined: callers make sure it ends soon on its
-/// own (by a timeout of its own, or by shutting its socket down).
-pub(crate) fn wait<T>(control: &Control, rx: &Receiver<T>, until: Option<Instant>) -> mlua::Result<Option<T>> {
-    loop {
-        check(control)?;
-        let now = Instant::now();
-        if until.is_some_and(|u| u <= now) {
-            return Ok(None);
-        }
-        let slice = until.map_or(POLL, |u| (u - now).min(POLL));
-        match rx.recv_timeout(slice) {
-            Ok(v) => return Ok(Some(v)),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Err(mlua::Error::runtime("host worker thread failed")),
-        }
     }
 }
 

@@ -1,28 +1,35 @@
 //! `http.get`, `http.request`, `http.get_json`, `http.post_json`, behind the
-//! `http` capability. HTTP/1.1 with TLS through `ureq` (rustls, Mozilla's
-//! root certificates); gzip bodies are decoded.
+//! `http` capability. HTTP/1.1 with TLS through `reqwest` (rustls, Mozilla's
+//! root certificates); gzip bodies are decoded, up to 10 redirects followed.
 //!
-//! A request runs on a helper thread while the script's thread waits on the
-//! invocation's stop switch. On a stop, the runspace's agent is shut down:
-//! ureq then shuts every socket it holds, so the helper's blocked read or
-//! write fails at once and the thread ends within milliseconds, mid-headers
-//! or mid-body alike. (A TCP connect still in progress is the exception: it
-//! ends at its own timeout, though the script has already moved on.)
+//! Why reqwest: items are Luau threads on one event loop per runspace, so
+//! a request must be a future that yields the item's thread, not a
+//! blocking call on a helper thread (what ureq offered). reqwest is the
+//! maintained async client built on hyper and tokio that already does what
+//! the host promised with ureq: redirects, gzip, proxies from the
+//! environment, rustls with webpki roots, HTTP/1.1 only (no `http2`
+//! feature), and it streams the body so `max_bytes` is enforced as it
+//! arrives. hyper-util's client with hyper-rustls would do the same with
+//! redirects, proxies and decompression written here by hand.
+//!
+//! A stop or the item's deadline drops the request future: hyper closes
+//! the connection at once, mid-connect, mid-headers or mid-body alike.
 //!
 //! Status codes are data, not errors: `http.get` returns a 404 like a 200.
 //! Only the JSON helpers, which promise a decoded body, fail on a non-2xx.
 
 use std::cell::RefCell;
+use std::error::Error as _;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mlua::{Lua, Table, Value as LuaValue};
 use serde_json::Value;
-use ureq::{Agent, RequestExt};
 
 use super::gate::{self, fail, record};
 use super::HostContext;
 use crate::capability::Capability;
+use crate::control::Switch;
 use crate::convert::{from_lua, to_lua};
 
 /// Seconds a request may take, all included, unless `timeout` says otherwise.
@@ -30,9 +37,6 @@ const DEFAULT_TIMEOUT: f64 = 30.0;
 
 /// Largest response body read unless `max_bytes` says otherwise.
 const DEFAULT_MAX_BYTES: u64 = 64 << 20;
-
-/// How long a stopped request's helper thread gets to notice its socket shut.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// One request, read from the script's arguments.
 struct Request {
@@ -52,68 +56,106 @@ struct Response {
     body: Vec<u8>,
 }
 
-/// The runspace's agent (its connection pool), made on first use and
-/// replaced after a stop shut it down.
-type AgentSlot = Rc<RefCell<Option<Agent>>>;
+/// The runspace's client (its connection pool), made on first use.
+type ClientSlot = Rc<RefCell<Option<reqwest::Client>>>;
 
 /// Installs the `http` table.
 pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Result<()> {
     let http = lua.create_table()?;
-    let agent: AgentSlot = Rc::default();
+    let client: ClientSlot = Rc::default();
 
-    let (c, a) = (ctx.clone(), agent.clone());
+    let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "get",
-        lua.create_function(move |lua, (url, opts): (String, Option<Table>)| {
-            gate::require(&c, Capability::Http, "http.get()")?;
-            let req = request("http.get", "GET", url, opts, &["headers", "timeout", "max_bytes"])?;
-            response_table(lua, perform(&c, &a, "http.get", req)?)
+        lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
+            let started = start(&c, &a, "http.get()", || {
+                request("http.get", "GET", url, opts, &["headers", "timeout", "max_bytes"])
+            });
+            async move {
+                let (client, switch, req) = started?;
+                response_table(&lua, perform(client, &switch, "http.get", req).await?)
+            }
         })?,
     )?;
 
-    let (c, a) = (ctx.clone(), agent.clone());
+    let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "request",
-        lua.create_function(move |lua, spec: Table| {
-            gate::require(&c, Capability::Http, "http.request()")?;
-            let method: Option<String> = spec.get("method")?;
-            let url: String = spec
-                .get::<Option<String>>("url")?
-                .ok_or_else(|| fail("http.request", "the 'url' field is required"))?;
-            let allowed = ["method", "url", "headers", "body", "json", "timeout", "max_bytes"];
-            let method = method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
-            let req = request("http.request", &method, url, Some(spec), &allowed)?;
-            response_table(lua, perform(&c, &a, "http.request", req)?)
+        lua.create_async_function(move |lua, spec: Table| {
+            let started = start(&c, &a, "http.request()", || {
+                let method: Option<String> = spec.get("method")?;
+                let url: String = spec
+                    .get::<Option<String>>("url")?
+                    .ok_or_else(|| fail("http.request", "the 'url' field is required"))?;
+                let allowed = ["method", "url", "headers", "body", "json", "timeout", "max_bytes"];
+                let method = method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                request("http.request", &method, url, Some(spec), &allowed)
+            });
+            async move {
+                let (client, switch, req) = started?;
+                response_table(&lua, perform(client, &switch, "http.request", req).await?)
+            }
         })?,
     )?;
 
-    let (c, a) = (ctx.clone(), agent.clone());
+    let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "get_json",
-        lua.create_function(move |lua, (url, opts): (String, Option<Table>)| {
+        lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
             let what = "http.get_json";
-            gate::require(&c, Capability::Http, "http.get_json()")?;
-            let mut req = request(what, "GET", url, opts, &["headers", "timeout", "max_bytes"])?;
-            req.headers.push(("accept".into(), "application/json".into()));
-            decode_json(lua, what, &req.url.clone(), perform(&c, &a, what, req)?)
+            let started = start(&c, &a, "http.get_json()", || {
+                let mut req = request(what, "GET", url, opts, &["headers", "timeout", "max_bytes"])?;
+                req.headers.push(("accept".into(), "application/json".into()));
+                Ok(req)
+            });
+            async move {
+                let (client, switch, req) = started?;
+                let url = req.url.clone();
+                decode_json(&lua, what, &url, perform(client, &switch, what, req).await?)
+            }
         })?,
     )?;
 
-    let (c, a) = (ctx.clone(), agent);
+    let (c, a) = (ctx.clone(), client);
     http.raw_set(
         "post_json",
-        lua.create_function(move |lua, (url, value, opts): (String, LuaValue, Option<Table>)| {
+        lua.create_async_function(move |lua, (url, value, opts): (String, LuaValue, Option<Table>)| {
             let what = "http.post_json";
-            gate::require(&c, Capability::Http, "http.post_json()")?;
-            let mut req = request(what, "POST", url, opts, &["headers", "timeout", "max_bytes"])?;
-            req.body = Some(serde_json::to_vec(&from_lua(&value)?).map_err(|e| fail(what, e))?);
-            req.headers.push(("content-type".into(), "application/json".into()));
-            req.headers.push(("accept".into(), "application/json".into()));
-            decode_json(lua, what, &req.url.clone(), perform(&c, &a, what, req)?)
+            let started = start(&c, &a, "http.post_json()", || {
+                let mut req = request(what, "POST", url, opts, &["headers", "timeout", "max_bytes"])?;
+                req.body = Some(serde_json::to_vec(&from_lua(&value)?).map_err(|e| fail(what, e))?);
+                req.headers.push(("content-type".into(), "application/json".into()));
+                req.headers.push(("accept".into(), "application/json".into()));
+                Ok(req)
+            });
+            async move {
+                let (client, switch, req) = started?;
+                let url = req.url.clone();
+                decode_json(&lua, what, &url, perform(client, &switch, what, req).await?)
+            }
         })?,
     )?;
 
     globals.raw_set("http", http)
+}
+
+/// What a request needs before it yields: the grant checked, the options
+/// read (while the script's tables are at hand), the client, the caller's switch.
+fn start(
+    ctx: &HostContext,
+    slot: &ClientSlot,
+    name: &str,
+    read: impl FnOnce() -> mlua::Result<Request>,
+) -> mlua::Result<(reqwest::Client, std::sync::Arc<Switch>, Request)> {
+    gate::require(ctx, Capability::Http, name)?;
+    let req = read()?;
+    gate::check(ctx)?;
+    let client = match &*slot.borrow() {
+        Some(client) => client.clone(),
+        None => new_client().map_err(|e| fail(name.trim_end_matches("()"), describe(&e)))?,
+    };
+    slot.borrow_mut().get_or_insert_with(|| client.clone());
+    Ok((client, ctx.switch(), req))
 }
 
 /// Reads a request's options (`allowed` names the fields this function takes).
@@ -162,65 +204,54 @@ fn request(what: &str, method: &str, url: String, opts: Option<Table>, allowed: 
     Ok(req)
 }
 
-/// Runs `req` on a helper thread, waiting on the invocation's stop switch.
-fn perform(ctx: &HostContext, slot: &AgentSlot, what: &str, req: Request) -> mlua::Result<Response> {
-    gate::check(&ctx.control)?;
-    let agent = slot.borrow_mut().get_or_insert_with(new_agent).clone();
-    let (tx, rx) = crossbeam_channel::bounded(1);
+/// Sends `req` and reads its response within its timeout, unless the item
+/// is stopped or times out first (then the request is dropped, closing its
+/// connection).
+async fn perform(client: reqwest::Client, switch: &Switch, what: &str, req: Request) -> mlua::Result<Response> {
     let label = format!("{what} {}", req.url);
-    // ureq's global timeout ends the request; this only guards against it not doing so.
-    let until = Instant::now() + req.timeout + SHUTDOWN_GRACE;
-    let worker = agent.clone();
-    std::thread::Builder::new()
-        .name("runspace-http".into())
-        .spawn(move || {
-            let _ = tx.send(send(&worker, req));
-        })
-        .map_err(|e| fail(what, format!("cannot start the request thread: {e}")))?;
-    let stop = match gate::wait(&ctx.control, &rx, Some(until)) {
-        Ok(Some(result)) => return result.map_err(|e| mlua::Error::runtime(format!("{label}: {e}"))),
-        Ok(None) => None,
-        Err(stop) => Some(stop),
-    };
-    // Stopped or overdue: shut the agent's sockets so the helper thread
-    // ends now, and give it a moment to do so.
-    slot.borrow_mut().take();
-    agent.shutdown();
-    let _ = rx.recv_timeout(SHUTDOWN_GRACE);
-    Err(stop.unwrap_or_else(|| mlua::Error::runtime(format!("{label}: timed out"))))
+    let timeout = req.timeout;
+    match gate::guard(switch, tokio::time::timeout(timeout, send(&client, req))).await? {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(e)) => Err(mlua::Error::runtime(format!("{label}: {e}"))),
+        Err(_elapsed) => {
+            Err(mlua::Error::runtime(format!("{label}: timed out after {}", humantime::format_duration(timeout))))
+        }
+    }
 }
 
-fn new_agent() -> Agent {
-    Agent::config_builder()
-        .http_status_as_error(false)
+fn new_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
         .user_agent(concat!("runspace/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::limited(10))
         .build()
-        .new_agent()
 }
 
-/// Sends one request and reads the whole response (on the helper thread).
-fn send(agent: &Agent, req: Request) -> Result<Response, String> {
-    let mut builder = ureq::http::Request::builder().method(req.method.as_str()).uri(req.url.as_str());
+/// An error with its causes ("error sending request: connection refused").
+fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Sends one request and reads the whole response, at most `max_bytes` of body.
+async fn send(client: &reqwest::Client, req: Request) -> Result<Response, String> {
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).map_err(|e| e.to_string())?;
+    let mut builder = client.request(method, req.url.as_str());
     for (name, value) in &req.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
-    let response = match req.body {
-        None => builder
-            .body(())
-            .map_err(|e| e.to_string())?
-            .with_agent(agent)
-            .configure()
-            .timeout_global(Some(req.timeout))
-            .run(),
-        Some(body) => builder
-            .body(body)
-            .map_err(|e| e.to_string())?
-            .with_agent(agent)
-            .configure()
-            .timeout_global(Some(req.timeout))
-            .run(),
-    };
-    let mut response = response.map_err(|e| e.to_string())?;
+    if let Some(body) = req.body {
+        builder = builder.body(body);
+    }
+    let mut response = builder.send().await.map_err(|e| describe(&e))?;
     let status = response.status();
     let mut headers: Vec<(String, String)> = Vec::new();
     for (name, value) in response.headers() {
@@ -234,7 +265,13 @@ fn send(agent: &Agent, req: Request) -> Result<Response, String> {
             None => headers.push((name.as_str().to_string(), value)),
         }
     }
-    let body = response.body_mut().with_config().limit(req.max_bytes).read_to_vec().map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        if (body.len() + chunk.len()) as u64 > req.max_bytes {
+            return Err(format!("the body is over the limit of {} bytes (max_bytes)", req.max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
     Ok(Response { status: status.as_u16(), reason: status.canonical_reason().unwrap_or("").to_string(), headers, body })
 }
 

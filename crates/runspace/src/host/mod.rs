@@ -4,7 +4,7 @@
 //! Host functions record into the running invocation's [`Capture`] and
 //! wait on its [`Control`], so every blocking call can be stopped.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,20 +13,25 @@ use mlua::{Lua, MultiValue, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::capability::Grants;
-use crate::control::{Control, StopReason};
+use crate::control::{StopReason, Switch};
 use crate::convert::{display, from_lua, from_lua_within, to_lua};
 use crate::streams::{ProgressRecord, Streams};
 
 mod beneath;
 mod env;
+#[cfg(feature = "exec")]
 mod exec;
 mod fs;
 mod gate;
+#[cfg(feature = "http")]
 mod http;
 mod measure;
+#[cfg(feature = "net")]
 mod net;
 mod paths;
+#[cfg(feature = "proc")]
 mod proc;
+mod unavailable;
 
 pub(crate) use env::Surroundings;
 
@@ -71,11 +76,47 @@ pub(crate) fn value_size(value: &Value) -> usize {
     }
 }
 
+/// The item a VM runs right now, as its host functions see it: where its
+/// output and streams go, and its stop switch. Many items share a VM, so
+/// the runspace swaps them in and out around every resume.
+#[derive(Clone, Default)]
+pub(crate) struct Polled(Rc<PolledItem>);
+
+#[derive(Default)]
+struct PolledItem {
+    capture: RefCell<Capture>,
+    switch: RefCell<Option<Arc<Switch>>>,
+}
+
+impl Polled {
+    /// Makes `capture` and `switch` the running item's (until [`Polled::leave`]).
+    pub(crate) fn enter(&self, capture: &mut Capture, switch: &Arc<Switch>) {
+        std::mem::swap(&mut *self.0.capture.borrow_mut(), capture);
+        *self.0.switch.borrow_mut() = Some(switch.clone());
+    }
+
+    /// Hands the running item's capture back to it.
+    pub(crate) fn leave(&self, capture: &mut Capture) {
+        std::mem::swap(&mut *self.0.capture.borrow_mut(), capture);
+        self.0.switch.borrow_mut().take();
+    }
+
+    /// What the running item has produced so far.
+    pub(crate) fn capture(&self) -> RefMut<'_, Capture> {
+        self.0.capture.borrow_mut()
+    }
+
+    /// The running item's stop switch (one that never stops when called
+    /// outside an item).
+    pub(crate) fn switch(&self) -> Arc<Switch> {
+        self.0.switch.borrow().clone().unwrap_or_default()
+    }
+}
+
 /// What host functions share: where to record, what to wait on, what is granted.
 #[derive(Clone)]
 pub(crate) struct HostContext {
-    pub(crate) capture: Rc<RefCell<Capture>>,
-    pub(crate) control: Arc<Control>,
+    pub(crate) polled: Polled,
     pub(crate) grants: Grants,
     /// Bytes of output and stream records an invocation may produce.
     pub(crate) max_output: usize,
@@ -89,16 +130,21 @@ impl HostContext {
     pub(crate) fn stopped(reason: StopReason) -> mlua::Error {
         mlua::Error::runtime(reason.message())
     }
+
+    /// The stop switch of the item calling now.
+    pub(crate) fn switch(&self) -> Arc<Switch> {
+        self.polled.switch()
+    }
 }
 
 /// Installs the always-available host functions into `globals`.
 pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Result<()> {
-    let c = ctx.capture.clone();
+    let c = ctx.polled.clone();
     let limit = ctx.max_output;
     globals.raw_set(
         "emit",
         lua.create_function(move |_, values: MultiValue| {
-            let mut capture = c.borrow_mut();
+            let mut capture = c.capture();
             for v in values.iter() {
                 let value = from_lua_within(v, limit, || output_limit_message(limit))?;
                 capture.charge(value_size(&value), limit)?;
@@ -117,31 +163,31 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         ("write_information", |s| &mut s.information),
     ];
     for (name, pick) in streams {
-        let c = ctx.capture.clone();
+        let c = ctx.polled.clone();
         globals.raw_set(
             name,
             lua.create_function(move |_, values: MultiValue| {
                 let text = join(&values);
-                let mut capture = c.borrow_mut();
+                let mut capture = c.capture();
                 capture.charge(text.len() + 3, limit)?;
                 pick(&mut capture.streams).push(text);
                 Ok(())
             })?,
         )?;
     }
-    let c = ctx.capture.clone();
+    let c = ctx.polled.clone();
     globals.raw_set(
         "print",
         lua.create_function(move |_, values: MultiValue| {
             let text = join(&values);
-            let mut capture = c.borrow_mut();
+            let mut capture = c.capture();
             capture.charge(text.len() + 3, limit)?;
             capture.streams.information.push(text);
             Ok(())
         })?,
     )?;
 
-    let c = ctx.capture.clone();
+    let c = ctx.polled.clone();
     globals.raw_set(
         "write_progress",
         lua.create_function(move |_, (first, percent, status): (LuaValue, Option<f64>, Option<String>)| {
@@ -154,19 +200,22 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
                 other => ProgressRecord { activity: display(&other), status, percent },
             };
             let size = record.activity.len() + record.status.as_ref().map_or(0, String::len) + 48;
-            let mut capture = c.borrow_mut();
+            let mut capture = c.capture();
             capture.charge(size, limit)?;
             capture.streams.progress.push(record);
             Ok(())
         })?,
     )?;
 
-    let control = ctx.control.clone();
+    let c = ctx.clone();
     globals.raw_set(
         "sleep",
-        lua.create_function(move |_, seconds: f64| {
-            let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
-            control.sleep(Duration::from_secs_f64(seconds.min(1e9))).map_err(HostContext::stopped)
+        lua.create_async_function(move |_, seconds: f64| {
+            let switch = c.switch();
+            async move {
+                let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
+                switch.sleep(Duration::from_secs_f64(seconds.min(1e9))).await.map_err(HostContext::stopped)
+            }
         })?,
     )?;
 
@@ -181,10 +230,22 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     // The capability-gated libraries are always there, so a script without
     // the grant gets an error naming the flag, not "attempt to index nil".
     fs::install(lua, globals, ctx)?;
+    #[cfg(feature = "proc")]
     proc::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "proc"))]
+    unavailable::install(lua, globals, "proc", &["list"])?;
+    #[cfg(feature = "net")]
     net::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "net"))]
+    unavailable::install(lua, globals, "net", &["probe", "resolve"])?;
+    #[cfg(feature = "http")]
     http::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "http"))]
+    unavailable::install(lua, globals, "http", &["get", "request", "get_json", "post_json"])?;
+    #[cfg(feature = "exec")]
     exec::install(lua, globals, ctx)?;
+    #[cfg(not(feature = "exec"))]
+    unavailable::install(lua, globals, "exec", &["run"])?;
     env::install(lua, globals, ctx)?;
     Ok(())
 }

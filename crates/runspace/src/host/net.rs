@@ -3,25 +3,27 @@
 //! A probe is one TCP connect, answered with the same states and reasons as
 //! `rsp scan` (it runs the scanner's own probe, see
 //! [`runspace_scan::probe_one`]): `open`/`syn-ack`, `closed`/`conn-refused`,
-//! `filtered`/`no-response` and the ICMP reasons. The wait is cut into short
-//! slices, so a stop ends it within milliseconds.
+//! `filtered`/`no-response` and the ICMP reasons. The item's thread yields
+//! while the connect is in flight, so thousands of probes share one
+//! runspace; a stop drops the probe, which closes its socket.
 //!
 //! Name resolution goes through the system resolver (`getaddrinfo`), which
-//! cannot be interrupted. It runs on a helper thread; a stopped script stops
-//! waiting for it at once, and the thread ends when the resolver gives up.
+//! cannot be interrupted. It runs on the event loop's blocking pool; a
+//! stopped script stops waiting for it at once, and the lookup ends when
+//! the resolver gives up.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use mlua::{Lua, Table, Value as LuaValue};
-use runspace_scan::{probe_one, PortState, Reason};
+use runspace_scan::{probe_async, PortState, Reason};
 use serde::Deserialize;
 
 use super::gate::{self, fail, record};
 use super::HostContext;
 use crate::capability::Capability;
-use crate::control::Control;
+use crate::control::Switch;
 
 /// `rsp scan`'s default probe timeout.
 const DEFAULT_TIMEOUT: f64 = 1.0;
@@ -50,31 +52,38 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     net.raw_set(
         "probe",
-        lua.create_function(move |lua, (host, port, opts): (String, u16, Option<LuaValue>)| {
-            let what = "net.probe";
-            gate::require(&c, Capability::Net, "net.probe()")?;
-            let opts: ProbeOptions = gate::options(what, opts)?;
-            let timeout = gate::seconds(what, opts.timeout.unwrap_or(DEFAULT_TIMEOUT))?;
-            let address = *resolve(&c.control, what, &host, None)?
-                .first()
-                .ok_or_else(|| fail(what, format!("{host}: the name has no address")))?;
-            probe(lua, &c.control, &host, SocketAddr::new(address, port), timeout, opts.retries)
+        lua.create_async_function(move |lua, (host, port, opts): (String, u16, Option<LuaValue>)| {
+            let (c, switch) = (c.clone(), c.switch());
+            async move {
+                let what = "net.probe";
+                gate::require(&c, Capability::Net, "net.probe()")?;
+                let opts: ProbeOptions = gate::options(what, opts)?;
+                let timeout = gate::seconds(what, opts.timeout.unwrap_or(DEFAULT_TIMEOUT))?;
+                let address = *resolve(&switch, what, &host, None)
+                    .await?
+                    .first()
+                    .ok_or_else(|| fail(what, format!("{host}: the name has no address")))?;
+                probe(&lua, &switch, &host, SocketAddr::new(address, port), timeout, opts.retries).await
+            }
         })?,
     )?;
 
     let c = ctx.clone();
     net.raw_set(
         "resolve",
-        lua.create_function(move |lua, (name, opts): (String, Option<LuaValue>)| {
-            let what = "net.resolve";
-            gate::require(&c, Capability::Net, "net.resolve()")?;
-            let opts: ResolveOptions = gate::options(what, opts)?;
-            let timeout = opts.timeout.map(|t| gate::seconds(what, t)).transpose()?;
-            let out = lua.create_table()?;
-            for address in resolve(&c.control, what, &name, timeout)? {
-                out.raw_push(address.to_string())?;
+        lua.create_async_function(move |lua, (name, opts): (String, Option<LuaValue>)| {
+            let (c, switch) = (c.clone(), c.switch());
+            async move {
+                let what = "net.resolve";
+                gate::require(&c, Capability::Net, "net.resolve()")?;
+                let opts: ResolveOptions = gate::options(what, opts)?;
+                let timeout = opts.timeout.map(|t| gate::seconds(what, t)).transpose()?;
+                let out = lua.create_table()?;
+                for address in resolve(&switch, what, &name, timeout).await? {
+                    out.raw_push(address.to_string())?;
+                }
+                Ok(out)
             }
-            Ok(out)
         })?,
     )?;
 
@@ -82,35 +91,33 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
 }
 
 /// The addresses of `name` (an address resolves to itself), in the
-/// resolver's order, without repeats.
-fn resolve(control: &Control, what: &str, name: &str, timeout: Option<Duration>) -> mlua::Result<Vec<IpAddr>> {
+/// resolver's order, without repeats. The system resolver cannot be
+/// interrupted: it runs on the event loop's blocking pool, and a stopped
+/// item stops waiting for it at once.
+async fn resolve(switch: &Switch, what: &str, name: &str, timeout: Option<Duration>) -> mlua::Result<Vec<IpAddr>> {
     let bare = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let owned = name.to_string();
-    std::thread::Builder::new()
-        .name("runspace-resolve".into())
-        .spawn(move || {
-            let _ = tx.send((owned.as_str(), 0).to_socket_addrs().map(|a| a.collect::<Vec<_>>()));
-        })
-        .map_err(|e| fail(what, format!("cannot start the resolver thread: {e}")))?;
-    let until = timeout.map(|t| Instant::now() + t);
-    match gate::wait(control, &rx, until)? {
+    let lookup = tokio::net::lookup_host((name, 0));
+    let answer = match timeout {
+        Some(t) => gate::guard(switch, tokio::time::timeout(t, lookup)).await?.ok(),
+        None => Some(gate::guard(switch, lookup).await?),
+    };
+    match answer {
         None => Err(fail(what, format!("{name}: the name did not resolve in time"))),
         Some(Err(e)) => Err(fail(what, format!("{name}: {e}"))),
         Some(Ok(addrs)) => {
             let mut seen = HashSet::new();
-            Ok(addrs.into_iter().map(|a| a.ip()).filter(|ip| seen.insert(*ip)).collect())
+            Ok(addrs.map(|a| a.ip()).filter(|ip| seen.insert(*ip)).collect())
         }
     }
 }
 
 /// Probes `addr` up to `1 + retries` times while it does not answer.
-fn probe(
+async fn probe(
     lua: &Lua,
-    control: &Control,
+    switch: &Switch,
     host: &str,
     addr: SocketAddr,
     timeout: Duration,
@@ -119,13 +126,7 @@ fn probe(
     let mut attempts = 0;
     let outcome = loop {
         attempts += 1;
-        let outcome = match probe_one(addr, timeout, || control.check().is_err()) {
-            Ok(o) => o,
-            Err(_cancelled) => {
-                gate::check(control)?;
-                return Err(mlua::Error::runtime("net.probe: cancelled"));
-            }
-        };
+        let outcome = gate::guard(switch, probe_async(addr, timeout)).await?;
         if outcome.reason != Reason::NoResponse || attempts > retries {
             break outcome;
         }

@@ -153,7 +153,8 @@ fn run_parallel(shared: &Shared, job: &Job, spec: JobSpec) -> Outcome {
     let throttle = spec.throttle.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     let session = spec.session.clone().unwrap_or_else(|| shared.pool.session().clone());
     let total = spec.total();
-    let pool = match RunspacePool::builder().min(1).max(throttle).session(session).open() {
+    // The throttle counts items in flight; the threads stay at the CPU count.
+    let pool = match RunspacePool::builder().min(1).throttle(throttle).session(session).open() {
         Ok(pool) => pool,
         Err(e) => return Outcome::failed(e.to_string()),
     };

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::invocation::collapse;
+use crate::invocation_result::collapse;
 use crate::parallel::ItemResult;
 use crate::script::Script;
 use crate::session::SessionState;

@@ -36,7 +36,6 @@ use crate::streams::{ProgressRecord, Status};
 pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
 pub use results::{Next, Results, RunControl};
 use worker::Staging;
-pub(crate) use worker::{run_chunk, Chunk, ChunkTask, Takeover};
 
 /// One input of a parallel run.
 ///
@@ -359,7 +358,9 @@ impl Parallel {
                 None => window.max(batch * throttle * 2),
             };
         }
-        let (results_tx, results_rx) = bounded(throttle * 4 + 4);
+        // The channel's slots are allocated up front: past 10,000 items in
+        // flight, workers wait for the caller rather than the channel growing.
+        let (results_tx, results_rx) = bounded((throttle * 4 + 4).min(40_004));
         let shared = Arc::new(RunShared {
             id: NEXT_RUN.fetch_add(1, Ordering::Relaxed),
             script: self.script,
@@ -398,6 +399,13 @@ impl Parallel {
             feeder,
             results::Extras { halt: self.halt, total: self.total, progress: self.progress },
         )
+    }
+}
+
+impl RunspacePool {
+    /// Prepares a parallel run of `script` over many inputs.
+    pub fn parallel(&self, script: &Script) -> Parallel {
+        Parallel::new(self.clone(), script)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The two halves of a run that are not the caller: the feeder, which reads
 //! inputs and forms chunks (or batches), and the worker side, which runs a
-//! chunk on one runspace, retrying failed items when asked.
+//! chunk on one lane of a runspace, retrying failed items when asked.
 
+use std::any::Any;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,12 +11,12 @@ use crossbeam_channel::Sender;
 use serde_json::Value;
 
 use super::{Input, ItemResult, RunShared};
-use crate::control::StopReason;
-use crate::invocation::{abandoned_message, collapse, ran_for};
-use crate::pool::Work;
-use crate::runspace::Runspace;
+use crate::control::{StopReason, Switch};
+use crate::invocation_result::{abandoned_message, collapse, ran_for};
+use crate::pool::{Lane, LocalFuture, Task, TaskSender};
+use crate::runspace::{Execution, Prepared};
 use crate::streams::Status;
-use crate::watchdog::{Slot, Task};
+use crate::watchdog::Held;
 
 /// A chunk aims to take about this long, so trivial items are batched.
 const TARGET_CHUNK: Duration = Duration::from_micros(500);
@@ -62,6 +63,12 @@ impl Staging {
         seq
     }
 
+    /// The sequence number of the next item not staged yet.
+    fn next_seq(&self) -> u64 {
+        let staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        staged.0 + staged.1.len() as u64
+    }
+
     /// Everything staged, as one delivery; `None` when nothing is.
     pub(crate) fn take(&self) -> Option<Delivery> {
         let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,7 +82,8 @@ impl Staging {
     }
 }
 
-/// Inputs handed to one worker at once.
+/// Inputs handed to one lane at once: they run one after another, so a
+/// chunk's results are consecutive in the input's order.
 ///
 /// The results sender travels with the chunk, not in [`RunShared`] (which
 /// the caller's iterator also holds): the channel closes, and iteration
@@ -94,7 +102,7 @@ pub(crate) struct Chunk {
 
 impl Chunk {
     /// Fails every item (the worker could not open a runspace).
-    pub(crate) fn fail_all(self, message: &str) {
+    fn fail_all(self, message: &str) {
         let batch = self.batch;
         let items = self
             .items
@@ -111,8 +119,22 @@ impl Chunk {
     }
 
     /// Drops the chunk unrun (the run or the pool is being stopped).
-    pub(crate) fn skip(self) {
+    fn drop_unrun(self) {
         self.run.counters.in_memory.fetch_sub(self.items.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Task for Chunk {
+    fn run(self: Box<Self>, lane: Lane) -> LocalFuture {
+        Box::pin(run_chunk(lane, *self))
+    }
+
+    fn fail(self: Box<Self>, message: &str) {
+        self.fail_all(message);
+    }
+
+    fn skip(self: Box<Self>) {
+        self.drop_unrun();
     }
 }
 
@@ -123,9 +145,9 @@ fn input_value(input: Input) -> Value {
     }
 }
 
-/// A chunk being run, kept where the watchdog can take it over if the
+/// A chunk being run, kept where the watchdog can take it over if its
 /// worker gets stuck in a C call.
-pub(crate) struct ChunkTask {
+struct ChunkTask {
     run: Arc<RunShared>,
     results: Sender<Delivery>,
     batch: Option<u64>,
@@ -138,56 +160,93 @@ pub(crate) struct ChunkTask {
     current: Option<Current>,
 }
 
-/// The item a worker is running: its index, position and input.
+/// The item a lane is running: its index, position and input.
 struct Current {
     index: u64,
     position: u64,
-    /// Points at the worker's own copy of the input, which it keeps in
+    /// Points at the lane's own copy of the input, which it keeps in
     /// place, and only reads, while this is set.
     input: *const Value,
 }
 
-// SAFETY: `Current::input` is only dereferenced under the slot's task lock
-// while it is set, and the worker clears it under that lock before it moves
+// SAFETY: `Current::input` is only dereferenced under the slot's lock
+// while it is set, and the lane clears it under that lock before it moves
 // or drops the value it points at.
 unsafe impl Send for ChunkTask {}
 
 impl ChunkTask {
-    /// Ends the running item as `reason` says and returns what a fresh
-    /// worker must finish: the results staged so far, the ended item, the
-    /// items not yet started. Gives the task back when no item is running.
-    /// `deadline` is the running item's, from which its run time is known.
-    pub(crate) fn take_over(mut self, reason: StopReason, deadline: Option<Instant>) -> Result<Takeover, ChunkTask> {
-        let Some(current) = self.current.take() else { return Err(self) };
-        // SAFETY: see `Current::input`; we hold the slot's task lock.
-        let input = unsafe { (*current.input).clone() };
+    /// Stops staging the chunk; returns what was staged.
+    fn unstage(&self) -> Vec<Delivery> {
+        self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
+        self.staging.take().into_iter().collect()
+    }
+
+    /// What a fresh worker must finish: `deliveries`, then the items not
+    /// started (`rest`, last first) from batch position `position` on.
+    fn hand_on(self, deliveries: Vec<Delivery>, position: u64) -> Box<dyn Task> {
+        let ChunkTask { run, results, batch, staging, mut rest, .. } = self;
+        rest.reverse();
+        let first_seq = staging.next_seq();
+        let rest = (!rest.is_empty()).then(|| Chunk {
+            run,
+            results: results.clone(),
+            first_seq,
+            batch,
+            position,
+            items: rest,
+        });
+        Box::new(Takeover { results, deliveries, rest })
+    }
+}
+
+impl Held for ChunkTask {
+    /// The results staged so far, the ended item, the items not yet started.
+    fn take_over(mut self: Box<Self>, reason: StopReason, deadline: Option<Instant>) -> Option<Box<dyn Task>> {
+        let mut deliveries = self.unstage();
         let status = match reason {
             StopReason::Stopped => Status::Stopped,
             StopReason::TimedOut => Status::TimedOut,
         };
-        self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
-        let mut deliveries: Vec<Delivery> = self.staging.take().into_iter().collect();
-        let mut item = ItemResult::ended(current.index, input, status, abandoned_message(reason));
-        item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
-        item.batch = self.batch;
-        item.batch_index = self.batch.map(|_| current.position);
-        let seq = self.staging.skip_one();
-        deliveries.push(Delivery { first_seq: seq, items: vec![item] });
-        self.rest.reverse();
-        let rest = (!self.rest.is_empty()).then(|| Chunk {
-            run: self.run,
-            results: self.results.clone(),
-            first_seq: seq + 1,
-            batch: self.batch,
-            position: self.position,
-            items: self.rest,
-        });
-        Ok(Takeover { results: self.results, deliveries, rest })
+        if let Some(current) = self.current.take() {
+            // SAFETY: see `Current::input`; the watchdog holds the slot's lock.
+            let input = unsafe { (*current.input).clone() };
+            let mut item = ItemResult::ended(current.index, input, status, abandoned_message(reason));
+            item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
+            item.batch = self.batch;
+            item.batch_index = self.batch.map(|_| current.position);
+            let seq = self.staging.skip_one();
+            deliveries.push(Delivery { first_seq: seq, items: vec![item] });
+        }
+        let position = self.position;
+        Some(self.hand_on(deliveries, position))
+    }
+
+    /// The results staged so far, and every item not finished (the running
+    /// one first) to run again.
+    fn restart(mut self: Box<Self>) -> Option<Box<dyn Task>> {
+        let deliveries = self.unstage();
+        let mut position = self.position;
+        if let Some(current) = self.current.take() {
+            // SAFETY: see `Current::input`; the watchdog holds the slot's lock.
+            let input = unsafe { (*current.input).clone() };
+            self.rest.push((current.index, Input::Value(input)));
+            position = current.position;
+        }
+        Some(self.hand_on(deliveries, position))
+    }
+
+    fn close(self: Box<Self>) {
+        // The run's results end with the pool: dropping the sender closes
+        // the caller's channel once nothing else holds it.
+    }
+
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
     }
 }
 
 /// What an abandoned worker left for a fresh one to finish.
-pub(crate) struct Takeover {
+struct Takeover {
     results: Sender<Delivery>,
     deliveries: Vec<Delivery>,
     rest: Option<Chunk>,
@@ -195,35 +254,45 @@ pub(crate) struct Takeover {
 
 impl Takeover {
     /// Delivers the results the abandoned worker left (once).
-    pub(crate) fn deliver(&mut self) {
+    fn deliver(&mut self) {
         for delivery in self.deliveries.drain(..) {
             let _ = self.results.send(delivery);
         }
     }
+}
 
-    /// Delivers the results and runs the rest of the chunk.
-    pub(crate) fn finish(mut self, runspace: Result<&mut Runspace, &crate::Error>, slot: &Slot) {
+impl Task for Takeover {
+    fn prepare(&mut self) {
         self.deliver();
-        match (self.rest, runspace) {
-            (Some(rest), Ok(rs)) => run_chunk(rs, rest, slot),
-            (Some(rest), Err(e)) => rest.fail_all(&e.to_string()),
-            (None, _) => {}
+    }
+
+    fn run(mut self: Box<Self>, lane: Lane) -> LocalFuture {
+        self.deliver();
+        match self.rest.take() {
+            Some(rest) => Box::pin(run_chunk(lane, rest)),
+            None => Box::pin(async {}),
         }
     }
 
-    /// Delivers the results, drops the rest unrun (the pool is closing).
-    pub(crate) fn skip(mut self) {
+    fn fail(mut self: Box<Self>, message: &str) {
         self.deliver();
-        if let Some(rest) = self.rest {
-            rest.skip();
+        if let Some(rest) = self.rest.take() {
+            rest.fail_all(message);
+        }
+    }
+
+    fn skip(mut self: Box<Self>) {
+        self.deliver();
+        if let Some(rest) = self.rest.take() {
+            rest.drop_unrun();
         }
     }
 }
 
-/// Runs a chunk on a worker's runspace (called by the pool).
-pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
-    let function = match runspace.prepare(&chunk.run.script) {
-        Ok(f) => f,
+/// Runs a chunk on a lane of a worker's runspace, its items one after another.
+async fn run_chunk(lane: Lane, chunk: Chunk) {
+    let prepared = match lane.runspace.prepare(&chunk.run.script) {
+        Ok(prepared) => prepared,
         Err(failed) => {
             let message = failed.error().unwrap_or("cannot load script").to_string();
             return chunk.fail_all(&message);
@@ -236,17 +305,11 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).push(staging.clone());
     }
     items.reverse();
-    // The task holds the chunk's only results sender, so a worker stuck in
-    // a C call does not keep the run's results channel open.
-    *slot.task() = Task::Chunk(ChunkTask {
-        run: run.clone(),
-        results,
-        batch,
-        staging: staging.clone(),
-        rest: items,
-        position,
-        current: None,
-    });
+    // The held task keeps the chunk's only results sender, so a worker stuck
+    // in a C call does not keep the run's results channel open.
+    let held =
+        ChunkTask { run: run.clone(), results, batch, staging: staging.clone(), rest: items, position, current: None };
+    lane.slot.hold(lane.id, Box::new(held));
     let started = Instant::now();
     let mut last_flush = started;
     let mut ran = 0usize;
@@ -254,30 +317,34 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
         if run.cancelled.load(Ordering::Relaxed) {
             break;
         }
-        let next: (u64, Input);
-        let at;
-        {
-            let mut task = slot.task();
-            let Task::Chunk(chunk) = &mut *task else { return }; // abandoned
-            let Some(item) = chunk.rest.pop() else { break };
-            next = item;
-            at = chunk.position;
+        let took = lane.slot.with(lane.id, |chunk: &mut ChunkTask| {
+            let item = chunk.rest.pop()?;
+            let at = chunk.position;
             chunk.position += 1;
-            if let Input::Value(value) = &next.1 {
-                chunk.current = Some(Current { index: next.0, position: at, input: value });
+            Some((item, at))
+        });
+        let ((index, input), at) = match took {
+            None => return, // abandoned: the watchdog handed the chunk on
+            Some(None) => break,
+            Some(Some(next)) => next,
+        };
+        // `input` stays in place (it is moved only after `current` is
+        // cleared), so the watchdog may read it through the pointer.
+        if let Input::Value(value) = &input {
+            let current = Current { index, position: at, input: value };
+            if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = Some(current)).is_none() {
+                return;
             }
         }
-        let (index, input) = next;
         let mut item = match &input {
-            Input::Value(value) => run_item(runspace, &function, &run, index, value),
+            Input::Value(value) => run_item(&lane, &prepared, &run, index, value).await,
             Input::Invalid { text, error } => {
                 ItemResult::ended(index, Value::String(text.clone()), Status::Failed, format!("invalid input: {error}"))
             }
         };
-        {
-            let mut task = slot.task();
-            let Task::Chunk(chunk) = &mut *task else { return }; // abandoned: the item was reported
-            chunk.current = None;
+        // Abandoned meanwhile: the item was reported or handed on.
+        if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = None).is_none() {
+            return;
         }
         if let Input::Value(value) = input {
             item.input = value;
@@ -291,13 +358,17 @@ pub(crate) fn run_chunk(runspace: &mut Runspace, chunk: Chunk, slot: &Slot) {
         if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
             last_flush = Instant::now();
             if let Some(delivery) = staging.take() {
-                let Some(results) = results_of(slot) else { return };
+                let Some(results) = lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.results.clone()) else {
+                    return;
+                };
                 let _ = results.send(delivery);
             }
         }
     }
-    let task = std::mem::replace(&mut *slot.task(), Task::Idle);
-    let Task::Chunk(ChunkTask { results, .. }) = task else { return }; // abandoned
+    let Some(mut held) = lane.slot.release(lane.id) else { return }; // abandoned
+    let Some(chunk) = held.as_any().downcast_mut::<ChunkTask>() else { return };
+    let results = chunk.results.clone();
+    drop(held);
     finish_chunk(&run, &staging, &results, total, ran, started.elapsed());
 }
 
@@ -329,36 +400,26 @@ fn finish_chunk(
     }
 }
 
-/// A clone of the running chunk's results sender; `None` once abandoned.
-fn results_of(slot: &Slot) -> Option<Sender<Delivery>> {
-    match &*slot.task() {
-        Task::Chunk(chunk) => Some(chunk.results.clone()),
-        _ => None,
-    }
-}
-
 /// Runs one input, and again after a back-off while it fails or times out
 /// and retries are left.
-fn run_item(
-    runspace: &mut Runspace,
-    function: &mlua::Function,
-    run: &RunShared,
-    index: u64,
-    value: &Value,
-) -> ItemResult {
+async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, value: &Value) -> ItemResult {
+    let runspace = &lane.runspace;
     let mut attempts = 1u32;
     loop {
         let generation = runspace.next_generation();
-        let deadline = run.timeout.map(|t| Instant::now() + t);
-        let r = runspace.execute(
-            function,
-            std::slice::from_ref(value),
-            &run.params,
-            generation,
-            run.id,
-            deadline,
-            Some(&run.aborted),
-        );
+        let switch = Arc::new(Switch::new(run.timeout.map(|t| Instant::now() + t)));
+        let r = runspace
+            .execute(Execution {
+                script,
+                args: std::slice::from_ref(value),
+                params: &run.params,
+                generation,
+                owner: run.id,
+                lane: lane.id,
+                switch,
+                abort: Some(&run.aborted),
+            })
+            .await;
         let (output, streams, status, duration) = r.into_parts();
         let retry = match &run.retry {
             Some(retry) if attempts <= retry.retries && matches!(status, Status::Failed | Status::TimedOut) => {
@@ -367,7 +428,7 @@ fn run_item(
             _ => None,
         };
         if let Some(delay) = retry {
-            if back_off(run, delay) {
+            if back_off(run, delay).await {
                 attempts += 1;
                 continue;
             }
@@ -393,9 +454,10 @@ fn run_item(
     }
 }
 
-/// Waits `delay` before another attempt. False if the run was drained or
-/// stopped meanwhile: then the last attempt's result stands.
-fn back_off(run: &RunShared, delay: Duration) -> bool {
+/// Waits `delay` before another attempt, yielding the runspace to its
+/// other items. False if the run was drained or stopped meanwhile: then
+/// the last attempt's result stands.
+async fn back_off(run: &RunShared, delay: Duration) -> bool {
     let until = Instant::now() + delay;
     loop {
         if run.cancelled.load(Ordering::Relaxed) {
@@ -405,7 +467,7 @@ fn back_off(run: &RunShared, delay: Duration) -> bool {
         if left.is_zero() {
             return true;
         }
-        std::thread::sleep(left.min(BACKOFF_TICK));
+        tokio::time::sleep(left.min(BACKOFF_TICK)).await;
     }
 }
 
@@ -413,7 +475,7 @@ fn back_off(run: &RunShared, delay: Duration) -> bool {
 pub(super) fn feed<I, T>(
     inputs: I,
     run: &Arc<RunShared>,
-    sender: &Sender<Work>,
+    sender: &TaskSender,
     results: &Sender<Delivery>,
     throttle: usize,
 ) where
@@ -447,7 +509,7 @@ pub(super) fn feed<I, T>(
         });
         let chunk = Chunk { run: run.clone(), results: results.clone(), first_seq: seq, batch, position: 0, items };
         seq += n;
-        if sender.send(Work::Chunk(chunk)).is_err() {
+        if !sender.send(Box::new(chunk)) {
             break;
         }
     }

@@ -292,8 +292,8 @@ fn columns(value: Value, colsep: Option<&Regex>) -> Vec<String> {
 /// claimed once, when it runs its first command, by creating the first
 /// free numbered directory in the run's slot directory (`mkdir` is atomic
 /// across processes); the module's upvalue keeps it for the runspace's life.
-/// Should a runspace come to run several items at once (items as Luau
-/// threads), the claim has to move from the runspace to the item.
+/// A runspace may run several items at once (items are Luau threads), so
+/// `rsp run` opens one runspace per item in flight when `{%}` is used.
 struct Slots {
     dir: PathBuf,
     /// What `{%}` is filled in as, for the runner to replace.

@@ -1,0 +1,212 @@
+//! Items as Luau threads: thousands of waiting items share a few runspaces,
+//! and stay isolated, stoppable and timed one by one.
+
+mod host_common;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use host_common::{lit, session};
+use runspace::{RunspacePool, Script, SessionState, Status};
+use serde_json::{json, Value};
+
+#[test]
+fn ten_thousand_sleeping_items_share_two_runspaces_and_never_see_each_other() {
+    let pool = RunspacePool::builder().threads(2).throttle(10_000).open().unwrap();
+    assert_eq!((pool.threads(), pool.max()), (2, 10_000));
+    // Each item writes globals, waits (so every other item of its VM runs
+    // meanwhile), then checks nobody touched them.
+    let script = Script::new(
+        "assert(mine == nil and _G.count == nil, 'a neighbour leaked a global')
+         mine = _
+         _G.count = (_G.count or 0) + 1
+         sleep(0.05)
+         assert(mine == _, 'a neighbour overwrote a global')
+         return mine, count",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let mut seen = HashSet::new();
+    for item in pool.parallel(&script).run((0..10_000).map(|n| json!(n))) {
+        assert_eq!(item.status, Status::Completed, "{:?}", item.errors);
+        assert_eq!(item.result, json!([item.index, 1]));
+        assert!(seen.insert(item.index), "item {} came twice", item.index);
+    }
+    assert_eq!(seen.len(), 10_000);
+    // One after another on 2 threads this is 250 s.
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert_eq!(pool.open_runspaces(), 2);
+}
+
+#[test]
+fn a_timeout_and_a_stop_hit_only_their_own_item_while_its_neighbours_run_on() {
+    let pool = RunspacePool::builder().threads(1).throttle(20).open().unwrap();
+    let begin = |code: &str, timeout: Option<u64>| {
+        let mut inv = pool.invocation(&Script::new(code).unwrap());
+        if let Some(ms) = timeout {
+            inv = inv.timeout(Duration::from_millis(ms));
+        }
+        inv.begin().unwrap()
+    };
+    let neighbours: Vec<_> = (0..5).map(|_| begin("sleep(0.6) return 'ok'", None)).collect();
+    let waiting_timeout = begin("sleep(3600)", Some(200));
+    let stopped = begin("sleep(3600)", None);
+    std::thread::sleep(Duration::from_millis(100));
+    // A computing item holds the VM until its deadline interrupts it.
+    let computing_timeout = begin("while true do end", Some(300));
+    stopped.stop();
+    let r = stopped.end();
+    assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
+    let r = waiting_timeout.end();
+    assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
+    let r = computing_timeout.end();
+    assert_eq!(r.status(), Status::TimedOut, "{:?}", r.error());
+    for n in neighbours {
+        let r = n.end();
+        assert_eq!((r.status(), r.result()), (Status::Completed, json!("ok")), "{:?}", r.error());
+    }
+    assert_eq!(pool.open_runspaces(), 1, "all of them shared one VM");
+}
+
+#[test]
+fn stopping_one_item_of_a_run_does_not_stop_the_others() {
+    // A run-wide timeout ends only the items that pass it.
+    let pool = RunspacePool::builder().threads(1).throttle(100).open().unwrap();
+    let script = Script::new("if _ % 10 == 0 then sleep(3600) end sleep(0.1) return _").unwrap();
+    let items: Vec<_> =
+        pool.parallel(&script).timeout(Duration::from_millis(500)).run((0..100).map(|n| json!(n))).collect();
+    assert_eq!(items.len(), 100);
+    for item in items {
+        let expected = if item.index % 10 == 0 { Status::TimedOut } else { Status::Completed };
+        assert_eq!(item.status, expected, "item {}: {:?}", item.index, item.errors);
+    }
+}
+
+/// The pid a child wrote to `file`, once it has.
+fn pid_in(file: &std::path::Path) -> u32 {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < until, "the child never wrote its pid");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` is still a process (a zombie counts: it was not reaped).
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_stopped_items_exec_child_is_killed_and_reaped_while_a_neighbour_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pid");
+    let pool = RunspacePool::builder().threads(1).throttle(4).session(session(&["exec"])).open().unwrap();
+    let neighbour = pool.invocation(&Script::new("sleep(0.5) return 'ok'").unwrap()).begin().unwrap();
+    let command = format!("echo $$ > '{}'; exec sleep 3600", file.display());
+    let code = format!("return exec('sh', {{'-c', {}}})", lit(command));
+    let handle = pool.invocation(&Script::new(&code).unwrap()).begin().unwrap();
+    let pid = pid_in(&file);
+    assert!(alive(pid));
+    handle.stop();
+    let r = handle.end();
+    assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
+    let until = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!alive(pid), "the child {pid} outlived the stop (or was never reaped)");
+    let r = neighbour.end();
+    assert_eq!((r.status(), r.result()), (Status::Completed, json!("ok")));
+}
+
+#[test]
+fn a_stopped_items_http_request_is_cancelled_while_a_neighbour_runs_on() {
+    // A server that accepts and never answers, and reports the hang-up.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hang", listener.local_addr().unwrap());
+    let (hung_up, hang_ups) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let hung_up = hung_up.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = hung_up.send(Instant::now());
+            });
+        }
+    });
+    let pool = RunspacePool::builder().threads(1).throttle(4).session(session(&["http"])).open().unwrap();
+    let neighbour = pool.invocation(&Script::new("sleep(0.5) return 'ok'").unwrap()).begin().unwrap();
+    let code = format!("return http.get({}, {{timeout = 3600}})", lit(&url));
+    let handle = pool.invocation(&Script::new(&code).unwrap()).begin().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!handle.is_completed());
+    let stopped_at = Instant::now();
+    handle.stop();
+    let r = handle.end();
+    assert_eq!(r.status(), Status::Stopped, "{:?}", r.error());
+    let closed = hang_ups.recv_timeout(Duration::from_secs(5)).expect("the request's connection stayed open");
+    assert!(closed.duration_since(stopped_at) < Duration::from_secs(3));
+    let r = neighbour.end();
+    assert_eq!((r.status(), r.result()), (Status::Completed, json!("ok")));
+}
+
+#[test]
+fn cpu_bound_items_run_one_per_runspace_as_before() {
+    // throttle <= threads: each runspace runs one item at a time, so two
+    // endless items time out side by side and each takes one runspace.
+    let pool = RunspacePool::builder().max(2).open().unwrap();
+    assert_eq!((pool.threads(), pool.max()), (2, 2));
+    let script =
+        Script::new("if _ < 2 then while true do end end local s = 0 for i = 1, 1000 do s += i end return s").unwrap();
+    let started = Instant::now();
+    let items: Vec<_> =
+        pool.parallel(&script).timeout(Duration::from_millis(300)).run((0..1000).map(|n| json!(n))).collect();
+    assert_eq!(items.len(), 1000);
+    for item in &items {
+        if item.index < 2 {
+            assert_eq!(item.status, Status::TimedOut);
+        } else {
+            assert_eq!((item.status, &item.result), (Status::Completed, &json!(500500)));
+        }
+    }
+    // Side by side: not 2 × 300 ms one after the other plus the rest.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(pool.open_runspaces(), 2);
+}
+
+#[test]
+fn a_hundred_thousand_mixed_items_are_neither_lost_nor_duplicated() {
+    let pool = RunspacePool::builder().threads(2).throttle(5_000).session(SessionState::new()).open().unwrap();
+    let script = Script::new(
+        "local kind = _ % 4
+         if kind == 0 then sleep(0.001) return _
+         elseif kind == 1 then return _ * 2
+         elseif kind == 2 then error('no ' .. _)
+         else write_error('soft') sleep(0) return -_ end",
+    )
+    .unwrap();
+    let mut seen = vec![false; 100_000];
+    let mut count = 0;
+    for item in pool.parallel(&script).run((0..100_000u64).map(|n| json!(n))) {
+        let n = item.index;
+        assert!(!std::mem::replace(&mut seen[n as usize], true), "item {n} came twice");
+        assert_eq!(item.input, json!(n));
+        let (status, result) = match n % 4 {
+            0 => (Status::Completed, json!(n)),
+            1 => (Status::Completed, json!(n * 2)),
+            2 => (Status::Failed, Value::Null),
+            _ => (Status::CompletedWithErrors, json!(-(n as i64))),
+        };
+        assert_eq!((item.status, item.result), (status, result), "item {n}: {:?}", item.errors);
+        count += 1;
+    }
+    assert_eq!(count, 100_000);
+    assert!(seen.iter().all(|s| *s));
+}
