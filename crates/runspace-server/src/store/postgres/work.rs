@@ -1,0 +1,1 @@
+//! The cluster's work queue (filled in below).
