@@ -6,7 +6,8 @@
 //! - [`server`]: a server's lifecycle ([`server::serve`], [`server::spawn_detached`]);
 //! - [`state`]: the state directory a server and its clients share;
 //! - [`client`]: a blocking HTTP client for the API;
-//! - [`limits`]: the one check of a job's limits, shared by the API and the command line.
+//! - [`limits`]: the one check of a job's limits, shared by the API and the command line;
+//! - [`worker`]: the loop of `rsp worker`, which leases cluster work from a PostgreSQL store.
 //!
 //! The API is described in docs/jobs.md and docs/jobs-openapi.yaml.
 
@@ -18,6 +19,7 @@ mod private;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod worker;
 
 pub use client::{Client, ClientError};
 pub use server::{serve, spawn_detached, ServerConfig};

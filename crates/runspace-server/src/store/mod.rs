@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-pub use postgres::{is_postgres_url, PgStore};
+pub use postgres::{is_postgres_url, work, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.

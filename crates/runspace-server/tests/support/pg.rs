@@ -100,7 +100,7 @@ impl PgServer {
         run(initdb, "initdb");
         let mut conf = format!(
             "listen_addresses = '{listen}'\nunix_socket_directories = '{}'\nfsync = off\n\
-             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n",
+             full_page_writes = off\nmax_connections = 200\n",
             dir.path().display()
         );
         conf.push_str("log_min_messages = warning\n");
