@@ -4,18 +4,11 @@
 //! The program only parses, calls the libraries and formats; everything
 //! else lives in the `runspace`, `runspace-scan` and `runspace-server` crates.
 
-mod command_mode;
-mod diag;
-mod inputs;
-mod job_cmd;
-mod joblog;
-mod parse;
-mod progress;
-mod run_cmd;
-mod run_output;
-mod scan_cmd;
-mod script_args;
-mod serve_cmd;
+mod common;
+mod job;
+mod run;
+mod scan;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -42,50 +35,29 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a script once per input, in parallel, and print a record per input.
-    Run(Box<run_cmd::RunArgs>),
+    Run(Box<run::RunArgs>),
     /// Scan TCP ports of one or many hosts (a connect scan with nmap's port states).
-    Scan(Box<scan_cmd::ScanArgs>),
+    Scan(Box<scan::ScanArgs>),
     /// Start, list, inspect, wait for, stop and remove background jobs (a client of `rsp serve`).
     #[command(subcommand)]
-    Job(job_cmd::JobCommand),
+    Job(job::JobCommand),
     /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
-    Serve(Box<serve_cmd::ServeArgs>),
-}
-
-/// An error that ends the program with a message and an exit code.
-#[derive(Debug)]
-pub struct CliError {
-    /// What went wrong, for stderr.
-    pub message: String,
-    /// The exit code.
-    pub code: u8,
-}
-
-impl CliError {
-    /// A usage error: bad options, unreadable files (exit 2).
-    pub fn usage(message: impl Into<String>) -> CliError {
-        CliError { message: message.into(), code: 2 }
-    }
-
-    /// A script or module that cannot run at all (exit 2).
-    pub fn script(error: runspace::Error) -> CliError {
-        CliError { message: error.to_string(), code: 2 }
-    }
+    Serve(Box<serve::ServeArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run(args) => match run_cmd::run(*args) {
+        Command::Run(args) => match run::run(*args) {
             Ok(code) => code,
             Err(e) => {
-                diag::diag!("rsp: error: {}", e.message);
+                common::diag::diag!("rsp: error: {}", e.message);
                 e.code
             }
         },
-        Command::Scan(args) => scan_cmd::run(*args).clamp(0, 255) as u8,
-        Command::Job(cmd) => job_cmd::run(cmd).clamp(0, 255) as u8,
-        Command::Serve(args) => serve_cmd::run(*args).clamp(0, 255) as u8,
+        Command::Scan(args) => scan::run(*args).clamp(0, 255) as u8,
+        Command::Job(cmd) => job::run(cmd).clamp(0, 255) as u8,
+        Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
     };
     ExitCode::from(code)
 }

@@ -7,12 +7,14 @@
 //! - [`state`]: the state directory a server and its clients share;
 //! - [`client`]: a blocking HTTP client for the API;
 //! - [`limits`]: the one check of a job's limits, shared by the API and the command line;
-//! - [`worker`]: the loop of `rsp worker`, which leases cluster work from a PostgreSQL store.
+//! - [`worker`]: the loop of `rsp worker`, which leases cluster work from a PostgreSQL store;
+//! - the web dashboard, served at `/` beside the API (docs/dashboard.md).
 //!
 //! The API is described in docs/jobs.md and docs/jobs-openapi.yaml.
 
 mod api;
 pub mod client;
+mod dashboard;
 mod http;
 pub mod limits;
 mod private;

@@ -16,6 +16,7 @@ use runspace::{JobEvent, JobManager, Streams};
 use serde_json::json;
 
 use crate::api;
+use crate::dashboard::{self, Dashboard};
 use crate::http;
 use crate::private;
 use crate::state::{self, StatePaths};
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub max_jobs: usize,
     /// On SIGTERM or Ctrl-C, how long running jobs may finish before they are stopped.
     pub grace: Duration,
+    /// The web dashboard shows jobs but offers and accepts no action.
+    pub read_only_ui: bool,
 }
 
 /// Starts `program` with `args` (a command that serves `paths`) in the
@@ -186,7 +189,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     };
     write_address(paths, addr, &db)?;
     log(&format!(
-        "listening on http://{addr} (pid {}); token in {}; database {}",
+        "listening on http://{addr} (pid {}; dashboard at http://{addr}/); token in {}; database {}",
         std::process::id(),
         paths.token.display(),
         db
@@ -198,7 +201,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         shutdown: tokio::sync::Notify::new(),
         grace: config.grace,
     });
-    let result = runtime.block_on(run_server(listener, app.clone(), config.grace, signals));
+    let result = runtime.block_on(run_server(listener, app.clone(), config.read_only_ui, signals));
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(app);
     store.close();
@@ -217,13 +220,18 @@ fn write_address(paths: &StatePaths, addr: SocketAddr, db: &str) -> Result<(), S
 async fn run_server(
     listener: TcpListener,
     app: Arc<api::App>,
-    grace: Duration,
+    read_only_ui: bool,
     signals: Signals,
 ) -> Result<(), String> {
+    let grace = app.grace;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The API under /v1, the dashboard beside it (its event streams end on the same stop).
+    let api = api::router(app.clone());
+    let dash = Dashboard::new(app.store.clone(), api.clone(), app.token.clone(), read_only_ui, stop_rx.clone());
+    let router = dashboard::router(dash).merge(api);
     // Open requests (waits, mostly) end with the jobs; then connections get a few seconds to close.
-    let server = tokio::spawn(http::serve(listener, api::router(app.clone()), stop_rx, Duration::from_secs(5)));
+    let server = tokio::spawn(http::serve(listener, router, stop_rx, Duration::from_secs(5)));
     let forget = {
         let app = app.clone();
         tokio::spawn(async move {

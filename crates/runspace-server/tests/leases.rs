@@ -207,7 +207,7 @@ fn worker_loops_share_a_run_exactly_once_across_a_database_restart() {
     assert!(retried.load(Ordering::Relaxed), "the workers saw the database go away");
     let results = recorded(&store, "slow", total);
     assert!(results.iter().enumerate().all(|(i, r)| r["index"] == json!(i) && r["result"] == json!(i * 2)));
-    let workers = store.workers().unwrap();
+    let workers = store.worker_list().unwrap();
     assert_eq!(workers.len(), 2);
     assert!(workers.iter().all(|w| w["state"] == "stopped"), "{workers:?}");
 }

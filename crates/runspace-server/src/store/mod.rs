@@ -5,6 +5,7 @@
 //! trait, so a second backend (PostgreSQL, shared by many hosts) plugs in
 //! without touching them.
 
+mod dashboard;
 mod postgres;
 mod sqlite;
 mod writes;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub use dashboard::{Cursor, ItemsPage, JobQuery, JobRow, JobsPage, WorkerRow};
 pub use postgres::{is_postgres_url, work, PgStore};
 pub use sqlite::SqliteStore;
 
@@ -175,6 +177,42 @@ pub trait JobStore: Send + Sync {
     fn delete_finished(&self, names: &[String]) -> Result<(), StoreError>;
     /// Commits everything pending and releases the store.
     fn close(&self);
+
+    // The dashboard's reads (see [`dashboard`]). A backend without them
+    // still serves the API; its dashboard says what is missing.
+
+    /// How many jobs are in each state, by state name.
+    fn state_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Err(StoreError::Storage("this store does not count jobs by state for the dashboard".into()))
+    }
+    /// A page of the job list, newest first, walked by key.
+    fn job_rows(&self, _query: &JobQuery) -> Result<JobsPage, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// One job's row; `None` if unknown.
+    fn job_row(&self, _name: &str) -> Result<Option<JobRow>, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// The Queued and Running jobs, oldest first, at most `limit`.
+    fn active_jobs(&self, _limit: u64) -> Result<Vec<JobRow>, StoreError> {
+        Err(StoreError::Storage("this store does not list jobs for the dashboard".into()))
+    }
+    /// A page of a job's output records (of one item status, if given),
+    /// walked by their sequence number; `None` if the job is unknown.
+    fn item_rows(
+        &self,
+        _name: &str,
+        _status: Option<&str>,
+        _cursor: Cursor,
+        _limit: u64,
+    ) -> Result<Option<ItemsPage>, StoreError> {
+        Err(StoreError::Storage("this store does not page item records for the dashboard".into()))
+    }
+    /// The workers sharing this store, freshest heartbeat first. A store
+    /// used by one server alone (SQLite) has none: the server runs its jobs itself.
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Seconds since the epoch, as stored.
@@ -194,7 +232,7 @@ pub(crate) fn rfc3339(at: Option<f64>) -> Value {
 }
 
 /// A job's row, as both backends read it.
-pub(crate) struct JobRow<'a> {
+pub(crate) struct StoredJob<'a> {
     pub(crate) name: String,
     pub(crate) state: String,
     pub(crate) parallel: bool,
@@ -208,7 +246,7 @@ pub(crate) struct JobRow<'a> {
 }
 
 /// A job as the API shows it (without its history and streams).
-pub(crate) fn job_json(row: JobRow<'_>) -> Value {
+pub(crate) fn job_json(row: StoredJob<'_>) -> Value {
     let duration = match (row.started, row.ended) {
         (Some(s), Some(e)) => serde_json::json!(((e - s) * 1000.0).max(0.0).round() / 1000.0),
         (Some(s), None) => serde_json::json!(((secs(SystemTime::now()) - s) * 1000.0).max(0.0).round() / 1000.0),

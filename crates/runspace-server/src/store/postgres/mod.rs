@@ -28,7 +28,9 @@ pub mod work;
 mod writer;
 
 use super::writes::{Failures, Msg, Op};
-use super::{rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, STREAM_TAIL};
+use super::{
+    rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, WorkerRow, STREAM_TAIL,
+};
 use crate::limits::{MAX_ITEMS, MAX_PAGE_BYTES};
 
 /// How long a caller waits for a query or a committed write.
@@ -216,7 +218,7 @@ const COLUMNS: &str = "id, name, state, parallel, submitted_at, started_at, ende
 
 fn row_to_job(r: &tokio_postgres::Row) -> (i64, Value) {
     let request: String = r.get(10);
-    let job = super::job_json(super::JobRow {
+    let job = super::job_json(super::StoredJob {
         name: r.get(1),
         state: r.get(2),
         parallel: r.get(3),
@@ -446,6 +448,27 @@ impl JobStore for PgStore {
         self.write(Op::DeleteFinished { names: names.to_vec() })?;
         names.iter().for_each(|name| self.failures.forget(name));
         Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        self.read(|c| async move {
+            let rows = c
+                .query(
+                    "SELECT id, extract(epoch FROM heartbeat_at)::float8, slots, items_done FROM workers \
+                     WHERE state = 'running' ORDER BY heartbeat_at DESC, id",
+                    &[],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| WorkerRow {
+                    id: r.get(0),
+                    heartbeat: r.get(1),
+                    slots: r.get::<_, i32>(2).max(0) as u64,
+                    items_done: r.get::<_, i64>(3).max(0) as u64,
+                })
+                .collect())
+        })
     }
 
     fn close(&self) {

@@ -405,7 +405,7 @@ impl PgStore {
     }
 
     /// Every worker, most recent heartbeat first, with how long ago it beat.
-    pub fn workers(&self) -> Result<Vec<Value>, StoreError> {
+    pub fn worker_list(&self) -> Result<Vec<Value>, StoreError> {
         self.block(move |pool| async move {
             let c = pool.get().await.map_err(|e| pool_storage(&e))?;
             let rows = c

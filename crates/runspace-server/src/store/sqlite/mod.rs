@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, Sender};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::{json, Map, Value};
 
+mod dashboard;
 mod schema;
 mod verbs;
 mod writer;
@@ -24,7 +25,10 @@ use crate::private::{self, Access};
 
 use super::writes::{Failures, Msg, Op};
 
-use super::{rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, STREAM_TAIL};
+use super::{
+    rfc3339, secs, Cursor, From, ItemsPage, JobEnd, JobQuery, JobRow, JobStore, JobsPage, NewJob, Page, StoreError,
+    StoreHealth, StoredRequest, STREAM_TAIL,
+};
 
 /// How long a caller waits for its write to commit before giving up.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -157,6 +161,14 @@ impl SqliteStore {
             job["error"] = json!(message);
         }
         job
+    }
+
+    /// [`SqliteStore::overlay`] for a dashboard row.
+    fn overlay_row(&self, row: &mut JobRow) {
+        if let Some(message) = self.failures.message(&row.name) {
+            row.state = "Failed".into();
+            row.error = Some(message);
+        }
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -336,6 +348,36 @@ impl JobStore for SqliteStore {
     fn close(&self) {
         self.shutdown();
     }
+
+    fn state_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(dashboard::state_counts)
+    }
+
+    fn job_rows(&self, query: &JobQuery) -> Result<JobsPage, StoreError> {
+        let mut page = self.read(|c| dashboard::job_rows(c, query))?;
+        page.rows.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(page)
+    }
+
+    fn job_row(&self, name: &str) -> Result<Option<JobRow>, StoreError> {
+        let mut row = self.read(|c| dashboard::one_job(c, name))?;
+        row.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(row)
+    }
+
+    fn active_jobs(&self, limit: u64) -> Result<Vec<JobRow>, StoreError> {
+        self.read(|c| dashboard::active_jobs(c, limit))
+    }
+
+    fn item_rows(
+        &self,
+        name: &str,
+        status: Option<&str>,
+        cursor: Cursor,
+        limit: u64,
+    ) -> Result<Option<ItemsPage>, StoreError> {
+        self.read(|c| dashboard::item_rows(c, name, status, cursor, limit))
+    }
 }
 
 const COLUMNS: &str = "id, name, state, parallel, submitted_at, started_at, ended_at, progress_done, progress_total, \
@@ -388,7 +430,7 @@ fn stream_tails(c: &Connection, id: i64) -> rusqlite::Result<(Map<String, Value>
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Value)> {
     let request: String = r.get(10)?;
-    let job = super::job_json(super::JobRow {
+    let job = super::job_json(super::StoredJob {
         name: r.get(1)?,
         state: r.get(2)?,
         parallel: r.get(3)?,

@@ -24,10 +24,22 @@ const MIGRATIONS: &[Migration] = &[
     // A job's explicit inputs, kept apart from its request (which every
     // list reads) so that restart and rerun-failed can replay them.
     Migration { version: 4, apply: |c| in_transaction(c, "ALTER TABLE jobs ADD COLUMN inputs TEXT;", 4) },
+    Migration { version: 5, apply: |c| in_transaction(c, V5, 5) },
 ];
 
 /// The schema version this program writes.
-pub(super) const CURRENT: u32 = 4;
+pub(super) const CURRENT: u32 = 5;
+
+/// Version 5: a job's failed items are counted as their records arrive,
+/// so the dashboard's list shows failures without reading any job's
+/// records. Existing jobs are counted once, here.
+const V5: &str = "
+ALTER TABLE jobs ADD COLUMN failed_items INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET failed_items = (
+    SELECT count(*) FROM outputs o
+    WHERE o.job_id = jobs.id AND json_valid(o.record) AND json_extract(o.record, '$.status') IN ('Failed', 'TimedOut')
+) WHERE parallel = 1;
+";
 
 /// Version 3: streams become one row per record, stored and served in
 /// pages like output, instead of one JSON document per job. Stored
@@ -176,12 +188,39 @@ mod tests {
         }
         let mut conn = Connection::open(&path).unwrap();
         migrate(&mut conn).unwrap();
-        assert_eq!(version(&conn).unwrap(), 4);
+        assert_eq!(version(&conn).unwrap(), CURRENT);
         let (name, inputs): (String, Option<String>) =
             conn.query_row("SELECT name, inputs FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         // The old job has no kept inputs (a restart says so); new ones can.
         assert_eq!((name.as_str(), inputs), ("kept", None));
         conn.execute("UPDATE jobs SET inputs = '[1,2]'", []).unwrap();
+    }
+
+    #[test]
+    fn version_5_counts_the_failed_items_of_existing_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        {
+            let conn = at_version(&path, 4);
+            conn.execute(
+                "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total) \
+                 VALUES ('old', 'CompletedWithErrors', 1, '{}', 1.0, 4)",
+                [],
+            )
+            .unwrap();
+            for (seq, status) in ["Completed", "Failed", "TimedOut", "Stopped"].iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO outputs (job_id, seq, record) VALUES (1, ?1, ?2)",
+                    rusqlite::params![seq as i64, format!("{{\"status\": \"{status}\"}}")],
+                )
+                .unwrap();
+            }
+            conn.execute("INSERT INTO outputs (job_id, seq, record) VALUES (1, 9, 'not json')", []).unwrap();
+        }
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn).unwrap();
+        let failed: i64 = conn.query_row("SELECT failed_items FROM jobs", [], |r| r.get(0)).unwrap();
+        assert_eq!(failed, 2, "Failed and TimedOut count; Stopped and unreadable records do not");
     }
 
     #[test]

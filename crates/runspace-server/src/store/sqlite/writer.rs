@@ -128,7 +128,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &Op, failures: &Failures) -> rusqli
                 params![id, *seq as i64, record],
             )?;
             if let Some(done) = done {
-                tx.execute("UPDATE jobs SET progress_done = ?2 WHERE id = ?1", params![id, *done as i64])?;
+                // An item's record: count it if it failed (for the dashboard's list).
+                tx.execute(
+                    "UPDATE jobs SET progress_done = ?2, failed_items = failed_items + \
+                     (json_valid(?3) AND json_extract(?3, '$.status') IN ('Failed', 'TimedOut')) WHERE id = ?1",
+                    params![id, *done as i64, record],
+                )?;
             }
         }
         Op::Stream { name, stream, seq, record } => {

@@ -22,8 +22,9 @@ use runspace::joblog::{digest, Line, Recorded, HEADER};
 use runspace::{Input, ItemResult, Status};
 use serde_json::Value;
 
-use crate::diag::diag;
-use crate::CliError;
+use super::args::LargeRunArgs;
+use crate::common::diag::diag;
+use crate::common::CliError;
 
 /// Buffered job-log bytes past which the caller should flush.
 pub const FLUSH_BYTES: usize = 64 * 1024;
@@ -116,6 +117,49 @@ impl<I: Iterator<Item = Input>> Iterator for Feed<I> {
             Feed::Plain(inputs) => inputs.next().map(|(i, input)| (i as u64, input)),
             Feed::Resume(filter) => filter.next(),
         }
+    }
+}
+
+/// The job log of a run and the inputs it leaves to do: `--joblog` alone
+/// starts a fresh log; with `--resume` or `--resume-failed` the recorded
+/// items are skipped.
+pub struct Journal<I> {
+    /// The log to append to, when `--joblog` was given.
+    pub log: Option<JobLog>,
+    /// The inputs to run, with their indices.
+    pub feed: Feed<I>,
+    /// How many inputs the log lets the run skip, for the progress total.
+    pub skip_estimate: u64,
+    /// Set when an input differs from the logged one: the run stops.
+    pub mismatch: Arc<OnceLock<String>>,
+    /// Inputs skipped so far.
+    pub skipped: Arc<AtomicU64>,
+}
+
+impl<I: Iterator<Item = Input>> Journal<I> {
+    /// Opens (or creates) the job log the options name, and filters `inputs`.
+    pub fn open(args: &LargeRunArgs, inputs: I) -> Result<Journal<I>, CliError> {
+        let resume = match (args.resume, args.resume_failed) {
+            (_, true) => Some(Resume::Failed),
+            (true, false) => Some(Resume::Finished),
+            _ => None,
+        };
+        let mismatch = Arc::new(OnceLock::new());
+        let skipped = Arc::new(AtomicU64::new(0));
+        let (log, feed, skip_estimate) = match (&args.joblog, resume) {
+            (Some(path), Some(mode)) => {
+                let (log, recorded) = JobLog::resume(path)?;
+                let skip_estimate = match mode {
+                    Resume::Finished => recorded.finished,
+                    Resume::Failed => recorded.finished - recorded.failed,
+                };
+                let filter = ResumeFilter::new(inputs, recorded, mode, mismatch.clone(), skipped.clone());
+                (Some(log), Feed::Resume(filter), skip_estimate)
+            }
+            (Some(path), None) => (Some(JobLog::create(path)?), Feed::Plain(inputs.enumerate()), 0),
+            (None, _) => (None, Feed::Plain(inputs.enumerate()), 0),
+        };
+        Ok(Journal { log, feed, skip_estimate, mismatch, skipped })
     }
 }
 

@@ -15,7 +15,7 @@ pub struct StopArgs {
     pub state_dir: Option<PathBuf>,
 
     /// How long to wait for it to end beyond its grace period (exit 1 past it).
-    #[arg(long, default_value = "30s", value_parser = crate::parse::duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = crate::common::parse::duration, value_name = "DURATION")]
     pub timeout: Duration,
 }
 

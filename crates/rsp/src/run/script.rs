@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use runspace::{Grants, Script, SessionState};
 use serde_json::Value;
 
-use crate::parse;
-use crate::CliError;
+use crate::common::parse;
+use crate::common::CliError;
 
 /// What to run, and the session it runs in.
 #[derive(clap::Args, Debug, Clone, Default)]

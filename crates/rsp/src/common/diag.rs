@@ -27,7 +27,7 @@ pub fn line(message: fmt::Arguments<'_>) {
 /// `eprintln!` that cannot panic: see [`line`].
 macro_rules! diag {
     ($($arg:tt)*) => {
-        $crate::diag::line(format_args!($($arg)*))
+        $crate::common::diag::line(format_args!($($arg)*))
     };
 }
 

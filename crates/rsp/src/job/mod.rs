@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use crate::inputs::InputFormat;
-use crate::parse;
-use crate::script_args::ScriptArgs;
+use crate::common::parse;
+use crate::run::inputs::InputFormat;
+use crate::run::script::ScriptArgs;
 use runspace_server::limits::{self, JobLimits};
 use runspace_server::{Client, ClientError, StatePaths};
 
@@ -209,7 +209,7 @@ fn state_paths(common: &Common) -> Result<StatePaths, ClientError> {
 }
 
 fn start(a: StartArgs) -> Result<i32, ClientError> {
-    let usage = |e: crate::CliError| ClientError::usage(e.message);
+    let usage = |e: crate::common::CliError| ClientError::usage(e.message);
     let (script_name, source) = a.script.source().map_err(usage)?;
     let mut body = Map::new();
     body.insert("script".into(), json!(source));
@@ -280,7 +280,7 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     let client = match Client::connect(&paths) {
         Ok(c) => c,
         Err(e) if e.server_down && !a.no_autostart => {
-            let (addr, pid) = crate::serve_cmd::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
+            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(ClientError::other)?;
             eprintln!(
                 "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: kill {pid}"
             );
@@ -317,7 +317,7 @@ fn flag_of(field: &str) -> &'static str {
 fn read_inputs(path: &PathBuf, format: InputFormat) -> Result<Vec<Value>, ClientError> {
     let file = std::fs::File::open(path)
         .map_err(|e| ClientError::usage(format!("cannot read input {}: {e}", path.display())))?;
-    let inputs = crate::inputs::read(Box::new(file), format, &path.display().to_string())
+    let inputs = crate::run::inputs::read(Box::new(file), format, &path.display().to_string())
         .map_err(|e| ClientError::usage(e.message))?;
     inputs
         .items

@@ -18,10 +18,10 @@ use std::io::{self, IsTerminal, Write};
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
 use serde_json::{json, Value};
 
-use crate::inputs::{InputArgs, Inputs};
-use crate::run_output::{Format, Printer};
-use crate::script_args::ScriptArgs;
-use crate::CliError;
+use crate::common::CliError;
+use crate::run::inputs::{InputArgs, Inputs};
+use crate::run::output::{Format, Printer};
+use crate::run::script::ScriptArgs;
 use template::{Filled, Template};
 
 /// Bytes of stdout, and of stderr, one command may write before its item fails.
@@ -201,7 +201,7 @@ impl CommandMode {
             shown.input = input.clone();
             return printer.item(&shown);
         }
-        let tag = self.tag.then(|| crate::run_output::bare(input));
+        let tag = self.tag.then(|| crate::run::output::bare(input));
         let text = |key: &str| item.result.get(key).and_then(Value::as_str).unwrap_or("");
         write_tagged(printer.out(), text("stdout"), tag.as_deref())?;
         let stderr = text("stderr");
@@ -238,8 +238,8 @@ fn columns(value: Value, colsep: Option<&str>) -> Vec<String> {
     match (value, colsep) {
         (Value::String(s), Some(sep)) => s.split(sep).map(String::from).collect(),
         (Value::String(s), None) => vec![s],
-        (Value::Array(items), _) => items.iter().map(crate::run_output::bare).collect(),
-        (other, _) => vec![crate::run_output::bare(&other)],
+        (Value::Array(items), _) => items.iter().map(crate::run::output::bare).collect(),
+        (other, _) => vec![crate::run::output::bare(&other)],
     }
 }
 

@@ -117,7 +117,7 @@ fn colour_ok(stream_is_tty: bool) -> bool {
 
 /// A probe timeout: any duration `rsp` accepts (a bare number is seconds), but not zero.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let d = crate::parse::duration(text)?;
+    let d = crate::common::parse::duration(text)?;
     if d.is_zero() {
         return Err(format!("invalid duration '{text}': must be more than zero"));
     }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runspace::RunProgress;
 
-use crate::diag::diag;
-use crate::run_output::{human_count, human_rate};
+use crate::common::diag::diag;
+use crate::common::human::{human_count, human_rate};
 
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);

@@ -25,7 +25,7 @@ pub struct FollowArgs {
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
     /// Give up after this long (exit 3); default: follow until the job ends.
-    #[arg(long, value_parser = crate::parse::duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::common::parse::duration, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub common: Common,

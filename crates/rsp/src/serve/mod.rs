@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use runspace_server::{ServerConfig, StatePaths};
 
-use crate::parse;
+use crate::common::parse;
 
 mod stop;
 
@@ -16,7 +16,8 @@ mod stop;
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
 #[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
-                        through the state directory: server.json holds its address, token its token.")]
+                        through the state directory: server.json holds its address, token its token. A web \
+                        dashboard is served at / on the same address (log in with the token; docs/dashboard.md).")]
 pub struct ServeArgs {
     /// Where the token, the address file and the default database live
     /// [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].
@@ -47,6 +48,10 @@ pub struct ServeArgs {
     /// On SIGTERM or Ctrl-C, let running jobs finish for this long before stopping them.
     #[arg(long, default_value = "10s", value_parser = parse::duration, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// The web dashboard (at / on the same address) shows jobs but hides and refuses every action.
+    #[arg(long)]
+    pub read_only_ui: bool,
 
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
@@ -106,6 +111,7 @@ pub fn run(args: ServeArgs) -> i32 {
         listen: SocketAddr::new(args.bind, args.port),
         max_jobs: args.max_jobs,
         grace: args.grace,
+        read_only_ui: args.read_only_ui,
     };
     match runspace_server::serve(&config) {
         Ok(()) => 0,
@@ -135,6 +141,9 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
         "--grace".into(),
         format!("{}ms", args.grace.as_millis()),
     ];
+    if args.read_only_ui {
+        out.push("--read-only-ui".into());
+    }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
     }

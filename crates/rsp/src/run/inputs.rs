@@ -9,8 +9,8 @@ use runspace::inputs;
 use runspace::{json, Input};
 use serde_json::Value;
 
-use crate::parse;
-use crate::CliError;
+use crate::common::parse;
+use crate::common::CliError;
 
 /// How input text is split into items.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
