@@ -9,6 +9,7 @@ mod job;
 mod run;
 mod scan;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,8 @@ enum Command {
     Job(job::JobCommand),
     /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
     Serve(Box<serve::ServeArgs>),
+    /// Run work from a PostgreSQL store on this host (see docs/cluster.md); `rsp worker list` lists the workers.
+    Worker(Box<worker::WorkerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => scan::run(*args).clamp(0, 255) as u8,
         Command::Job(cmd) => job::run(cmd).clamp(0, 255) as u8,
         Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
+        Command::Worker(args) => worker::run(*args).clamp(0, 255) as u8,
     };
     ExitCode::from(code)
 }

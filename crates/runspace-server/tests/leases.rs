@@ -57,6 +57,8 @@ fn claims_never_overlap_and_the_last_completion_ends_the_job() {
     }
     assert_eq!(leases.iter().map(|l| (l.first, l.inputs.len())).collect::<Vec<_>>(), [(0, 3), (3, 3), (6, 3), (9, 1)]);
     assert!(leases.iter().all(|l| l.attempt == 1 && l.job == "j"));
+    assert_eq!(store.cluster_status("j").unwrap().unwrap().state, "Queued", "claimed, not yet taken on");
+    store.job_started(leases[0].job_id).unwrap();
     assert_eq!(store.cluster_status("j").unwrap().unwrap().state, "Running");
     for l in &leases {
         assert_eq!(store.complete("a", l, records(l)).unwrap(), Completion::Recorded);

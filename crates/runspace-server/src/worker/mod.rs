@@ -217,6 +217,7 @@ fn work_loop(
                 let Some(request) = request.flatten() else { continue };
                 match prepare(&request, &config.allow_max, config.slots) {
                     Ok(job) => {
+                        let _ = retry(stop, events, || store.job_started(lease.job_id).map_err(|e| e.to_string()));
                         let job = Arc::new(job);
                         if prepared.order.len() >= PREPARED_JOBS {
                             let oldest = prepared.order.remove(0);
@@ -237,7 +238,7 @@ fn work_loop(
             }
         };
         match run_chunk(config, &job, &lease, stop, &|| still_held(held, &lease, claimed_at)) {
-            Some(records) => {
+            Ran::Whole(records) => {
                 let n = records.len() as u64;
                 let completed =
                     retry(stop, events, || store.complete(id, &lease, records.clone()).map_err(|e| e.to_string()));
@@ -250,7 +251,13 @@ fn work_loop(
                     None => {}
                 }
             }
-            None => {
+            Ran::LeaseLost => {
+                if let Ok(Completion::Rejected) = store.abandon(id, &lease) {
+                    summary.rejected += 1;
+                    events(WorkerEvent::Rejected(lease.job.clone(), lease.chunk));
+                }
+            }
+            Ran::GivenUp => {
                 if store.release(id, &lease).is_ok() {
                     summary.released += 1;
                     events(WorkerEvent::Released(lease.job.clone(), lease.chunk));
@@ -270,18 +277,30 @@ fn still_held(held: &Held, lease: &Lease, claimed_at: Instant) -> bool {
     }
 }
 
-/// Runs a chunk's items; `None` if it was given up: its lease was lost
-/// (taken over, or the job stopped), or a stop's grace ran out.
+/// How running a chunk ended.
+enum Ran {
+    /// Every item ran: `(index, record, completed)`.
+    Whole(Vec<(u64, String, bool)>),
+    /// The lease was lost (taken over, or the job stopped): the items were stopped.
+    LeaseLost,
+    /// A stop's grace ran out: the items were stopped.
+    GivenUp,
+}
+
+/// Runs a chunk's items.
 fn run_chunk(
     config: &WorkerConfig,
     job: &Prepared,
     lease: &Lease,
     stop: &AtomicBool,
     still_held: &dyn Fn() -> bool,
-) -> Option<Vec<(u64, String, bool)>> {
+) -> Ran {
     let mut run = job.pool.parallel(&job.script);
     for (k, v) in &job.params {
-        run = run.param(k, v.clone()).ok()?;
+        match run.param(k, v.clone()) {
+            Ok(r) => run = r,
+            Err(_) => return Ran::GivenUp,
+        }
     }
     if let Some(t) = job.timeout {
         run = run.timeout(t);
@@ -298,17 +317,17 @@ fn run_chunk(
                 let text = serde_json::to_string(&item).unwrap_or_default();
                 records.push((item.index, text, ok));
             }
-            runspace::Next::Done => return Some(records),
+            runspace::Next::Done => return Ran::Whole(records),
             runspace::Next::Idle => {}
         }
         if stop.load(Ordering::Relaxed) {
             let since = *stopping_since.get_or_insert_with(Instant::now);
             if since.elapsed() > config.grace {
-                return None;
+                return Ran::GivenUp;
             }
         }
         if !still_held() {
-            return None;
+            return Ran::LeaseLost;
         }
     }
 }

@@ -60,6 +60,12 @@ pub(super) fn prepare(request: &Value, allow_max: &Grants, slots: usize) -> Resu
         .open()
         .map_err(|e| Refusal(format!("cannot open a pool for it: {e}")))?;
     let params = request.get("params").and_then(Value::as_object).cloned().unwrap_or_default();
+    // A parameter the engine refuses is refused once here, not at every chunk.
+    let mut check = pool.parallel(&script);
+    for (k, v) in &params {
+        check = check.param(k, v.clone()).map_err(|e| Refusal(format!("invalid job: parameter {k}: {e}")))?;
+    }
+    drop(check);
     Ok(Prepared { pool, script, params, timeout })
 }
 

@@ -208,15 +208,6 @@ impl PgStore {
                 return Ok(None);
             };
             let job_id: i64 = row.get(0);
-            // The first claim starts the job.
-            tx.execute(
-                "WITH j AS (UPDATE jobs SET state = 'Running', started_at = extract(epoch FROM now()) \
-                   WHERE id = $1 AND state = 'Queued' RETURNING id, started_at) \
-                 INSERT INTO history (job_id, state, at) SELECT id, 'Running', started_at FROM j",
-                &[&job_id],
-            )
-            .await
-            .map_err(|e| storage(&e))?;
             let name: String =
                 tx.query_one("SELECT name FROM jobs WHERE id = $1", &[&job_id]).await.map_err(|e| storage(&e))?.get(0);
             tx.commit().await.map_err(|e| storage(&e))?;
@@ -268,6 +259,23 @@ impl PgStore {
                 .await
                 .map_err(|e| storage(&e))?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })?
+    }
+
+    /// A worker took the job on (it was not refused there): the job is
+    /// Running from now, if it was Queued.
+    pub fn job_started(&self, job_id: i64) -> Result<(), StoreError> {
+        self.block(move |pool| async move {
+            let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            c.execute(
+                "WITH j AS (UPDATE jobs SET state = 'Running', started_at = extract(epoch FROM now()) \
+                   WHERE id = $1 AND state = 'Queued' RETURNING id, started_at) \
+                 INSERT INTO history (job_id, state, at) SELECT id, 'Running', started_at FROM j",
+                &[&job_id],
+            )
+            .await
+            .map_err(|e| storage(&e))?;
+            Ok(())
         })?
     }
 
@@ -334,7 +342,7 @@ impl PgStore {
                 "WITH j AS (UPDATE jobs SET \
                    state = CASE WHEN failed_items > 0 THEN 'CompletedWithErrors' ELSE 'Completed' END, \
                    ended_at = extract(epoch FROM now()) \
-                   WHERE id = $1 AND state = 'Running' \
+                   WHERE id = $1 AND state IN ('Queued', 'Running') \
                      AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = $1 AND NOT done) \
                    RETURNING id, state, ended_at) \
                  INSERT INTO history (job_id, state, at) SELECT id, state, ended_at FROM j",
@@ -344,6 +352,38 @@ impl PgStore {
             .map_err(|e| storage(&e))?;
             tx.commit().await.map_err(|e| storage(&e))?;
             Ok(Completion::Recorded)
+        })?
+    }
+
+    /// A worker found its lease on `lease`'s chunk lost mid-run and stopped
+    /// it: the fence decides. Closed (taken over, done or stopped): the
+    /// late completion is rejected and counted. Still open (a stale view):
+    /// the chunk is given back. Nothing of it is recorded either way.
+    pub fn abandon(&self, worker: &str, lease: &Lease) -> Result<Completion, StoreError> {
+        let worker = worker.to_string();
+        let (job_id, chunk, attempt) = (lease.job_id, lease.chunk, lease.attempt);
+        self.block(move |pool| async move {
+            let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            let released = c
+                .execute(
+                    "UPDATE chunks SET lease_owner = NULL, lease_until = NULL FROM jobs j \
+                     WHERE j.id = chunks.job_id AND chunks.job_id = $1 AND chunks.chunk = $2 \
+                       AND chunks.lease_owner = $3 AND chunks.attempt = $4 AND NOT chunks.done \
+                       AND j.state IN ('Queued', 'Running')",
+                    &[&job_id, &chunk, &worker, &attempt],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+            if released > 0 {
+                return Ok(Completion::Recorded);
+            }
+            c.execute("UPDATE jobs SET rejected = rejected + 1 WHERE id = $1", &[&job_id])
+                .await
+                .map_err(|e| storage(&e))?;
+            c.execute("UPDATE workers SET rejected = rejected + 1 WHERE id = $1", &[&worker])
+                .await
+                .map_err(|e| storage(&e))?;
+            Ok(Completion::Rejected)
         })?
     }
 
