@@ -298,3 +298,120 @@ fn workers_and_the_submitter_ride_out_a_database_restart() {
     assert_eq!(got.len(), 3000);
     assert_eq!(server.psql("restart", "SELECT count(*), count(DISTINCT seq) FROM outputs"), "3000|3000");
 }
+
+/// Hosts as network namespaces, each joined to the database's namespace
+/// (this one) by a veth pair; deleted when dropped.
+struct Hosts {
+    names: Vec<String>,
+    links: Vec<String>,
+    addresses: Vec<(String, String)>,
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let o = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+impl Hosts {
+    /// `n` hosts; host `i` reaches the database at `addresses[i].0` and is `addresses[i].1`.
+    fn new(n: usize) -> Result<Hosts, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not running as root".into());
+        }
+        let id = std::process::id() % 10000;
+        let sub = (id % 200) as u8 + 20;
+        let mut hosts = Hosts { names: Vec::new(), links: Vec::new(), addresses: Vec::new() };
+        for i in 0..n {
+            let (ns, here, there) = (format!("rspc{id}h{i}"), format!("rspc{id}d{i}"), format!("rspc{id}w{i}"));
+            sh(&["ip", "netns", "add", &ns])?;
+            hosts.names.push(ns.clone());
+            sh(&["ip", "link", "add", &here, "type", "veth", "peer", "name", &there, "netns", &ns])?;
+            hosts.links.push(here.clone());
+            let (db, host) = (format!("10.{}.{sub}.1", 234 + i), format!("10.{}.{sub}.2", 234 + i));
+            sh(&["ip", "addr", "add", &format!("{db}/24"), "dev", &here])?;
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("{host}/24"), "dev", &there])?;
+            sh(&["ip", "link", "set", &here, "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", &there, "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            hosts.addresses.push((db, host));
+        }
+        Ok(hosts)
+    }
+
+    /// `rsp worker` on host `i`.
+    fn worker(&self, i: usize, url: &str, name: &str, extra: &[&str]) -> Worker {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.names[i], jobs_common::RSP, "worker", "--store", url, "--name", name])
+            .args(["--slots", "2", "--poll", "200ms"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Worker(child)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for link in &self.links {
+            let _ = sh(&["ip", "link", "del", link]);
+        }
+        for ns in &self.names {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+    }
+}
+
+#[test]
+fn a_host_cut_off_mid_run_loses_its_chunks_to_the_others_and_the_run_completes_exactly_once() {
+    let hosts = match Hosts::new(2) {
+        Ok(h) => h,
+        Err(why) => {
+            eprintln!("SKIP a_host_cut_off_mid_run…: cannot create network namespaces ({why})");
+            return;
+        }
+    };
+    let listen = format!("127.0.0.1,{},{}", hosts.addresses[0].0, hosts.addresses[1].0);
+    let Some(server) = pg::PgServer::start_listening(&listen, &["10.0.0.0/8"]) else { return };
+    let url = server.new_database("hosts");
+    drop(runspace_server::store::PgStore::open(&url).unwrap());
+    let lease = ["--lease", "2s", "--heartbeat", "300ms"];
+    let _cut = hosts.worker(0, &server.url_at(&hosts.addresses[0].0, "hosts"), "cut", &lease);
+    let _kept = hosts.worker(1, &server.url_at(&hosts.addresses[1].0, "hosts"), "kept", &lease);
+    let script = "local x = 0 for i = 1, 200000 do x = x + i end return _";
+    let url2 = url.clone();
+    let run =
+        std::thread::spawn(move || rsp_run(&["-e", script, "--range", "0..1999", "--chunk-size", "20"], Some(&url2)));
+    let db = "hosts";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Both hosts work; then the first is cut off while it holds a chunk.
+    let holding = "SELECT count(*) FROM chunks WHERE lease_owner LIKE 'cut:%' AND NOT done";
+    loop {
+        let done: Vec<u64> = server
+            .psql(db, "SELECT items_done FROM workers ORDER BY name")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        if done.len() == 2 && done.iter().all(|&d| d > 0) && server.psql(db, holding) != "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both hosts never worked: {done:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sh(&["ip", "link", "set", &hosts.links[0], "down"]).unwrap();
+    let out = run.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let got: Vec<u64> = records(&out.stdout).iter().map(|r| r.0).collect();
+    assert_eq!(got, (0..2000).collect::<Vec<_>>(), "every item once");
+    assert_eq!(server.psql(db, "SELECT count(*), count(DISTINCT seq) FROM outputs"), "2000|2000");
+    let retaken = server.psql(db, "SELECT count(*) FROM chunks WHERE attempt > 1");
+    assert_ne!(retaken, "0", "the cut-off host's chunk was taken over");
+}
