@@ -415,3 +415,22 @@ fn a_host_cut_off_mid_run_loses_its_chunks_to_the_others_and_the_run_completes_e
     let retaken = server.psql(db, "SELECT count(*) FROM chunks WHERE attempt > 1");
     assert_ne!(retaken, "0", "the cut-off host's chunk was taken over");
 }
+
+#[test]
+fn rsp_job_start_with_a_store_submits_to_the_workers_and_a_server_on_that_store_shows_it() {
+    let Some(url) = fresh_store("jobstart") else { return };
+    let _w = Worker::start(&url, "jw", &[]);
+    let out = Command::new(jobs_common::RSP)
+        .args(["job", "start", "--name", "viapg", "-e", "return _ + 1", "--range", "1..100", "--store", &url, "--wait"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("viapg: Completed (100/100 items)"), "{stdout}");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--store", &url]);
+    let (status, job) = server.call("GET", "/v1/jobs/viapg", None);
+    assert_eq!((status, job["state"].as_str(), job["output_count"].as_u64()), (200, Some("Completed"), Some(100)));
+    let (_, page) = server.call("GET", "/v1/jobs/viapg/output?limit=1", None);
+    assert_eq!(page["records"][0]["result"], 2);
+}

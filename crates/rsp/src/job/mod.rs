@@ -111,6 +111,13 @@ pub struct StartArgs {
     /// Do not start a server when none runs.
     #[arg(long)]
     pub no_autostart: bool,
+    /// Submit the job to this PostgreSQL store (postgres://user@host:port/db) for `rsp worker`s to run,
+    /// instead of to a local server (docs/cluster.md). Needs --range or --input.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store: how many items a worker claims at once [default: a 64th of the job, 1 to 1000].
+    #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk_size: Option<u32>,
     #[command(flatten)]
     pub env: context::EnvArgs,
     #[command(flatten)]
@@ -275,6 +282,9 @@ fn start(a: StartArgs) -> Result<i32, ClientError> {
     }
     if let Some(inputs) = inputs {
         body.insert("inputs".into(), Value::Array(inputs));
+    }
+    if let Some(url) = &a.store {
+        return cluster_start(&a, url, body);
     }
     let paths = state_paths(&a.common)?;
     let client = match Client::connect(&paths) {
@@ -449,4 +459,43 @@ fn simple(a: NameArgs, verb: &str) -> Result<i32, ClientError> {
         }
     }
     Ok(0)
+}
+
+/// `rsp job start --store URL`: the job goes to the PostgreSQL store as a
+/// cluster job, for `rsp worker`s; with `--wait`, waits for its end.
+fn cluster_start(a: &StartArgs, url: &str, mut body: Map<String, Value>) -> Result<i32, ClientError> {
+    use runspace_server::store::{is_postgres_url, work::ClusterJob, PgStore};
+    if !is_postgres_url(url) {
+        return Err(ClientError::usage(format!(
+            "--store: '{url}' is not a PostgreSQL URL (postgres://user@host:port/db)"
+        )));
+    }
+    let inputs: Vec<Value> = match (body.remove("inputs"), body.remove("range")) {
+        (Some(Value::Array(inputs)), _) => inputs,
+        (_, Some(_)) => a.range.map(|r| r.iter().map(Value::from).collect()).unwrap_or_default(),
+        _ => return Err(ClientError::usage("--store runs a job over inputs: give --range or --input")),
+    };
+    let name = match body.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => runspace::auto_job_name(),
+    };
+    let total = inputs.len() as u64;
+    let chunk_size = a.chunk_size.map_or_else(|| (total / 64).clamp(1, 1000) as usize, |n| n as usize);
+    let store = PgStore::open(url).map_err(ClientError::other)?;
+    let job = ClusterJob { name: name.clone(), request: Value::Object(body), inputs, chunk_size };
+    store.submit_cluster(job).map_err(|e| ClientError::other(e.to_string()))?;
+    if !a.wait {
+        show::line(&name);
+        return Ok(0);
+    }
+    loop {
+        match store.cluster_status(&name) {
+            Ok(Some(status)) if !matches!(status.state.as_str(), "Queued" | "Running") => {
+                println!("{name}: {} ({}/{} items)", status.state, status.done, status.total);
+                return Ok(if status.state == "Completed" { 0 } else { 1 });
+            }
+            Ok(None) => return Err(ClientError::other(format!("job '{name}' was removed while it ran"))),
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }

@@ -156,6 +156,7 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
     let mut next_ordered = 0u64;
     let mut snapshot = RunProgress { total: Some(total), ..RunProgress::default() };
     let (mut refusals, mut failing, mut stopped) = (HashSet::new(), false, false);
+    let mut rejected = 0;
     loop {
         if interrupted.load(Ordering::Relaxed) && !stopped {
             stopped = true;
@@ -193,6 +194,7 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
         snapshot.items_per_sec = snapshot.done as f64 / snapshot.elapsed.as_secs_f64().max(1e-3);
         progress.update(&snapshot);
         if let Ok(Some(status)) = &status {
+            rejected = status.rejected;
             for refusal in &status.refusals {
                 if refusals.insert(refusal.clone()) {
                     diag!("rsp: {refusal}");
@@ -217,6 +219,10 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
     tally.stopped += total.saturating_sub(snapshot.done);
     if show_summary {
         diag!("{}", tally.summary(started.elapsed(), stopped, stderr_tty && console::colors_enabled_stderr()));
+        if rejected > 0 {
+            // Chunks that ran again elsewhere after a worker lost its lease: recorded once all the same.
+            diag!("  {rejected} late completion(s) rejected by the lease fence (their items were recorded once)");
+        }
     }
     Ok(if stopped {
         130
