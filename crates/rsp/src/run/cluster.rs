@@ -156,8 +156,7 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
     let mut next_ordered = 0u64;
     let mut snapshot = RunProgress { total: Some(total), ..RunProgress::default() };
     let (mut refusals, mut failing, mut stopped) = (HashSet::new(), false, false);
-    let mut rejected = 0;
-    loop {
+    let rejected = loop {
         if interrupted.load(Ordering::Relaxed) && !stopped {
             stopped = true;
             diag!("\nrsp: interrupted: stopping the cluster job '{name}' on every worker");
@@ -194,18 +193,17 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
         snapshot.items_per_sec = snapshot.done as f64 / snapshot.elapsed.as_secs_f64().max(1e-3);
         progress.update(&snapshot);
         if let Ok(Some(status)) = &status {
-            rejected = status.rejected;
             for refusal in &status.refusals {
                 if refusals.insert(refusal.clone()) {
                     diag!("rsp: {refusal}");
                 }
             }
             if !matches!(status.state.as_str(), "Queued" | "Running") && (snapshot.done >= status.done) {
-                break;
+                break status.rejected;
             }
         }
         std::thread::sleep(POLL);
-    }
+    };
     // An ordered run stopped midway prints what it has, in order.
     for item in std::mem::take(&mut pending).into_values() {
         printer.item(&item).map_err(write_error)?;
