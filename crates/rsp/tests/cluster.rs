@@ -108,13 +108,17 @@ fn rsp_run(args: &[&str], cluster: Option<&str>) -> std::process::Output {
     }
     let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
-    let watchdog = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(120));
-        // SAFETY: kill on a pid we spawned; harmless if it has exited.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    });
-    drop(watchdog);
-    child.wait_with_output().unwrap()
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(out) => out,
+        Err(_) => {
+            // Not reaped yet (wait_with_output has not returned), so the pid is still this child's.
+            // SAFETY: kill on the pid of our unreaped child.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("rsp run did not finish within 120 s");
+        }
+    }
 }
 
 /// `(index, input, result, status)` of every record, sorted by index.
