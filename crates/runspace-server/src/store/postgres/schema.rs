@@ -63,7 +63,9 @@ CREATE TABLE stream_records (
 /// (`lease_owner`, `attempt`, `lease_until`, all on the database's clock)
 /// and records its items' results in `outputs` (seq = the item's index, so
 /// the primary key is the unique key per item) only while it holds that
-/// attempt's lease.
+/// attempt's lease. A chunk counts what it recorded, so completions never
+/// queue on the job's row (its progress is summed from its chunks, and
+/// stored on the job when it ends).
 const V2: &str = "
 ALTER TABLE jobs ADD COLUMN cluster BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE jobs ADD COLUMN rejected BIGINT NOT NULL DEFAULT 0;
@@ -75,6 +77,8 @@ CREATE TABLE chunks (
     first BIGINT NOT NULL,
     inputs TEXT NOT NULL,
     done BOOLEAN NOT NULL DEFAULT false,
+    recorded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
     attempt INTEGER NOT NULL DEFAULT 0,
     lease_until TIMESTAMPTZ,

@@ -293,13 +293,15 @@ impl PgStore {
         self.block(move |pool| async move {
             let mut c = pool.get().await.map_err(|e| pool_storage(&e))?;
             let tx = c.transaction().await.map_err(|e| storage(&e))?;
+            let failed = records.iter().filter(|r| !r.2).count() as i32;
+            let count = records.len() as i32;
             let fenced = tx
                 .execute(
-                    "UPDATE chunks SET done = true, lease_until = NULL \
+                    "UPDATE chunks SET done = true, lease_until = NULL, recorded = $5, failed = $6 \
                      FROM jobs j WHERE j.id = chunks.job_id AND chunks.job_id = $1 AND chunks.chunk = $2 \
                        AND chunks.lease_owner = $3 AND chunks.attempt = $4 AND NOT chunks.done \
                        AND j.state IN ('Queued', 'Running')",
-                    &[&job_id, &chunk, &worker, &attempt],
+                    &[&job_id, &chunk, &worker, &attempt, &count, &failed],
                 )
                 .await
                 .map_err(|e| storage(&e))?;
@@ -313,7 +315,6 @@ impl PgStore {
                     .map_err(|e| storage(&e))?;
                 return Ok(Completion::Rejected);
             }
-            let failed = records.iter().filter(|r| !r.2).count() as i64;
             let seqs: Vec<i64> = records.iter().map(|r| r.0 as i64).collect();
             let texts: Vec<String> = records.into_iter().map(|r| r.1).collect();
             // The unique key (job, item) is the last guard: a record already
@@ -327,22 +328,19 @@ impl PgStore {
                 .await
                 .map_err(|e| storage(&e))? as i64;
             tx.execute(
-                "UPDATE jobs SET progress_done = progress_done + $2, failed_items = failed_items + $3 WHERE id = $1",
-                &[&job_id, &stored, &failed],
-            )
-            .await
-            .map_err(|e| storage(&e))?;
-            tx.execute(
                 "UPDATE workers SET items_done = items_done + $2, heartbeat_at = now() WHERE id = $1",
                 &[&worker, &stored],
             )
             .await
             .map_err(|e| storage(&e))?;
+            // The job's row is locked only by the completion of its last chunk.
             tx.execute(
-                "WITH j AS (UPDATE jobs SET \
-                   state = CASE WHEN failed_items > 0 THEN 'CompletedWithErrors' ELSE 'Completed' END, \
-                   ended_at = extract(epoch FROM now()) \
-                   WHERE id = $1 AND state IN ('Queued', 'Running') \
+                "WITH totals AS (SELECT coalesce(sum(recorded), 0)::bigint AS done, \
+                   coalesce(sum(failed), 0)::bigint AS failed FROM chunks WHERE job_id = $1), \
+                 j AS (UPDATE jobs SET \
+                   state = CASE WHEN totals.failed > 0 THEN 'CompletedWithErrors' ELSE 'Completed' END, \
+                   ended_at = extract(epoch FROM now()), progress_done = totals.done, failed_items = totals.failed \
+                   FROM totals WHERE id = $1 AND state IN ('Queued', 'Running') \
                      AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = $1 AND NOT done) \
                    RETURNING id, state, ended_at) \
                  INSERT INTO history (job_id, state, at) SELECT id, state, ended_at FROM j",
@@ -484,7 +482,8 @@ impl PgStore {
             let c = pool.get().await.map_err(|e| pool_storage(&e))?;
             let n = c
                 .execute(
-                    "WITH j AS (UPDATE jobs SET state = 'Stopped', ended_at = extract(epoch FROM now()) \
+                    "WITH j AS (UPDATE jobs SET state = 'Stopped', ended_at = extract(epoch FROM now()), \
+                       progress_done = (SELECT coalesce(sum(recorded), 0) FROM chunks WHERE job_id = jobs.id) \
                        WHERE name = $1 AND state IN ('Queued', 'Running') RETURNING id, ended_at) \
                      INSERT INTO history (job_id, state, at) SELECT id, 'Stopped', ended_at FROM j",
                     &[&name],
@@ -502,7 +501,9 @@ impl PgStore {
             let c = pool.get().await.map_err(|e| pool_storage(&e))?;
             let row = c
                 .query_opt(
-                    "SELECT state, progress_done, progress_total, rejected, coalesce(refusals, '[]') \
+                    "SELECT state, CASE WHEN cluster THEN \
+                       (SELECT coalesce(sum(recorded), 0) FROM chunks WHERE job_id = jobs.id)::bigint \
+                       ELSE progress_done END, progress_total, rejected, coalesce(refusals, '[]') \
                      FROM jobs WHERE name = $1",
                     &[&name],
                 )
