@@ -6,6 +6,7 @@
 
 mod common;
 mod job;
+mod reference;
 mod run;
 mod scan;
 mod serve;
@@ -13,7 +14,7 @@ mod worker;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Run Luau scripts in parallel over many inputs, scan TCP ports, and run background jobs.
 #[derive(Parser, Debug)]
@@ -31,6 +32,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Colour output and messages: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long = "color", visible_alias = "colour", global = true, value_enum, value_name = "WHEN",
+          default_value_t = common::colour::ColorChoice::Auto)]
+    color: common::colour::ColorChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,22 +52,32 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run work from a PostgreSQL store on this host (see docs/cluster.md); `rsp worker list` lists the workers.
     Worker(Box<worker::WorkerArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(reference::CompletionsArgs),
+    /// Print a man page: rsp's, or a command's (rsp man run, rsp man job start).
+    Man(reference::ManArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Run(args) => match run::run(*args) {
-            Ok(code) => code,
-            Err(e) => {
-                common::diag::diag!("rsp: error: {}", e.message);
-                e.code
-            }
-        },
-        Command::Scan(args) => scan::run(*args).clamp(0, 255) as u8,
-        Command::Job(cmd) => job::run(cmd).clamp(0, 255) as u8,
-        Command::Serve(args) => serve::run(*args).clamp(0, 255) as u8,
-        Command::Worker(args) => worker::run(*args).clamp(0, 255) as u8,
+    common::colour::init(cli.color);
+    let result = match cli.command {
+        Command::Run(args) => run::run(*args),
+        Command::Scan(args) => scan::run(*args),
+        Command::Job(cmd) => job::run(cmd),
+        Command::Serve(args) => serve::run(*args),
+        Command::Completions(args) => reference::completions(&args, Cli::command()),
+        Command::Man(args) => reference::man(&args, Cli::command()),
+        Command::Worker(args) => Ok(worker::run(*args).clamp(0, 255) as u8),
     };
-    ExitCode::from(code)
+    ExitCode::from(match result {
+        Ok(code) => code,
+        Err(e) => {
+            common::diag::diag!("rsp: error: {}", e.message);
+            if let Some(hint) = e.hint {
+                common::diag::diag!("rsp: {hint}");
+            }
+            e.code
+        }
+    })
 }

@@ -160,7 +160,7 @@ fn two_and_three_workers_share_20000_items_exactly_once_like_a_local_run() {
         let out = rsp_run(&script, Some(&url));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert!(stderr.contains("20000 items"), "{stderr}");
+        assert!(stderr.contains("20,000 items"), "{stderr}");
         assert_eq!(records(&out.stdout), expected, "{round} workers: the same records as a local run");
     }
     // In the store: every item once per run, and the workers' counts add up.

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dashboard_common::{agent, answer, browser, Browser, WebSession};
+use fantoccini::key::Key;
 use jobs_common::Server;
 use serde_json::{json, Value};
 
@@ -227,7 +228,7 @@ fn browser_log_in_and_watch_a_2000_item_job_reach_the_end_over_sse() {
     b.goto(&format!("{}/jobs", server.base));
     assert!(b.text("#jobs").contains("earlier"), "the job list shows the job");
     // Keyboard: the first Tab reaches the skip link.
-    b.keys("\u{E004}");
+    b.keys(&[Key::Tab]);
     assert_eq!(b.js("return document.activeElement.className", json!([])), "skip");
 
     let name = submit(
@@ -308,7 +309,7 @@ fn browser_search_and_a_state_tab_filter_the_list() {
     };
     assert_eq!(rows(&b), json!(["beta-ok", "alpha-bad", "alpha-ok"]));
     b.type_into("#q", "alpha");
-    b.keys("\u{E007}"); // Enter
+    b.keys(&[Key::Enter]);
     b.until("the search", "return location.search.includes('q=alpha')", Duration::from_secs(10));
     assert_eq!(rows(&b), json!(["alpha-bad", "alpha-ok"]));
     b.click("a[data-tab=Failed]");
@@ -452,4 +453,30 @@ fn open_event_streams_do_not_hold_up_a_shutdown() {
         let mut rest = Vec::new();
         s.read_to_end(&mut rest).unwrap();
     }
+}
+
+#[test]
+fn browser_markup_arriving_over_sse_is_shown_as_text() {
+    let (_dir, server) = server(&[]);
+    let Some(b) = browser(1280, 800) else { return };
+    log_in(&b, &server);
+    // The job fails after the page has loaded: its error arrives only
+    // through the event stream, and is markup that would run if inserted as HTML.
+    let hostile = "<img src=x id=pwned onerror=\"document.title='pwned'\"><b id=bold>loud</b>";
+    let script = format!("sleep(1.5) error({})", serde_json::to_string(hostile).unwrap());
+    let name = submit(&server, json!({"name": "sly", "script": script}));
+    b.goto(&format!("{}/jobs/{name}", server.base));
+    b.until("the stream", "return window.rspDashboard.open", Duration::from_secs(10));
+    assert_eq!(b.text("main .sub [data-state]"), "Running", "the page was loaded before the error existed");
+    b.until(
+        "the error, live",
+        "return !document.getElementById('job-error').hidden && document.getElementById('job-error').textContent",
+        Duration::from_secs(20),
+    );
+    assert!(b.text("#job-error").contains("<img src=x id=pwned"), "shown as text: {}", b.text("#job-error"));
+    assert_eq!(
+        b.js("return [!!document.getElementById('pwned'), !!document.getElementById('bold')]", json!([])),
+        json!([false, false])
+    );
+    assert_ne!(b.js("return document.title", json!([])), "pwned");
 }

@@ -498,7 +498,11 @@ pub(crate) fn clean_message(e: &mlua::Error) -> String {
             {
                 Some(at) => {
                     let at = at.split(": in ").next().unwrap_or(at).trim_end_matches(':');
-                    format!("{at}: {cause}")
+                    // A cause raised with `error(...)` already names the line.
+                    match cause.strip_prefix(at).is_some_and(|rest| rest.starts_with(": ")) {
+                        true => cause,
+                        false => format!("{at}: {cause}"),
+                    }
                 }
                 None => cause,
             }

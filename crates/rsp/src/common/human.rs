@@ -35,3 +35,24 @@ pub fn human_count(n: u64) -> String {
     }
     out
 }
+
+/// `1 item`, `10,000 items`: a count with separators and the noun in the
+/// number it needs.
+pub fn count_of(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", human_count(n), if n == 1 { one } else { many })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_like_english() {
+        assert_eq!(count_of(1, "item", "items"), "1 item");
+        assert_eq!(count_of(0, "item", "items"), "0 items");
+        assert_eq!(count_of(10_000, "item", "items"), "10,000 items");
+        assert_eq!(human_count(1_234_567), "1,234,567");
+        assert_eq!(human_count(999), "999");
+        assert_eq!(human_rate(12.34), "12.3");
+    }
+}

@@ -60,6 +60,8 @@ mod tests {
         assert!(duration("soon").unwrap_err().contains("invalid duration 'soon'"));
         assert!(duration("-1").is_err());
         assert_eq!(timeout("0.5").unwrap(), Duration::from_millis(500));
+        assert!(timeout("4e31").is_err());
+        assert!(timeout("18446744073709551615s").is_err());
         for zero in ["0", "0s", "0.0", "0ms"] {
             assert!(timeout(zero).unwrap_err().contains("must be longer than zero"), "{zero}");
         }

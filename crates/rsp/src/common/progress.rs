@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use runspace::RunProgress;
 
 use crate::common::diag::diag;
-use crate::common::human::{human_count, human_rate};
+use crate::common::human::{count_of, human_count, human_rate};
 
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
@@ -85,7 +85,7 @@ pub fn describe(p: &RunProgress) -> String {
         Some(total) if total > 0 => {
             format!("{}/{} ({:.1}%)", human_count(p.done), human_count(total), p.done as f64 * 100.0 / total as f64)
         }
-        _ => format!("{} items", human_count(p.done)),
+        _ => count_of(p.done, "item", "items"),
     };
     text.push_str(&format!("  {} items/s  elapsed {}", human_rate(p.items_per_sec), clock(p.elapsed)));
     if let Some(eta) = p.eta.filter(|_| !p.finished) {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use runspace::{Capability, Grants};
 use serde_json::{json, Map, Value};
 
-use runspace_server::ClientError;
+use crate::common::CliError;
 
 /// The environment options of `rsp job start`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -29,8 +29,8 @@ pub struct EnvArgs {
 }
 
 /// The caller's working directory, as the absolute path the server is sent.
-pub fn working_dir() -> Result<PathBuf, ClientError> {
-    std::env::current_dir().map_err(|e| ClientError::usage(format!("cannot read the current directory: {e}")))
+pub fn working_dir() -> Result<PathBuf, CliError> {
+    std::env::current_dir().map_err(|e| CliError::usage(format!("cannot read the current directory: {e}")))
 }
 
 /// `--allow` specs with relative paths (`fs:.`) made absolute against `cwd`.
@@ -49,7 +49,7 @@ pub fn absolute_grants(specs: &[String], cwd: &Path) -> Vec<String> {
 
 /// The environment to send, as a JSON object; `None` sends nothing (the
 /// job then sees no variables).
-pub fn environment(args: &EnvArgs, grants: &Grants) -> Result<Option<Value>, ClientError> {
+pub fn environment(args: &EnvArgs, grants: &Grants) -> Result<Option<Value>, CliError> {
     if args.no_env {
         return Ok(Some(json!({})));
     }
@@ -72,7 +72,7 @@ pub fn environment(args: &EnvArgs, grants: &Grants) -> Result<Option<Value>, Cli
             None => (spec.as_str(), std::env::var(spec).ok()),
         };
         if name.is_empty() || name.contains('\0') {
-            return Err(ClientError::usage(format!("--env: '{spec}' names no variable (expected NAME or NAME=VALUE)")));
+            return Err(CliError::usage(format!("--env: '{spec}' names no variable (expected NAME or NAME=VALUE)")));
         }
         if let Some(value) = value {
             vars.insert(name.into(), json!(value));

@@ -1,5 +1,6 @@
 //! Printing jobs: aligned tables for people, JSON for programs.
 
+use crate::common::diag::diag;
 use std::io::{self, Write};
 
 use serde_json::Value;
@@ -13,7 +14,7 @@ pub fn line(text: &str) {
         if e.kind() == io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("rsp job: cannot write output: {e}");
+        diag!("rsp job: cannot write output: {e}");
         std::process::exit(1);
     }
 }
@@ -76,7 +77,7 @@ pub fn job_table(jobs: &[Value], total: Option<u64>) {
     }
     if let Some(total) = total {
         if total > jobs.len() as u64 {
-            eprintln!("({} of {total} jobs shown; use --offset/--limit for more)", jobs.len());
+            diag!("({} of {total} jobs shown; use --offset/--limit for more)", jobs.len());
         }
     }
 }

@@ -1,14 +1,17 @@
 //! pueue's everyday verbs: `follow`, `restart`, `rerun-failed`, `clean`,
 //! `wait --all` (its exit code) and `output` (streamed, JSON Lines when piped).
 
+use crate::common::diag::diag;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use super::records::{item_stream_lines, job_stream_line, Closed, RecordWriter};
-use super::{connect, malformed, show, Common, Format, EXIT_TIMEOUT};
-use runspace_server::{Client, ClientError};
+use super::{connect, malformed, show, Common, Format};
+use runspace_server::Client;
+
+use crate::common::{exit, CliError};
 
 /// How long one follow request may wait on the server for news; between
 /// requests the follower checks that its reader is still there.
@@ -25,7 +28,7 @@ pub struct FollowArgs {
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
     /// Give up after this long (exit 3); default: follow until the job ends.
-    #[arg(long, value_parser = crate::common::parse::duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::common::parse::timeout, value_name = "DURATION")]
     pub timeout: Option<Duration>,
     #[command(flatten)]
     pub common: Common,
@@ -54,8 +57,8 @@ pub struct CleanArgs {
 }
 
 /// Exit code of a finished job: 0 only for Completed.
-fn exit_code(job: &Value) -> i32 {
-    i32::from(job["state"] != json!("Completed"))
+fn exit_code(job: &Value) -> u8 {
+    u8::from(job["state"] != json!("Completed"))
 }
 
 /// Whether nobody reads our stdout any more (a pipe whose reader exited),
@@ -68,7 +71,7 @@ fn stdout_reader_gone() -> bool {
 }
 
 /// Prints records until the job ends; its exit code is the job's.
-pub fn follow(a: FollowArgs) -> Result<i32, ClientError> {
+pub fn follow(a: FollowArgs) -> Result<u8, CliError> {
     let client = connect(&a.common)?;
     let format = a.common.records_format();
     let stdout = std::io::stdout();
@@ -87,7 +90,7 @@ pub fn follow(a: FollowArgs) -> Result<i32, ClientError> {
                 break 'follow Err(e);
             }
             if format == Format::Table {
-                item_stream_lines(record).iter().for_each(|l| eprintln!("{l}"));
+                item_stream_lines(record).iter().for_each(|l| diag!("{l}"));
             }
         }
         if let Err(e) = out.flush() {
@@ -97,15 +100,15 @@ pub fn follow(a: FollowArgs) -> Result<i32, ClientError> {
         if page["finished"] == json!(true) {
             let job = &page["job"];
             print_job_streams(&client, &a.name, job)?;
-            eprintln!("rsp job: '{}' {} ({})", a.name, job["state"].as_str().unwrap_or("?"), progress(job));
+            diag!("rsp job: '{}' {} ({})", a.name, job["state"].as_str().unwrap_or("?"), progress(job));
             if let Some(error) = job["error"].as_str() {
-                eprintln!("rsp job: {error}");
+                diag!("rsp job: {error}");
             }
             break out.finish().map(|()| exit_code(job));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            eprintln!("rsp job: stopped following '{}' after {:?}; it has not finished", a.name, a.timeout.unwrap());
-            break out.finish().map(|()| EXIT_TIMEOUT);
+            diag!("rsp job: stopped following '{}' after {:?}; it has not finished", a.name, a.timeout.unwrap());
+            break out.finish().map(|()| exit::TIMED_OUT);
         }
     };
     finish(result)
@@ -114,29 +117,29 @@ pub fn follow(a: FollowArgs) -> Result<i32, ClientError> {
 /// Every record of a finished job's streams, on stderr, read page by page
 /// from the streams endpoint: the job's description carries only the last
 /// few of each.
-fn print_job_streams(client: &Client, name: &str, job: &Value) -> Result<(), ClientError> {
+fn print_job_streams(client: &Client, name: &str, job: &Value) -> Result<(), CliError> {
     for (stream, count) in job["stream_counts"].as_object().into_iter().flatten() {
         let total = count.as_u64().unwrap_or(0);
         let mut offset = 0;
         while offset < total {
             let page = client.get(&format!("/v1/jobs/{name}/streams/{stream}?offset={offset}&limit={STREAM_PAGE}"))?;
             let Some(records) = page["records"].as_array().filter(|r| !r.is_empty()) else {
-                return Err(ClientError::other(format!(
+                return Err(CliError::failure(format!(
                     "the job server's answer has no records of the {stream} stream from {offset} of {total}"
                 )));
             };
-            records.iter().for_each(|r| eprintln!("{}", job_stream_line(stream, r)));
+            records.iter().for_each(|r| diag!("{}", job_stream_line(stream, r)));
             offset += records.len() as u64;
         }
     }
     Ok(())
 }
 
-fn finish(result: Result<i32, Closed>) -> Result<i32, ClientError> {
+fn finish(result: Result<u8, Closed>) -> Result<u8, CliError> {
     match result {
         Ok(code) => Ok(code),
         Err(Closed::Reader) => Ok(0),
-        Err(Closed::Error(e)) => Err(ClientError::other(e)),
+        Err(Closed::Error(e)) => Err(CliError::failure(e)),
     }
 }
 
@@ -145,13 +148,7 @@ fn progress(job: &Value) -> String {
 }
 
 /// Prints a job's records, page by page, as they are fetched.
-pub fn output(
-    client: &Client,
-    name: &str,
-    offset: u64,
-    limit: Option<u64>,
-    format: Format,
-) -> Result<i32, ClientError> {
+pub fn output(client: &Client, name: &str, offset: u64, limit: Option<u64>, format: Format) -> Result<u8, CliError> {
     let stdout = std::io::stdout();
     let mut out = RecordWriter::new(format, stdout.lock());
     let mut offset = offset;
@@ -179,11 +176,11 @@ pub fn output(
 }
 
 /// `restart` (every item again) or `rerun-failed` (those that did not complete).
-pub fn again(a: AgainArgs, verb: &str) -> Result<i32, ClientError> {
+pub fn again(a: AgainArgs, verb: &str) -> Result<u8, CliError> {
     let client = connect(&a.common)?;
     let body = match &a.new_name {
         Some(name) => {
-            runspace::check_job_name(name).map_err(|e| ClientError::usage(format!("--as: {e}")))?;
+            runspace::check_job_name(name).map_err(|e| CliError::usage(format!("--as: {e}")))?;
             json!({"name": name})
         }
         None => json!({}),
@@ -194,15 +191,15 @@ pub fn again(a: AgainArgs, verb: &str) -> Result<i32, ClientError> {
         (Format::Jsonl, _) => show::json_line(&created),
         (Format::Table, Some(name)) => {
             println!("{name}");
-            eprintln!("rsp job: started '{name}' from '{}' ({})", a.name, progress(&created).replace(" items", ""));
+            diag!("rsp job: started '{name}' from '{}' ({})", a.name, progress(&created).replace(" items", ""));
         }
-        (Format::Table, None) => eprintln!("rsp job: nothing to rerun: every item of '{}' completed", a.name),
+        (Format::Table, None) => diag!("rsp job: nothing to rerun: every item of '{}' completed", a.name),
     }
     Ok(0)
 }
 
 /// Removes finished jobs.
-pub fn clean(a: CleanArgs) -> Result<i32, ClientError> {
+pub fn clean(a: CleanArgs) -> Result<u8, CliError> {
     let client = connect(&a.common)?;
     let states: Vec<String> = a.state.iter().map(ToString::to_string).collect();
     let path = if states.is_empty() { "/v1/jobs".to_string() } else { format!("/v1/jobs?state={}", states.join(",")) };
@@ -210,13 +207,16 @@ pub fn clean(a: CleanArgs) -> Result<i32, ClientError> {
     match a.common.format() {
         Format::Json => show::json(&removed),
         Format::Jsonl => show::json_line(&removed),
-        Format::Table => eprintln!("rsp job: removed {} finished job(s)", removed["removed"]),
+        Format::Table => diag!(
+            "rsp job: removed {}",
+            crate::common::human::count_of(removed["removed"].as_u64().unwrap_or(0), "finished job", "finished jobs")
+        ),
     }
     Ok(0)
 }
 
 /// After `wait --all`: every job, printed; 0 when all Completed, else 1.
-pub fn all_jobs(client: &Client, format: Format) -> Result<i32, ClientError> {
+pub fn all_jobs(client: &Client, format: Format) -> Result<u8, CliError> {
     let mut jobs = Vec::new();
     loop {
         let page = client.get(&format!("/v1/jobs?offset={}&limit=10000", jobs.len()))?;
@@ -228,7 +228,7 @@ pub fn all_jobs(client: &Client, format: Format) -> Result<i32, ClientError> {
             break;
         }
     }
-    let code = i32::from(jobs.iter().any(|j| exit_code(j) != 0));
+    let code = u8::from(jobs.iter().any(|j| exit_code(j) != 0));
     match format {
         Format::Json => show::json(&Value::Array(jobs)),
         Format::Jsonl => jobs.iter().for_each(show::json_line),

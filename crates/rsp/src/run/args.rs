@@ -20,12 +20,18 @@ fill the other streams; error(...) fails the item.
 Examples:
   rsp run -e 'return _ * _' --range 1..100 --throttle 10
   rsp run job.luau --input hosts.txt --timeout 2s --allow net
-  cat items.jsonl | rsp run -e 'return _.size * factor' --input-format jsonl --var factor=2 --format values
-  rsp run job.luau --input big.txt --batch-size 100 --max-concurrent-batches 4 --retries 2 --joblog run.log
-  rsp run job.luau --input big.txt --joblog run.log --resume        # after an interruption
+  cat items.jsonl | rsp run -e 'return _.size * factor' \\
+      --input-format jsonl --var factor=2 --format values
+  rsp run job.luau --input big.txt --batch-size 100 \\
+      --max-concurrent-batches 4 --retries 2 --joblog run.log
+  # after an interruption: skip what the job log has
+  rsp run job.luau --input big.txt --joblog run.log --resume
   rsp run job.luau --input big.txt --halt soon,fail=5% --results out/
-  rsp run --cmd 'gzip -k {}' ::: a.txt b.txt                         # a command per input, no script
-  ls *.txt | rsp run -j 4 --cmd 'convert {} {.}.png'")]
+  # a command per input, no script (GNU parallel style)
+  rsp run --cmd 'gzip -k {}' ::: a.txt b.txt
+  ls *.txt | rsp run -j 4 --cmd 'convert {} {.}.png'
+
+The full reference: rsp man run")]
 pub struct RunArgs {
     #[command(flatten)]
     pub script: ScriptArgs,
@@ -45,7 +51,7 @@ pub struct RunArgs {
     #[arg(short = 'k', long)]
     pub ordered: bool,
 
-    /// Stop each item after this long (e.g. 500ms, 2s); it is reported as TimedOut.
+    /// Stop each item after this long (500ms, 2s; a bare number is seconds); it is reported as TimedOut.
     #[arg(long, value_name = "DURATION", value_parser = parse::timeout)]
     pub timeout: Option<Duration>,
 
@@ -57,6 +63,11 @@ pub struct RunArgs {
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(short = 'f', long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
+
+    /// Do not show print, warning and verbose records on stderr (table and values formats
+    /// show them, each line prefixed with its item).
+    #[arg(long)]
+    pub quiet_streams: bool,
 
     /// Print the summary on stderr even when it is not a terminal.
     #[arg(long, overrides_with = "no_summary")]
@@ -90,7 +101,7 @@ pub struct RunArgs {
 
 /// Options for long runs over huge inputs: batches, retries, halt rules, job log and resume.
 #[derive(clap::Args, Debug)]
-#[command(next_help_heading = "Large runs (see docs/batch.md)")]
+#[command(next_help_heading = "Large runs: batches, retries, halt, job log and resume")]
 pub struct LargeRunArgs {
     /// Batch mode: cut the input into batches of N items; each batch runs in order on one
     /// runspace, and records carry `batch` and `batch_index`.

@@ -39,10 +39,10 @@ pub fn run(args: &RunArgs, url: &str) -> Result<u8, CliError> {
     let inputs = inputs(args)?;
     let total = inputs.len() as u64;
     let chunk_size = args.chunk_size.map_or_else(|| default_chunk(total), |n| n as usize);
-    let store = PgStore::open(url).map_err(|e| CliError { message: e, code: 1 })?;
+    let store = PgStore::open(url).map_err(CliError::failure)?;
     let name = runspace::auto_job_name();
     let job = ClusterJob { name: name.clone(), request, inputs, chunk_size };
-    store.submit_cluster(job).map_err(|e| CliError { message: e.to_string(), code: 1 })?;
+    store.submit_cluster(job).map_err(|e| CliError::failure(e.to_string()))?;
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let interrupted = interrupted.clone();
@@ -80,7 +80,6 @@ fn refuse_local_only(args: &RunArgs) -> Result<(), CliError> {
 /// The request the workers run: the script, its session and the caller's
 /// context, as the job service keeps one.
 fn request(args: &RunArgs) -> Result<Value, CliError> {
-    let usage = |e: runspace_server::ClientError| CliError::usage(e.message);
     let s = &args.script;
     let (script_name, source) = s.source()?;
     let params: Map<String, Value> = s.params()?.into_iter().collect();
@@ -97,8 +96,8 @@ fn request(args: &RunArgs) -> Result<Value, CliError> {
         modules.push(json!({"name": name, "source": source}));
     }
     let grants = s.grants()?;
-    let cwd = context::working_dir().map_err(usage)?;
-    let env = context::environment(&context::EnvArgs::default(), &grants).map_err(usage)?;
+    let cwd = context::working_dir()?;
+    let env = context::environment(&context::EnvArgs::default(), &grants)?;
     let memory_limit = match &s.memory_limit {
         Some(limit) => Some(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))?),
         None => None,
@@ -148,7 +147,7 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
         BufWriter::with_capacity(1 << 16, io::stdout().lock()),
         stdout_tty && console::colors_enabled(),
     );
-    let write_error = |e: io::Error| CliError { message: format!("cannot write the results: {e}"), code: 1 };
+    let write_error = |e: io::Error| CliError::failure(format!("cannot write the results: {e}"));
     printer.begin().map_err(write_error)?;
     let started = Instant::now();
     let mut seen = HashSet::new();

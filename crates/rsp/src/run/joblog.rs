@@ -3,9 +3,9 @@
 //! The job log's format, and reading it, are the library's
 //! ([`runspace::joblog`]): a header, then one tab-separated line per
 //! finished item (`Seq Index Starttime JobRuntime Status Attempts Digest`).
-//! Here it is written: lines are buffered and written after the matching
-//! stdout records are flushed, so a `kill -9` loses at most the lines of the
-//! last moments: those items simply run again on `--resume`. A truncated
+//! Here it is written: lines are buffered and written right after the
+//! stdout records of the same items (see `drive`), so a `kill -9` loses at
+//! most the lines of the last flush: those items run again on `--resume`. A truncated
 //! last line (a crash in the middle of a write) is cut off with a warning.
 //! Items that were stopped (a second Ctrl-C, `--halt now`) are not logged:
 //! they did not finish.
@@ -25,9 +25,6 @@ use serde_json::Value;
 use super::args::LargeRunArgs;
 use crate::common::diag::diag;
 use crate::common::CliError;
-
-/// Buffered job-log bytes past which the caller should flush.
-pub const FLUSH_BYTES: usize = 64 * 1024;
 
 /// Which recorded items a resumed run skips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +174,7 @@ impl JobLog {
     pub fn create(path: &Path) -> Result<JobLog, CliError> {
         let mut file = File::create(path).map_err(|e| open_error(path, e))?;
         writeln!(file, "{HEADER}").map_err(|e| open_error(path, e))?;
-        Ok(JobLog { file, buf: Vec::with_capacity(FLUSH_BYTES * 2), seq: 0, scratch: Vec::new() })
+        Ok(JobLog { file, buf: Vec::with_capacity(1 << 16), seq: 0, scratch: Vec::new() })
     }
 
     /// Reads an existing log for resuming and opens it for appending; a
@@ -200,8 +197,7 @@ impl JobLog {
         if good_len == 0 {
             writeln!(file, "{HEADER}").map_err(|e| open_error(path, e))?;
         }
-        let log =
-            JobLog { file, buf: Vec::with_capacity(FLUSH_BYTES * 2), seq: recorded.last_seq, scratch: Vec::new() };
+        let log = JobLog { file, buf: Vec::with_capacity(1 << 16), seq: recorded.last_seq, scratch: Vec::new() };
         Ok((log, recorded))
     }
 
@@ -225,9 +221,9 @@ impl JobLog {
         let _ = writeln!(self.buf, "{line}");
     }
 
-    /// Bytes waiting to be written.
-    pub fn pending(&self) -> usize {
-        self.buf.len()
+    /// Forgets the buffered lines: their records never reached stdout.
+    pub fn discard(&mut self) {
+        self.buf.clear();
     }
 
     /// Writes the buffered lines.

@@ -8,12 +8,14 @@
 
 mod args;
 mod cluster;
+mod columns;
 pub mod command_mode;
 mod drive;
 pub mod inputs;
 mod interrupt;
 pub mod joblog;
 pub mod output;
+mod record;
 pub mod script;
 mod summary;
 
@@ -33,8 +35,9 @@ use output::{Format, Printer};
 use summary::Tally;
 
 use crate::common::diag::diag;
+use crate::common::human::count_of;
 use crate::common::progress::Progress;
-use crate::common::CliError;
+use crate::common::{colour, exit, CliError};
 
 /// Runs `rsp run`; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
@@ -44,9 +47,9 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     // Everything that can be wrong with the command is found before any item runs.
     let work = Work::from_args(&args)?;
     if let Some(cmd) = work.command.as_ref().filter(|c| c.dry_run) {
-        cmd.dry_run(work.inputs, &mut BufWriter::new(io::stdout().lock()))
-            .map_err(|e| CliError { message: format!("cannot write the commands: {e}"), code: 1 })?;
-        return Ok(0);
+        cmd.dry_run(work.inputs, throttle(&args), &mut BufWriter::new(io::stdout().lock()))
+            .map_err(|e| CliError::failure(format!("cannot write the commands: {e}")))?;
+        return Ok(exit::OK);
     }
     let journal = Journal::open(&args.large, work.inputs.items)?;
     let results_dir = args.large.results.as_deref().map(ResultsDir::create).transpose()?;
@@ -59,23 +62,22 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut results = parallel.run_indexed(journal.feed);
     let interrupts = interrupt::install_ctrl_c(results.control());
 
-    let progress = match total {
+    let mut outputs = Outputs {
+        sink: Sink::new(printer(&args, &view), io::stdout().lock(), None, results.control()),
+        command: work.command.as_ref(),
+        joblog: journal.log,
+        results_dir,
+        progress: Progress::Hidden,
+        max_unlogged: in_flight(&args),
+        failure: None,
+    };
+    outputs.progress = match total {
         _ if !view.progress => Progress::Hidden,
         Some(n) if n <= 1 => Progress::Hidden,
         _ => Progress::new(view.stderr_tty, total),
     };
     // Keep the bar from garbling a table written to the same terminal.
-    let bar = progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
-    let stdout = io::stdout();
-    let printer = Printer::new(view.format, BufWriter::with_capacity(1 << 16, stdout.lock()), view.colour_out);
-    let mut outputs = Outputs {
-        sink: Sink::new(printer, bar, results.control()),
-        command: work.command.as_ref(),
-        joblog: journal.log,
-        results_dir,
-        progress,
-        failure: None,
-    };
+    outputs.sink.bar = outputs.progress.bar().cloned().filter(|_| view.format == Format::Table && view.stdout_tty);
     let started = Instant::now();
     outputs.drain(&mut results);
 
@@ -90,12 +92,15 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     if view.summary {
         diag!("{}", tally.summary(started.elapsed(), interrupted, view.colour_err));
     }
+    if tally.inputs == 0 && !interrupted {
+        warn_no_items(&args, work.command.as_ref());
+    }
     let halted = results.halted();
     if let Some(halt) = halted {
         diag!(
-            "rsp: halted by --halt {halt} after {} failures and {} successes",
-            snapshot.failures(),
-            snapshot.completed
+            "rsp: halted by --halt {halt} after {} and {}",
+            count_of(snapshot.failures(), "failure", "failures"),
+            count_of(snapshot.completed, "success", "successes")
         );
     }
     drop(results);
@@ -104,10 +109,21 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
         return Err(CliError::usage(message.clone()));
     }
     if let Some(message) = outputs.failure {
-        return Err(CliError { message, code: 1 });
+        return Err(CliError::failure(message));
     }
     let successes_halt = matches!(halted, Some(h) if matches!(h.rule, HaltRule::Successes(_)));
     Ok(exit_code(&tally, interrupted, successes_halt, outputs.sink.reader_gone))
+}
+
+/// `rsp run report.luau` under cron reads an empty stdin: say so rather
+/// than silently do nothing.
+fn warn_no_items(args: &RunArgs, command: Option<&CommandMode>) {
+    let from = match command {
+        Some(cmd) if cmd.has_sources() => "the argument lists".to_string(),
+        _ => args.input.source_name(),
+    };
+    let hint = if command.is_none() { " (--once runs the script once without input)" } else { "" };
+    diag!("rsp: warning: no items were read from {from}, so nothing ran{hint}");
 }
 
 /// What runs, in what session, over which inputs: a script (`-e`, a file)
@@ -124,7 +140,7 @@ impl Work {
     fn from_args(args: &RunArgs) -> Result<Work, CliError> {
         let command = CommandMode::from_args(&args.command, &args.script)?;
         let (script, mut session, params, inputs) = match &command {
-            Some(cmd) => (cmd.script()?, cmd.session(), Vec::new(), cmd.inputs(&args.input)?),
+            Some(cmd) => (cmd.script()?, cmd.session()?, Vec::new(), cmd.inputs(&args.input)?),
             None => (args.script.script()?, args.script.session()?, args.script.params()?, args.input.open()?),
         };
         if let Some(timeout) = args.timeout {
@@ -163,12 +179,19 @@ impl View {
             format,
             stdout_tty,
             stderr_tty,
-            colour_out: stdout_tty && console::colors_enabled(),
-            colour_err: stderr_tty && console::colors_enabled_stderr(),
+            colour_out: colour::stdout(),
+            colour_err: colour::stderr(),
             summary: !args.no_summary && (args.summary || stderr_tty),
             progress: !args.no_progress && (args.progress || stderr_tty),
         }
     }
+}
+
+/// The printer of the chosen format, into a buffer of its own (see [`drive`]).
+fn printer(args: &RunArgs, view: &View) -> Printer<Vec<u8>> {
+    let mut printer = Printer::new(view.format, Vec::with_capacity(1 << 17), view.colour_out);
+    printer.show_streams = !args.quiet_streams;
+    printer
 }
 
 /// Items (or batches) in flight: `--throttle`, or `--max-concurrent-batches`
@@ -178,6 +201,12 @@ fn throttle(args: &RunArgs) -> usize {
         Some(_) => args.large.max_concurrent_batches.or(args.throttle).map_or(4, |n| n as usize),
         None => args.throttle.map_or_else(default_throttle, |n| n as usize),
     }
+}
+
+/// The most items the run has in flight: each runspace holds a batch, or a
+/// chunk of at most 256 items.
+fn in_flight(args: &RunArgs) -> usize {
+    throttle(args).saturating_mul(args.large.batch_size.map_or(256, |n| n as usize)).max(1)
 }
 
 fn default_throttle() -> usize {
@@ -219,10 +248,10 @@ fn configure(
 fn exit_code(tally: &Tally, interrupted: bool, successes_halt: bool, reader_gone: bool) -> u8 {
     let reader_had_enough = reader_gone && tally.completed + tally.stopped == tally.total;
     if interrupted {
-        130
+        exit::INTERRUPTED
     } else if successes_halt || tally.all_completed() || reader_had_enough {
-        0
+        exit::OK
     } else {
-        1
+        exit::SOME_FAILED
     }
 }

@@ -7,6 +7,8 @@ use console::{style, Term};
 use runspace::{ItemResult, Status};
 use serde_json::Value;
 
+use super::columns::{escape_controls, fit, truncate, Columns};
+use super::record;
 use crate::common::diag::diag;
 
 /// Output formats of `rsp run`.
@@ -18,7 +20,8 @@ pub enum Format {
     Json,
     /// A readable table (the default on a terminal).
     Table,
-    /// CSV with a header: index,input,result,status,errors,duration_ms.
+    /// CSV with a header: index,input,result,status,errors,duration_ms; an object result is
+    /// spread into result.KEY columns (the first result's keys).
     Csv,
     /// Just each item's result, one per line (strings bare, others as JSON); errors go to stderr.
     Values,
@@ -31,49 +34,94 @@ pub struct Printer<W: Write> {
     written: u64,
     colour: bool,
     width: usize,
+    /// Table and CSV: the result columns, chosen at the first item.
+    columns: Option<Option<Columns>>,
+    /// Show `print`, warnings and verbose records on stderr (table and values).
+    pub show_streams: bool,
 }
 
+/// Width of the INDEX, STATUS and MS columns with their gaps.
+const FIXED: usize = 7 + 2 + 19 + 2 + 9 + 2;
+
 impl<W: Write> Printer<W> {
+    /// A printer of `format` into `out`, coloured when `colour`.
     pub fn new(format: Format, out: W, colour: bool) -> Printer<W> {
         let width = Term::stdout().size_checked().map_or(120, |(_, w)| w as usize).max(40);
-        Printer { format, out, written: 0, colour, width }
+        Printer { format, out, written: 0, colour, width, columns: None, show_streams: false }
     }
 
-    /// Writes whatever precedes the first record.
+    /// Writes whatever precedes the first record (the table's and CSV's
+    /// header waits for the first item, whose result chooses the columns).
     pub fn begin(&mut self) -> io::Result<()> {
         match self.format {
             Format::Json => self.out.write_all(b"["),
-            Format::Csv => self.csv_row(&["index", "input", "result", "status", "errors", "duration_ms"]),
-            Format::Table => {
-                let header = format!("{:>7}  {:<19}  {:>9}  RESULT", "INDEX", "STATUS", "MS");
-                let header = if self.colour { style(header).bold().to_string() } else { header };
-                writeln!(self.out, "{header}")
-            }
-            Format::Jsonl | Format::Values => Ok(()),
+            Format::Csv | Format::Table | Format::Jsonl | Format::Values => Ok(()),
         }
+    }
+
+    /// The columns, chosen by `first` when not yet chosen; writes the header then.
+    fn columns_for(&mut self, first: Option<&Value>) -> io::Result<Option<Columns>> {
+        if let Some(columns) = &self.columns {
+            return Ok(columns.clone());
+        }
+        let columns = first.and_then(Columns::from_first);
+        self.columns = Some(columns.clone());
+        match self.format {
+            Format::Csv => {
+                let mut header = vec!["index".to_string(), "input".to_string()];
+                if let Some(c) = &columns {
+                    header.extend(c.keys.iter().map(|k| format!("result.{k}")));
+                }
+                header.extend(["result", "status", "errors", "duration_ms"].map(String::from));
+                self.csv_row(&header.iter().map(String::as_str).collect::<Vec<_>>())?;
+            }
+            Format::Table => {
+                let layout = self.layout(columns.as_ref());
+                let mut header =
+                    format!("{:>7}  {:<19}  {:>9}  {}", "INDEX", "STATUS", "MS", fit("INPUT", layout.input));
+                match (&columns, &layout.cells) {
+                    (Some(c), Some(widths)) => {
+                        for (key, width) in c.keys.iter().zip(widths) {
+                            header.push_str("  ");
+                            header.push_str(&fit(&escape_controls(&key.to_uppercase()), *width));
+                        }
+                    }
+                    _ => header.push_str("  RESULT"),
+                }
+                let header = header.trim_end().to_string();
+                let header = if self.colour { style(header).bold().to_string() } else { header };
+                writeln!(self.out, "{header}")?;
+            }
+            _ => {}
+        }
+        Ok(columns)
+    }
+
+    /// Column widths of the table: INPUT gets a quarter of the room (8 to
+    /// 30 characters), the result columns share the rest.
+    fn layout(&self, columns: Option<&Columns>) -> Layout {
+        let room = self.width.saturating_sub(FIXED);
+        let input = (room / 4).clamp(8, 30);
+        let rest = room.saturating_sub(input + 2).max(10);
+        let cells = columns.map(|c| {
+            let n = c.keys.len();
+            let each = (rest.saturating_sub(2 * (n - 1)) / n).max(6);
+            vec![each; n]
+        });
+        Layout { input, rest, cells }
     }
 
     pub fn item(&mut self, item: &ItemResult) -> io::Result<()> {
         match self.format {
             Format::Jsonl => {
-                serde_json::to_writer(&mut self.out, item)?;
+                record::write_item(&mut self.out, item)?;
                 self.out.write_all(b"\n")?;
             }
             Format::Json => {
                 self.out.write_all(if self.written == 0 { b"\n" } else { b",\n" })?;
-                serde_json::to_writer(&mut self.out, item)?;
+                record::write_item(&mut self.out, item)?;
             }
-            Format::Csv => {
-                let errors = if item.errors.is_empty() { String::new() } else { item.errors.join("; ") };
-                self.csv_row(&[
-                    &item.index.to_string(),
-                    &bare(&item.input),
-                    &bare(&item.result),
-                    item.status.as_str(),
-                    &errors,
-                    &format!("{:.3}", item.duration_ms),
-                ])?;
-            }
+            Format::Csv => self.csv_item(item)?,
             Format::Values => {
                 let ran = item.status == Status::Completed || item.status == Status::CompletedWithErrors;
                 if ran && !item.result.is_null() {
@@ -88,8 +136,12 @@ impl<W: Write> Printer<W> {
                 for error in &item.errors {
                     diag!("rsp: item {}: {}", item.index, error);
                 }
+                self.streams(item);
             }
-            Format::Table => self.table_row(item)?,
+            Format::Table => {
+                self.table_row(item)?;
+                self.streams(item);
+            }
         }
         self.written += 1;
         Ok(())
@@ -97,6 +149,10 @@ impl<W: Write> Printer<W> {
 
     /// Writes whatever follows the last record, and flushes.
     pub fn end(&mut self) -> io::Result<()> {
+        if matches!(self.format, Format::Table | Format::Csv) {
+            // No item: the header alone.
+            self.columns_for(None)?;
+        }
         if self.format == Format::Json {
             self.out.write_all(if self.written == 0 { b"]\n" } else { b"\n]\n" })?;
         }
@@ -124,23 +180,85 @@ impl<W: Write> Printer<W> {
         self.out.write_all(&bytes)
     }
 
+    /// CSV: index, input, the result spread over its columns (or whole in
+    /// `result` when it does not fit them), status, errors, duration.
+    fn csv_item(&mut self, item: &ItemResult) -> io::Result<()> {
+        let columns = self.columns_for(Some(&item.result))?;
+        let mut row = vec![item.index.to_string(), bare(&item.input)];
+        match &columns {
+            Some(c) => match c.cells(&item.result) {
+                Some(cells) => {
+                    row.extend(cells.into_iter().map(bare));
+                    row.push(String::new());
+                }
+                None => {
+                    row.extend(c.keys.iter().map(|_| String::new()));
+                    row.push(bare(&item.result));
+                }
+            },
+            None => row.push(bare(&item.result)),
+        }
+        row.push(item.status.as_str().to_string());
+        row.push(item.errors.join("; "));
+        row.push(format!("{:.3}", item.duration_ms));
+        self.csv_row(&row.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     fn table_row(&mut self, item: &ItemResult) -> io::Result<()> {
+        let columns = self.columns_for(Some(&item.result))?;
+        let layout = self.layout(columns.as_ref());
         let status = format!("{:<19}", item.status.as_str());
         let status = if self.colour { paint(item.status, &status) } else { status };
-        let detail = match item.errors.last() {
-            Some(error) if !item.status.is_success() => format!("{}  {}", bare(&item.result), error),
-            _ => bare(&item.result),
+        let input = fit(&escape_controls(&bare(&item.input)), layout.input);
+        let failed = item.errors.last().filter(|_| !item.status.is_success());
+        let cells = match (&columns, &layout.cells, failed) {
+            (Some(c), Some(widths), None) => c.cells(&item.result).map(|cells| {
+                let texts: Vec<String> =
+                    cells.iter().zip(widths).map(|(v, w)| fit(&escape_controls(&bare(v)), *w)).collect();
+                texts.join("  ")
+            }),
+            _ => None,
         };
-        let room = self.width.saturating_sub(7 + 2 + 19 + 2 + 9 + 2).max(10);
-        writeln!(
-            self.out,
-            "{:>7}  {}  {:>9.2}  {}",
-            item.index,
-            status,
-            item.duration_ms,
-            truncate(&detail.replace('\n', " "), room)
-        )
+        let detail = cells.unwrap_or_else(|| {
+            let text = match failed {
+                Some(error) if !item.result.is_null() => format!("{}  {}", bare(&item.result), error),
+                Some(error) => error.clone(),
+                None => bare(&item.result),
+            };
+            truncate(&escape_controls(&text), layout.rest)
+        });
+        let line = format!("{:>7}  {}  {:>9.2}  {input}  {detail}", item.index, status, item.duration_ms);
+        writeln!(self.out, "{}", line.trim_end())
     }
+
+    /// `print`, warnings and verbose records, on stderr, each line prefixed
+    /// with the item (PowerShell shows these streams on the host).
+    fn streams(&self, item: &ItemResult) {
+        if !self.show_streams {
+            return;
+        }
+        let shown = [("", &item.information), ("WARNING: ", &item.warning), ("VERBOSE: ", &item.verbose)];
+        if shown.iter().all(|(_, records)| records.is_empty()) {
+            return;
+        }
+        let input = truncate(&escape_controls(&bare(&item.input)), 40);
+        for (label, records) in shown {
+            for record in records {
+                for line in record.lines() {
+                    diag!("rsp: item {} ({input}): {label}{}", item.index, escape_controls(line));
+                }
+            }
+        }
+    }
+}
+
+/// Widths of the table's variable columns.
+struct Layout {
+    input: usize,
+    /// Room for the result when it is one column.
+    rest: usize,
+    /// The result columns' widths, when the result is spread.
+    cells: Option<Vec<usize>>,
 }
 
 /// A value as a shell wants it: strings without quotes, everything else as JSON.
@@ -150,15 +268,6 @@ pub fn bare(value: &Value) -> String {
         Value::Null => String::new(),
         other => other.to_string(),
     }
-}
-
-fn truncate(text: &str, room: usize) -> String {
-    if text.chars().count() <= room {
-        return text.to_string();
-    }
-    let mut out: String = text.chars().take(room.saturating_sub(1)).collect();
-    out.push('…');
-    out
 }
 
 /// `text` in the colour of `status`.
@@ -209,10 +318,55 @@ mod tests {
 
     #[test]
     fn csv_quotes_what_needs_quoting() {
-        let out = render(Format::Csv, &[item(3, json!({"a": 1}), Status::Failed)]);
+        let out = render(Format::Csv, &[item(3, json!([1, "a,b"]), Status::Failed)]);
         let mut lines = out.lines();
         assert_eq!(lines.next().unwrap(), "index,input,result,status,errors,duration_ms");
-        assert_eq!(lines.next().unwrap(), r#"3,3,"{""a"":1}",Failed,"boom, ""quoted""",1.500"#);
+        assert_eq!(lines.next().unwrap(), r#"3,3,"[1,""a,b""]",Failed,"boom, ""quoted""",1.500"#);
+    }
+
+    #[test]
+    fn csv_spreads_object_results_and_keeps_the_ones_that_do_not_fit() {
+        let out = render(
+            Format::Csv,
+            &[
+                item(0, json!({"name": "x, y", "n": 1}), Status::Completed),
+                item(1, json!({"name": "z"}), Status::Completed),
+                item(2, json!("plain"), Status::Completed),
+            ],
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "index,input,result.n,result.name,result,status,errors,duration_ms");
+        assert_eq!(lines[1], r#"0,0,1,"x, y",,Completed,,1.500"#);
+        assert_eq!(lines[2], r#"1,1,,,"{""name"":""z""}",Completed,,1.500"#);
+        assert_eq!(lines[3], "2,2,,,plain,Completed,,1.500");
+        assert_eq!(render(Format::Csv, &[]), "index,input,result,status,errors,duration_ms\n");
+    }
+
+    #[test]
+    fn the_table_shows_the_input_spreads_objects_and_escapes_control_characters() {
+        let mut p = Printer::new(Format::Table, Vec::new(), false);
+        p.width = 100;
+        p.begin().unwrap();
+        p.item(&item(0, json!({"host": "a\nb", "up": true}), Status::Completed)).unwrap();
+        p.item(&item(1, json!("\u{1b}[2Jgone"), Status::Completed)).unwrap();
+        p.end().unwrap();
+        let out = String::from_utf8(p.out).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(lines[0].starts_with("  INDEX  STATUS") && lines[0].contains("INPUT") && lines[0].contains("HOST"));
+        assert!(lines[0].contains("UP"), "{out}");
+        assert!(lines[1].contains("a\\nb") && lines[1].contains("true"), "{out}");
+        assert!(lines[2].contains("\\x1b[2Jgone"), "{out}");
+        assert!(!out.contains('\u{1b}'));
+        // A long input is cut to its column.
+        let mut p = Printer::new(Format::Table, Vec::new(), false);
+        p.width = 80;
+        let mut long = item(0, json!(1), Status::Completed);
+        long.input = json!("x".repeat(200));
+        p.item(&long).unwrap();
+        let out = String::from_utf8(p.out).unwrap();
+        assert!(out.lines().all(|l| l.chars().count() <= 80), "{out}");
+        assert!(out.contains('…'));
     }
 
     #[test]

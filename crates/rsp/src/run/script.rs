@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use runspace::{Grants, Script, SessionState};
 use serde_json::Value;
 
+use runspace_server::limits::MIN_MEMORY_LIMIT;
+
+use super::inputs::strip_bom;
 use crate::common::parse;
 use crate::common::CliError;
 
@@ -61,7 +64,7 @@ impl ScriptArgs {
                 let source = std::fs::read(path)
                     .map_err(|e| CliError::usage(format!("cannot read script {}: {e}", path.display())))?;
                 let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
-                Ok((name, source))
+                Ok((name, strip_bom(&source).to_vec()))
             }
             (None, None) => Err(CliError::usage("give a SCRIPT_FILE or -e CODE")),
         }
@@ -80,15 +83,44 @@ impl ScriptArgs {
             let (name, value) = parse::name_value(var).map_err(|e| CliError::usage(format!("--var: {e}")))?;
             session = session.variable(&name, value).map_err(|e| CliError::usage(format!("--var: {e}")))?;
         }
-        for module in &self.modules {
-            session = session.module_file(module).map_err(CliError::script)?;
+        for (name, source) in self.module_sources()? {
+            session = session.module(&name, source).map_err(CliError::script)?;
         }
         session = session.grants_from(self.grants()?);
-        if let Some(limit) = &self.memory_limit {
-            session =
-                session.memory_limit(parse::size(limit).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))?);
+        if let Some(bytes) = self.memory_limit()? {
+            session = session.memory_limit(bytes);
         }
         Ok(session)
+    }
+
+    /// The `--module` files: each one's name (the file's stem, as the
+    /// library names a module file) and source, a byte-order mark skipped.
+    pub fn module_sources(&self) -> Result<Vec<(String, Vec<u8>)>, CliError> {
+        self.modules
+            .iter()
+            .map(|path| {
+                let source = std::fs::read(path)
+                    .map_err(|e| CliError::usage(format!("cannot read module {}: {e}", path.display())))?;
+                let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                Ok((name, strip_bom(&source).to_vec()))
+            })
+            .collect()
+    }
+
+    /// `--memory-limit`, checked: below 1 MB no runspace can even open, so a
+    /// bare `10` (ten bytes, not ten megabytes) is refused with that said.
+    pub fn memory_limit(&self) -> Result<Option<usize>, CliError> {
+        let Some(text) = &self.memory_limit else { return Ok(None) };
+        let bytes = parse::size(text).map_err(|e| CliError::usage(format!("--memory-limit: {e}")))?;
+        if (bytes as u64) < MIN_MEMORY_LIMIT {
+            let unit = if text.trim().bytes().all(|b| b.is_ascii_digit()) { " (a bare number is bytes)" } else { "" };
+            return Err(CliError::usage(format!(
+                "--memory-limit {text} means {} bytes{unit}, too small: a runspace needs at least {} (e.g. 64MB)",
+                crate::common::human::human_count(bytes as u64),
+                runspace::units::format_size(MIN_MEMORY_LIMIT)
+            )));
+        }
+        Ok(Some(bytes))
     }
 
     /// The granted capabilities.

@@ -6,7 +6,7 @@ use console::style;
 use runspace::{RunProgress, Status};
 
 use super::output::paint;
-use crate::common::human::{human_duration, human_rate};
+use crate::common::human::{count_of, human_count, human_duration, human_rate};
 
 /// Counts by status and the run's shape, for the summary and the exit code.
 #[derive(Debug, Default, Clone, Copy)]
@@ -65,14 +65,19 @@ impl Tally {
         let secs = elapsed.as_secs_f64();
         let rate = if secs > 0.0 { self.total as f64 / secs } else { 0.0 };
         let paint = |n: u64, label: &str, status: Status| {
-            let text = format!("{n} {label}");
+            let text = format!("{} {label}", human_count(n));
             if colour && n > 0 {
                 self::paint(status, &text)
             } else {
                 text
             }
         };
-        let head = format!("{} items in {} ({} items/s)", self.total, human_duration(elapsed), human_rate(rate));
+        let head = format!(
+            "{} in {} ({} items/s)",
+            count_of(self.total, "item", "items"),
+            human_duration(elapsed),
+            human_rate(rate)
+        );
         let head = if colour { style(head).bold().to_string() } else { head };
         let mut text = format!(
             "Summary: {head}\n  {}, {}, {}, {}, {}",
@@ -84,17 +89,21 @@ impl Tally {
         );
         text.push_str(&format!(
             "\n  total {}, processed {}, successful {}, success rate {:.1}%, retried {}",
-            self.inputs.max(self.total + self.skipped),
-            self.total,
-            self.completed,
+            human_count(self.inputs.max(self.total + self.skipped)),
+            human_count(self.total),
+            human_count(self.completed),
             self.success_rate(),
-            self.retried
+            human_count(self.retried)
         ));
         if let Some(size) = self.batch_size {
-            text.push_str(&format!("\n  batches {}, batch size {size}", self.batches));
+            text.push_str(&format!(
+                "\n  batches {}, batch size {}",
+                human_count(self.batches),
+                human_count(size as u64)
+            ));
         }
         if self.skipped > 0 {
-            text.push_str(&format!("\n  skipped {} already in the job log", self.skipped));
+            text.push_str(&format!("\n  skipped {} already in the job log", human_count(self.skipped)));
         }
         if interrupted {
             text.push_str("\n  interrupted: items not yet started were not run");

@@ -29,6 +29,11 @@ pub struct Show {
 }
 
 impl Show {
+    /// Open ports only.
+    pub const OPEN: Show = Show { open: true, closed: false, filtered: false, error: false };
+    /// Every state.
+    pub const ALL: Show = Show { open: true, closed: true, filtered: true, error: true };
+
     /// Parses `open,closed,filtered,error` or `all`.
     pub fn parse(spec: &str) -> Result<Show, String> {
         let mut show = Show { open: false, closed: false, filtered: false, error: false };

@@ -8,16 +8,18 @@ use std::time::Duration;
 
 use runspace_server::{ServerConfig, StatePaths};
 
-use crate::common::parse;
+use crate::common::diag::diag;
+use crate::common::{exit, parse, CliError};
 
 mod stop;
 
 /// Run the job server: background jobs with SQLite persistence and an HTTP JSON API on loopback.
 #[derive(clap::Args, Debug, Clone)]
 #[command(args_conflicts_with_subcommands = true)]
-#[command(after_help = "The API is described in docs/jobs.md and docs/jobs-openapi.yaml. Clients find the server \
-                        through the state directory: server.json holds its address, token its token. A web \
-                        dashboard is served at / on the same address (log in with the token; docs/dashboard.md).")]
+#[command(after_help = "Clients (rsp job ...) find the server through the state directory: \
+                        server.json holds its address, token its token. A web dashboard is served at / \
+                        on the same address (log in with the token). The reference: rsp man serve, \
+                        rsp man job.")]
 pub struct ServeArgs {
     /// Where the token, the address file and the default database live
     /// [default: $XDG_DATA_HOME/rsp or ~/.local/share/rsp].
@@ -69,35 +71,19 @@ pub enum ServeAction {
 }
 
 /// Runs `rsp serve`; returns the exit code.
-pub fn run(args: ServeArgs) -> i32 {
+pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     if let Some(ServeAction::Stop(stop)) = &args.action {
         return stop::run(stop);
     }
     if args.max_jobs == 0 {
-        eprintln!("rsp serve: error: --max-jobs must be at least 1");
-        return 2;
+        return Err(CliError::usage("--max-jobs must be at least 1"));
     }
-    let paths = match StatePaths::new(args.state_dir.as_deref()) {
-        Ok(paths) => paths,
-        Err(e) => {
-            eprintln!("rsp serve: error: {e} (--state-dir)");
-            return 2;
-        }
-    };
+    let paths =
+        StatePaths::new(args.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))?;
     if args.detach {
-        return match spawn_detached(&paths, &child_args(&args)) {
-            Ok((addr, pid)) => {
-                eprintln!(
-                    "rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}",
-                    paths.log.display()
-                );
-                0
-            }
-            Err(e) => {
-                eprintln!("rsp serve: error: {e}");
-                1
-            }
-        };
+        let (addr, pid) = spawn_detached(&paths, &child_args(&args)).map_err(CliError::failure)?;
+        diag!("rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}", paths.log.display());
+        return Ok(exit::OK);
     }
     let (db, store_url) = match &args.store {
         Some(url) if runspace_server::store::is_postgres_url(url) => (None, Some(url.clone())),
@@ -113,13 +99,8 @@ pub fn run(args: ServeArgs) -> i32 {
         grace: args.grace,
         read_only_ui: args.read_only_ui,
     };
-    match runspace_server::serve(&config) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("rsp serve: error: {e}");
-            1
-        }
-    }
+    runspace_server::serve(&config).map_err(|e| CliError::failure(e.to_string()))?;
+    Ok(exit::OK)
 }
 
 /// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits until it answers.

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 use runspace_server::{Client, StatePaths};
 use serde_json::json;
 
+use crate::common::diag::diag;
+use crate::common::{exit, CliError};
+
 /// Stop the job server of a state directory gracefully (running jobs get its --grace period).
 #[derive(clap::Args, Debug, Clone)]
 pub struct StopArgs {
@@ -15,23 +18,16 @@ pub struct StopArgs {
     pub state_dir: Option<PathBuf>,
 
     /// How long to wait for it to end beyond its grace period (exit 1 past it).
-    #[arg(long, default_value = "30s", value_parser = crate::common::parse::duration, value_name = "DURATION")]
+    #[arg(long, default_value = "30s", value_parser = crate::common::parse::timeout, value_name = "DURATION")]
     pub timeout: Duration,
 }
 
-/// Runs `rsp serve stop`; returns the exit code: 0 once the server has
-/// ended (or when none runs), 1 when it could not be asked or did not end.
-pub fn run(args: &StopArgs) -> i32 {
-    match stop(args) {
-        Ok(message) => {
-            eprintln!("rsp serve: {message}");
-            0
-        }
-        Err(e) => {
-            eprintln!("rsp serve: error: {e}");
-            1
-        }
-    }
+/// Runs `rsp serve stop`: exit 0 once the server has ended (or when none
+/// runs), an error when it could not be asked or did not end.
+pub fn run(args: &StopArgs) -> Result<u8, CliError> {
+    let message = stop(args).map_err(CliError::failure)?;
+    diag!("rsp serve: {message}");
+    Ok(exit::OK)
 }
 
 fn stop(args: &StopArgs) -> Result<String, String> {

@@ -1,11 +1,11 @@
-//! Helpers for the dashboard tests: a logged-in HTTP session, and a real
-//! browser (Debian's `chromium`, driven through `chromedriver` over the W3C
-//! WebDriver protocol).
+//! Helpers for the dashboard tests: a logged-in HTTP session (over ureq),
+//! and a real browser (Debian's `chromium`, driven through `chromedriver`
+//! with the `fantoccini` WebDriver client; nothing downloads a browser).
 //!
-//! The WebDriver client is the dozen JSON-over-HTTP calls these tests use,
-//! sent with ureq (already a dev-dependency): no WebDriver crate, nothing
-//! that downloads a browser. One chromedriver serves the whole test binary;
-//! each test gets its own browser (a session with a fresh profile).
+//! One chromedriver serves the whole test binary; each test gets its own
+//! browser (a session with a fresh profile). The tests are plain `#[test]`
+//! functions: a [`Browser`] owns a small tokio runtime and blocks on each
+//! WebDriver call, so a test reads as the steps a user takes.
 
 #![allow(dead_code)]
 
@@ -14,10 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+use fantoccini::key::Key;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
-
-/// The WebDriver name of an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// A plain HTTP client that keeps the session cookie by hand (ureq's own
 /// cookie jar is a feature not enabled here).
@@ -133,8 +135,9 @@ fn start_driver() -> Option<Driver> {
     let program = find_program("chromedriver")?;
     let port = free_port();
     // Started from a thread that lives as long as the test binary, with
-    // PDEATHSIG set: when the binary exits, chromedriver is killed (the
-    // signal follows the death of the thread that started it).
+    // PDEATHSIG set: when the binary exits (however it exits), the kernel
+    // kills this chromedriver, by its pid (the signal follows the death of
+    // the thread that started it, so that thread never ends).
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::os::unix::process::CommandExt;
@@ -154,18 +157,13 @@ fn start_driver() -> Option<Driver> {
         }
     });
     let child = rx.recv().ok()?.ok()?;
-    let url = format!("http://127.0.0.1:{port}");
+    // Ready when it listens; the first session is retried a little anyway.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(mut r) = agent().get(format!("{url}/status")).call() {
-            let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default();
-            if v["value"]["ready"] == json!(true) {
-                return Some(Driver { url, _child: child });
-            }
-        }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "chromedriver did not listen within 20 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("chromedriver did not become ready within 20 s");
+    Some(Driver { url: format!("http://127.0.0.1:{port}"), _child: child })
 }
 
 /// A browser for one test, or `None` (said loudly) when this machine has
@@ -204,70 +202,87 @@ pub fn browser(width: u32, height: u32) -> Option<Browser> {
     if let Some(chromium) = find_program("chromium") {
         options["binary"] = json!(chromium);
     }
-    let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}});
-    let v = wd(&driver.url, "POST", "/session", Some(&caps));
-    let id = v["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {v}")).to_string();
-    let browser = Browser { base: format!("{}/session/{id}", driver.url), _profile: profile, _turn: turn };
+    let mut capabilities = fantoccini::wd::Capabilities::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert("goog:chromeOptions".into(), options);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // chromedriver is on plain http://127.0.0.1: no TLS connector.
+    let mut builder = ClientBuilder::new(HttpConnector::new());
+    builder.capabilities(capabilities);
+    let client = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match builder.connect(&driver.url).await {
+                Ok(client) => return client,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("no WebDriver session yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no WebDriver session: {e}"),
+            }
+        }
+    });
+    let browser = Browser { client: Some(client), runtime, _profile: profile, _turn: turn };
     browser.size(width, height);
     Some(browser)
 }
 
-/// One WebDriver call; panics with the driver's message on an error.
-fn wd(base: &str, method: &str, path: &str, body: Option<&Value>) -> Value {
-    let url = format!("{base}{path}");
-    let r = match method {
-        "GET" => agent().get(&url).call(),
-        "DELETE" => agent().delete(&url).call(),
-        _ => agent().post(&url).send_json(body.cloned().unwrap_or(json!({}))),
-    };
-    let mut r = r.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
-    let status = r.status().as_u16();
-    let text = r.body_mut().with_config().limit(64 << 20).read_to_string().unwrap_or_default();
-    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    assert!(status < 300, "WebDriver {method} {path}: {status} {}", v["value"]);
-    v["value"].clone()
-}
-
 /// A browser window (a WebDriver session); closed on drop.
 pub struct Browser {
-    base: String,
+    /// Taken on drop, to close the session.
+    client: Option<Client>,
+    /// Runs the client's calls (and its session task) while a test blocks on one.
+    runtime: tokio::runtime::Runtime,
     _profile: tempfile::TempDir,
     _turn: MutexGuard<'static, ()>,
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = agent().delete(&self.base).call();
+        if let Some(client) = self.client.take() {
+            let _ =
+                self.runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), client.close()).await });
+        }
     }
 }
 
 impl Browser {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        wd(&self.base, method, path, body.as_ref())
+    /// Runs one WebDriver call to its end; panics with the driver's message
+    /// (naming `what`) on an error.
+    fn run<T, F>(&self, what: &str, call: impl FnOnce(Client) -> F) -> T
+    where
+        F: std::future::Future<Output = Result<T, fantoccini::error::CmdError>>,
+    {
+        let client = self.client.clone().expect("an open session");
+        self.runtime.block_on(call(client)).unwrap_or_else(|e| panic!("WebDriver {what}: {e}"))
     }
 
     /// Makes the page's viewport (not the window) `width` × `height`.
     pub fn size(&self, width: u32, height: u32) {
-        self.call("POST", "/window/rect", Some(json!({"width": width, "height": height})));
+        self.run("set the window size", |c| async move { c.set_window_size(width, height).await });
         let inner = self.js("return [window.innerWidth, window.innerHeight]", json!([]));
         let (w, h) = (inner[0].as_u64().unwrap_or(0) as u32, inner[1].as_u64().unwrap_or(0) as u32);
         if (w, h) != (width, height) && w > 0 && h > 0 {
-            let rect = json!({"width": 2 * width - w.min(2 * width), "height": 2 * height - h.min(2 * height)});
-            self.call("POST", "/window/rect", Some(rect));
+            let (outer_w, outer_h) = (2 * width - w.min(2 * width), 2 * height - h.min(2 * height));
+            self.run("set the window size", |c| async move { c.set_window_size(outer_w, outer_h).await });
         }
     }
 
     pub fn goto(&self, url: &str) {
-        self.call("POST", "/url", Some(json!({"url": url})));
+        self.run("go to a page", |c| async move { c.goto(url).await });
     }
 
     pub fn url(&self) -> String {
-        self.call("GET", "/url", None).as_str().unwrap_or_default().to_string()
+        self.run("read the URL", |c| async move { c.current_url().await }).to_string()
     }
 
     /// Runs `script` (a function body; `arguments` are `args`) and returns its value.
     pub fn js(&self, script: &str, args: Value) -> Value {
-        self.call("POST", "/execute/sync", Some(json!({"script": script, "args": args})))
+        let args = match args {
+            Value::Array(args) => args,
+            other => vec![other],
+        };
+        self.run("run a script", |c| async move { c.execute(script, args).await })
     }
 
     /// Waits (up to `limit`) until `script` returns something truthy; returns it.
@@ -284,50 +299,39 @@ impl Browser {
     }
 
     /// The element `css` matches, waiting up to 10 s for it.
-    pub fn find(&self, css: &str) -> Value {
-        let body = json!({"using": "css selector", "value": css});
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = agent().post(format!("{}/element", self.base)).send_json(&body);
-            if let Ok(mut r) = r {
-                if r.status().as_u16() == 200 {
-                    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap();
-                    return v["value"].clone();
-                }
-            }
-            assert!(Instant::now() < deadline, "no element {css} in {}", self.url());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn id(element: &Value) -> String {
-        element[ELEMENT].as_str().unwrap_or_else(|| panic!("not an element: {element}")).to_string()
+    fn find(&self, css: &str) -> fantoccini::elements::Element {
+        let found = self.runtime.block_on(
+            self.client
+                .as_ref()
+                .expect("an open session")
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css(css)),
+        );
+        found.unwrap_or_else(|e| panic!("no element {css} in {}: {e}", self.url()))
     }
 
     pub fn click(&self, css: &str) {
-        let e = Browser::id(&self.find(css));
-        self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+        let e = self.find(css);
+        self.runtime.block_on(e.click()).unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
     pub fn type_into(&self, css: &str, text: &str) {
-        let e = Browser::id(&self.find(css));
-        self.call("POST", &format!("/element/{e}/clear"), Some(json!({})));
-        self.call("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
+        let e = self.find(css);
+        self.runtime
+            .block_on(async {
+                e.clear().await?;
+                e.send_keys(text).await
+            })
+            .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
-    /// Presses keys (WebDriver key codes: "\u{E004}" is Tab) on whatever has the focus.
-    pub fn keys(&self, keys: &str) {
-        let actions: Vec<Value> = keys
-            .chars()
-            .flat_map(|k| {
-                [json!({"type": "keyDown", "value": k.to_string()}), json!({"type": "keyUp", "value": k.to_string()})]
-            })
-            .collect();
-        self.call(
-            "POST",
-            "/actions",
-            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
-        );
+    /// Presses `keys` one after the other on whatever has the focus.
+    pub fn keys(&self, keys: &[Key]) {
+        let presses = keys.iter().fold(KeyActions::new("keyboard".into()), |presses, &key| {
+            presses.then(KeyAction::Down { value: key.into() }).then(KeyAction::Up { value: key.into() })
+        });
+        self.run("press keys", |c| async move { c.perform_actions(presses).await });
     }
 
     /// The visible text of the first element `css` matches.
@@ -338,38 +342,36 @@ impl Browser {
             .to_string()
     }
 
-    /// Emulates the system's colour scheme (`light` or `dark`) through the DevTools protocol.
+    /// Emulates the system's colour scheme (`light` or `dark`) through the
+    /// DevTools protocol (a chromedriver command: WebDriver has none).
     pub fn color_scheme(&self, scheme: &str) {
         let params = json!({"media": "", "features": [{"name": "prefers-color-scheme", "value": scheme}]});
-        self.call("POST", "/goog/cdp/execute", Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": params})));
+        let command = ChromeDevTools { cmd: "Emulation.setEmulatedMedia", params };
+        self.run("emulate a colour scheme", |c| async move { c.issue_cmd(command).await });
     }
 
     /// Saves a PNG of the viewport.
     pub fn screenshot(&self, path: &Path) {
-        let png = self.call("GET", "/screenshot", None);
-        let bytes = decode_base64(png.as_str().unwrap());
-        std::fs::write(path, bytes).unwrap();
+        let png = self.run("take a screenshot", |c| async move { c.screenshot().await });
+        std::fs::write(path, png).unwrap();
     }
 }
 
-fn decode_base64(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in text.bytes().filter_map(value) {
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
+/// chromedriver's `POST /session/{id}/goog/cdp/execute`: one DevTools
+/// protocol command, sent through fantoccini's extension point for
+/// vendor commands.
+#[derive(Debug)]
+struct ChromeDevTools {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl WebDriverCompatibleCommand for ChromeDevTools {
+    fn endpoint(&self, base_url: &url::Url, session_id: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!("session/{}/goog/cdp/execute", session_id.unwrap_or_default()))
     }
-    out
+
+    fn method_and_body(&self, _: &url::Url) -> (ureq::http::Method, Option<String>) {
+        (ureq::http::Method::POST, Some(json!({"cmd": self.cmd, "params": self.params}).to_string()))
+    }
 }

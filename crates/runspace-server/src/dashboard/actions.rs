@@ -10,14 +10,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
-use futures_util::stream;
+use futures_util::{stream, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use tower::ServiceExt;
 
 use super::auth::{check_csrf, Current};
 use super::html::url;
-use super::{blocking, store_failure, Dashboard};
+use super::{store_failure, Dashboard};
 use crate::store::{Cursor, From};
 
 /// Records read from the store per step of a download.
@@ -91,12 +90,16 @@ pub(super) async fn act(
     Redirect::to(&to).into_response()
 }
 
-/// A download's answer: `lines` is filled by a blocking reader, a bounded
-/// channel apart, so the body streams at the client's pace.
-fn download(filename: &str, kind: &'static str, lines: mpsc::Receiver<Bytes>) -> Response {
-    let body = Body::from_stream(stream::unfold(lines, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), rx))
-    }));
+/// A download's answer: the body is `chunks`, pulled at the client's pace
+/// (a page of the store is read only when the last one has been sent, so
+/// a slow client holds a task and one page, never a thread).
+fn download(
+    filename: &str,
+    kind: &'static str,
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> Response {
+    let chunks = chunks.filter(|c| std::future::ready(!c.is_empty()));
+    let body = Body::from_stream(chunks.map(Ok::<_, std::convert::Infallible>));
     let mut response = body.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
@@ -128,62 +131,78 @@ pub(super) async fn download_stream(
         return (StatusCode::NOT_FOUND, format!("no such stream: {stream}")).into_response();
     };
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match blocking(move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
+    let first = match dash.read(move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
         Ok(Ok(Some(page))) => page,
         Ok(Ok(None)) => return super::no_job(&name),
         Ok(Err(e)) => return store_failure(e),
         Err(response) => return response,
     };
-    let (tx, rx) = mpsc::channel(4);
-    let (store, job) = (dash.store.clone(), name.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut page = first;
-        loop {
+    // Each step sends the page it holds and reads the next (through the
+    // dashboard's bounded store reads); an empty page or the end stops it.
+    let job = name.clone();
+    let chunks = stream::unfold(Some(first), move |page| {
+        let (dash, job) = (dash.clone(), job.clone());
+        async move {
+            let page = page?;
             let text: String = page.records.iter().map(line).collect();
             let next = page.offset + page.records.len() as u64;
-            if !text.is_empty() && tx.blocking_send(Bytes::from(text)).is_err() {
-                return; // The client went away.
-            }
-            if page.records.is_empty() || next >= page.total {
-                return;
-            }
-            page = match store.stream(&job, stream, From::Offset(next), DOWNLOAD_PAGE) {
-                Ok(Some(p)) => p,
-                _ => return,
+            let following = if page.records.is_empty() || next >= page.total {
+                None
+            } else {
+                let store = dash.store.clone();
+                match dash.read(move || store.stream(&job, stream, From::Offset(next), DOWNLOAD_PAGE)).await {
+                    Ok(Ok(Some(p))) => Some(p),
+                    _ => None,
+                }
             };
+            Some((Bytes::from(text), following))
         }
     });
-    download(&format!("{name}-{stream}.log"), "text/plain; charset=utf-8", rx)
+    download(&format!("{name}-{stream}.log"), "text/plain; charset=utf-8", chunks)
+}
+
+/// `GET /jobs/{name}/script`: the job's script as submitted (its page
+/// shows only the start of a long one).
+pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
+    let (store, job) = (dash.store.clone(), name.clone());
+    let stored = match dash.read(move || store.stored_request(&job)).await {
+        Ok(Ok(Some(stored))) => stored,
+        Ok(Ok(None)) => return super::no_job(&name),
+        Ok(Err(e)) => return store_failure(e),
+        Err(response) => return response,
+    };
+    let script = stored.request["script"].as_str().unwrap_or_default().to_string();
+    download(&format!("{name}.luau"), "text/plain; charset=utf-8", stream::once(async { Bytes::from(script) }))
 }
 
 /// `GET /jobs/{name}/results.jsonl`: every output record, a JSON document a
 /// line, walked by key.
 pub(super) async fn download_output(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match blocking(move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
+    let first = match dash.read(move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
         Ok(Ok(Some(page))) => page,
         Ok(Ok(None)) => return super::no_job(&name),
         Ok(Err(e)) => return store_failure(e),
         Err(response) => return response,
     };
-    let (tx, rx) = mpsc::channel(4);
-    let (store, job) = (dash.store.clone(), name.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut page = first;
-        loop {
+    let job = name.clone();
+    let chunks = stream::unfold(Some(first), move |page| {
+        let (dash, job) = (dash.clone(), job.clone());
+        async move {
+            let page = page?;
             let text: String = page.records.iter().map(|(_, r)| format!("{r}\n")).collect();
-            if !text.is_empty() && tx.blocking_send(Bytes::from(text)).is_err() {
-                return;
-            }
-            let Some(&(last, _)) = page.records.last() else { return };
-            if !page.more_above {
-                return;
-            }
-            page = match store.item_rows(&job, None, Cursor::Above(last), DOWNLOAD_PAGE) {
-                Ok(Some(p)) => p,
-                _ => return,
+            let following = match page.records.last() {
+                Some(&(last, _)) if page.more_above => {
+                    let store = dash.store.clone();
+                    match dash.read(move || store.item_rows(&job, None, Cursor::Above(last), DOWNLOAD_PAGE)).await {
+                        Ok(Ok(Some(p))) => Some(p),
+                        _ => None,
+                    }
+                }
+                _ => None,
             };
+            Some((Bytes::from(text), following))
         }
     });
-    download(&format!("{name}-results.jsonl"), "application/x-ndjson", rx)
+    download(&format!("{name}-results.jsonl"), "application/x-ndjson", chunks)
 }

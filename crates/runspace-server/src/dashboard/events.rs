@@ -84,7 +84,7 @@ pub(super) async fn job(State(dash): State<Arc<Dashboard>>, Path(name): Path<Str
                 // (a finished job) or when it left the picture unseen.
                 None if w.sent.as_ref().is_none_or(|(state, _)| matches!(state.as_str(), "Queued" | "Running")) => {
                     let (store, name) = (w.dash.store.clone(), w.name.clone());
-                    match tokio::task::spawn_blocking(move || store.job_row(&name)).await {
+                    match w.dash.read(move || store.job_row(&name)).await {
                         Ok(Ok(row)) => row.map(|row| Active { row, rate: None }),
                         _ => None,
                     }

@@ -27,6 +27,20 @@ pub(super) fn esc(text: &str) -> String {
     out
 }
 
+/// The escaped start of `text` that fits in `max` bytes (escaping can
+/// make a character six), and whether that is the whole of it.
+pub(super) fn esc_within(text: &str, max: usize) -> (String, bool) {
+    let mut out = String::new();
+    for c in text.chars() {
+        let escaped = esc(c.encode_utf8(&mut [0u8; 4]));
+        if out.len() + escaped.len() > max {
+            return (out, false);
+        }
+        out.push_str(&escaped);
+    }
+    (out, true)
+}
+
 /// `text` percent-encoded for a path segment or a query value.
 pub(super) fn url(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -173,6 +187,14 @@ mod tests {
     fn escaping_turns_markup_into_text() {
         assert_eq!(esc("<script>\"'&"), "&lt;script&gt;&quot;&#39;&amp;");
         assert_eq!(url("a b/c?d&é"), "a%20b%2Fc%3Fd%26%C3%A9");
+    }
+
+    #[test]
+    fn escaping_within_a_budget_counts_the_escaped_bytes() {
+        assert_eq!(esc_within("<<<", 8), ("&lt;&lt;".to_string(), false));
+        assert_eq!(esc_within("<<", 8), ("&lt;&lt;".to_string(), true));
+        assert_eq!(esc_within("ééé", 4), ("éé".to_string(), false));
+        assert_eq!(esc_within("", 0), (String::new(), true));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::auth::{page_response, Current};
 use super::html::{self, cut, esc, url, Frame};
-use super::{blocking, cursor, no_job, store_failure, Dashboard};
+use super::{cursor, no_job, store_failure, Dashboard};
 use crate::store::{From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
 
 /// Item records in one page.
@@ -25,6 +25,16 @@ const TAIL: u64 = 100;
 const CELL: usize = 300;
 /// The most characters of one stream record shown.
 const LINE: usize = 500;
+/// The most bytes of the script (escaped) shown: a request may carry
+/// 32 MiB, the rest is a download away.
+const SCRIPT: usize = 64 * 1024;
+/// The most bytes (escaped) of one stream's tail: the records shown are
+/// the newest that fit (one at least).
+const TAIL_BYTES: usize = 32 * 1024;
+/// The most errors shown for one item.
+const ERRORS: usize = 3;
+/// The most module names listed.
+const MODULES: usize = 50;
 /// A job's streams, in the order shown.
 const STREAMS: [&str; 6] = ["error", "warning", "information", "verbose", "debug", "progress"];
 /// An item's statuses, as the filter offers them.
@@ -49,19 +59,20 @@ pub(super) async fn page(
     let status = q.get("status").filter(|s| STATUSES.contains(&s.as_str())).cloned();
     let cursor = cursor(&q);
     let (store, job, filter) = (dash.store.clone(), name.clone(), status.clone());
-    let read = blocking(move || -> Result<Option<Found>, StoreError> {
-        let Some(row) = store.job_row(&job)? else { return Ok(None) };
-        let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
-        let mut tails = Vec::new();
-        for stream in STREAMS {
-            if let Some(page) = store.stream(&job, stream, From::Tail, TAIL)?.filter(|p| p.total > 0) {
-                tails.push((stream, page));
+    let read = dash
+        .read(move || -> Result<Option<Found>, StoreError> {
+            let Some(row) = store.job_row(&job)? else { return Ok(None) };
+            let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
+            let mut tails = Vec::new();
+            for stream in STREAMS {
+                if let Some(page) = store.stream(&job, stream, From::Tail, TAIL)?.filter(|p| p.total > 0) {
+                    tails.push((stream, page));
+                }
             }
-        }
-        let request = store.stored_request(&job)?;
-        Ok(Some(Found { row, items, tails, request }))
-    })
-    .await;
+            let request = store.stored_request(&job)?;
+            Ok(Some(Found { row, items, tails, request }))
+        })
+        .await;
     let found = match read {
         Ok(Ok(Some(found))) => found,
         Ok(Ok(None)) => return no_job(&name),
@@ -88,7 +99,7 @@ pub(super) async fn page(
     );
     results(&mut body, &row, &found.items, status.as_deref());
     streams(&mut body, &row.name, &found.tails);
-    request(&mut body, found.request.as_ref());
+    request(&mut body, &row.name, found.request.as_ref());
     let frame = Frame {
         title: &name,
         nav: "jobs",
@@ -206,8 +217,13 @@ fn results(body: &mut String, row: &JobRow, items: &ItemsPage, status: Option<&s
              <th scope=\"col\">Errors</th><th scope=\"col\">Duration</th></tr></thead><tbody>",
         );
         for (_, record) in &items.records {
-            let errors =
-                record["errors"].as_array().map(|e| e.iter().map(|v| show(v, CELL)).collect::<Vec<_>>().join("<br>"));
+            let errors = record["errors"].as_array().map(|e| {
+                let mut shown: Vec<String> = e.iter().take(ERRORS).map(|v| show(v, CELL)).collect();
+                if e.len() > ERRORS {
+                    shown.push(format!("and {} more (in the download)", e.len() - ERRORS));
+                }
+                shown.join("<br>")
+            });
             let _ = write!(
                 body,
                 "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"bad\">{}</td><td>{}</td></tr>",
@@ -252,6 +268,18 @@ fn results(body: &mut String, row: &JobRow, items: &ItemsPage, status: Option<&s
 fn streams(body: &mut String, name: &str, tails: &[(&str, Page)]) {
     body.push_str("<section aria-labelledby=\"str-h\"><h2 id=\"str-h\">Streams</h2>");
     for (stream, page) in tails {
+        // The newest lines that fit in the budget, oldest first.
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        for record in page.records.iter().rev() {
+            let line = show(record, LINE);
+            if !lines.is_empty() && bytes + line.len() > TAIL_BYTES {
+                break;
+            }
+            bytes += line.len() + 1;
+            lines.push(line);
+        }
+        lines.reverse();
         let _ = write!(
             body,
             "<details{open}><summary>{stream} <span class=\"n\">{count}</span></summary>\
@@ -259,11 +287,11 @@ fn streams(body: &mut String, name: &str, tails: &[(&str, Page)]) {
              <a href=\"/jobs/{href}/streams/{stream}\" download>Download all</a></p><pre class=\"tail\">",
             open = if *stream == "error" { " open" } else { "" },
             count = page.total,
-            shown = page.records.len(),
+            shown = lines.len(),
             href = url(name),
         );
-        for record in &page.records {
-            body.push_str(&show(record, LINE));
+        for line in lines {
+            body.push_str(&line);
             body.push('\n');
         }
         body.push_str("</pre></details>");
@@ -274,19 +302,26 @@ fn streams(body: &mut String, name: &str, tails: &[(&str, Page)]) {
     body.push_str("</section>");
 }
 
-fn request(body: &mut String, stored: Option<&StoredRequest>) {
+fn request(body: &mut String, name: &str, stored: Option<&StoredRequest>) {
     body.push_str("<section aria-labelledby=\"req-h\"><h2 id=\"req-h\">Request</h2>");
     let Some(stored) = stored else {
         body.push_str("<p class=\"empty\">Not stored.</p></section>");
         return;
     };
     let r = &stored.request;
-    let _ = write!(
-        body,
-        "<details open><summary>Script <code>{}</code></summary><pre class=\"script\"><code>{}</code></pre></details>",
-        show(&r["script_name"], CELL),
-        esc(r["script"].as_str().unwrap_or(""))
-    );
+    let script = r["script"].as_str().unwrap_or("");
+    let (shown, whole) = html::esc_within(script, SCRIPT);
+    let _ = write!(body, "<details open><summary>Script <code>{}</code></summary>", show(&r["script_name"], CELL));
+    if !whole {
+        let _ = write!(
+            body,
+            "<p class=\"sub\">The start of a script of {} bytes · \
+             <a href=\"/jobs/{}/script\" download>Download the whole script</a></p>",
+            script.len(),
+            url(name)
+        );
+    }
+    let _ = write!(body, "<pre class=\"script\"><code>{shown}</code></pre></details>");
     body.push_str("<dl class=\"request\">");
     let mut field = |label: &str, value: String| {
         if !value.is_empty() {
@@ -301,10 +336,12 @@ fn request(body: &mut String, stored: Option<&StoredRequest>) {
     };
     field("Parameters", json(&r["params"]));
     field("Variables", json(&r["variables"]));
-    let modules: Vec<String> = r["modules"]
-        .as_array()
-        .map(|m| m.iter().filter_map(|m| m["name"].as_str().map(esc)).collect())
-        .unwrap_or_default();
+    let all_modules = r["modules"].as_array().map_or(&[][..], |m| m.as_slice());
+    let mut modules: Vec<String> =
+        all_modules.iter().take(MODULES).filter_map(|m| m["name"].as_str().map(|n| esc(&cut(n, CELL)))).collect();
+    if all_modules.len() > MODULES {
+        modules.push(format!("and {} more", all_modules.len() - MODULES));
+    }
     field("Modules", modules.join(", "));
     field("Grants", json(&r["allow"]));
     field("Inputs", r["inputs"].as_u64().map(|n| format!("{n} explicit inputs")).unwrap_or_default());

@@ -17,7 +17,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::store::{JobStore, StoreError};
 
@@ -36,10 +36,14 @@ pub(crate) struct Dashboard {
     api: Router,
     token: String,
     sessions: auth::Sessions,
+    /// Failed logins, for the back-off.
+    logins: auth::Attempts,
     read_only: bool,
     live: Arc<live::Live>,
     /// Turns true when the server stops: the event streams end.
     stop: watch::Receiver<bool>,
+    /// Store reads running at once (see [`Dashboard::read`]).
+    reads: Semaphore,
 }
 
 impl Dashboard {
@@ -54,7 +58,9 @@ impl Dashboard {
         stop: watch::Receiver<bool>,
     ) -> Arc<Dashboard> {
         let live = live::Live::start(store.clone(), stop.clone());
-        Arc::new(Dashboard { store, api, token, sessions: auth::Sessions::default(), read_only, live, stop })
+        let sessions = auth::Sessions::default();
+        let (logins, reads) = (auth::Attempts::default(), Semaphore::new(STORE_READS));
+        Arc::new(Dashboard { store, api, token, sessions, logins, read_only, live, stop, reads })
     }
 }
 
@@ -67,6 +73,7 @@ pub(crate) fn router(dash: Arc<Dashboard>) -> Router {
         .route("/jobs/{name}", get(job::page))
         .route("/jobs/{name}/streams/{stream}", get(actions::download_stream))
         .route("/jobs/{name}/results.jsonl", get(actions::download_output))
+        .route("/jobs/{name}/script", get(actions::download_script))
         .route("/jobs/{name}/{action}", post(actions::act))
         .route("/events", get(events::summary))
         .route("/jobs/{name}/events", get(events::job))
@@ -109,9 +116,18 @@ fn cursor(query: &std::collections::HashMap<String, String>) -> crate::store::Cu
     }
 }
 
-/// Runs blocking store work off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| failure(&format!("handler failed: {e}")))
+/// The most store reads the dashboard runs at once. Each runs on a thread
+/// of tokio's blocking pool; without a bound, a burst of requests (three
+/// hundred event streams opening, say) would start a thread each.
+const STORE_READS: usize = 4;
+
+impl Dashboard {
+    /// Runs blocking store work off the async threads, at most
+    /// [`STORE_READS`] at once (the rest wait their turn, holding no thread).
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Response> {
+        let _turn = self.reads.acquire().await.map_err(|e| failure(&format!("handler failed: {e}")))?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| failure(&format!("handler failed: {e}")))
+    }
 }
 
 /// A plain-text error answer.

@@ -14,7 +14,7 @@ use axum::Extension;
 use super::auth::{page_response, Current};
 use super::html::{self, esc, Frame};
 use super::live::Snapshot;
-use super::{blocking, cursor, store_failure, Dashboard};
+use super::{cursor, store_failure, Dashboard};
 use crate::store::{Cursor, JobQuery, JobRow, JobsPage};
 
 /// Jobs in one page of the list.
@@ -37,7 +37,7 @@ fn count(counts: &[(String, u64)], state: &str) -> u64 {
 pub(super) async fn overview(State(dash): State<Arc<Dashboard>>, Extension(current): Extension<Current>) -> Response {
     // The counts are read now: the live picture counts only while someone watches.
     let store = dash.store.clone();
-    let counts = match blocking(move || store.state_counts()).await {
+    let counts = match dash.read(move || store.state_counts()).await {
         Ok(Ok(counts)) => counts,
         Ok(Err(e)) => return store_failure(e),
         Err(response) => return response,
@@ -233,7 +233,7 @@ pub(super) async fn jobs(
     let query = JobQuery { state: filter.state.clone(), search: filter.search.clone(), cursor, limit: PAGE };
     let store = dash.store.clone();
     let read =
-        blocking(move || Ok::<_, crate::store::StoreError>((store.job_rows(&query)?, store.state_counts()?))).await;
+        dash.read(move || Ok::<_, crate::store::StoreError>((store.job_rows(&query)?, store.state_counts()?))).await;
     let (page, counts) = match read {
         Ok(Ok(found)) => found,
         Ok(Err(e)) => return store_failure(e),

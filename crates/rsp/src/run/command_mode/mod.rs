@@ -14,12 +14,14 @@ mod sources;
 mod template;
 
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 
+use regex::Regex;
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
 use serde_json::{json, Value};
 
 use crate::common::CliError;
-use crate::run::inputs::{InputArgs, Inputs};
+use crate::run::inputs::{InputArgs, Inputs, Records};
 use crate::run::output::{Format, Printer};
 use crate::run::script::ScriptArgs;
 use template::{Filled, Template};
@@ -29,10 +31,10 @@ pub const MAX_OUTPUT: usize = 16 << 20;
 
 /// Options of command mode.
 #[derive(clap::Args, Debug, Clone, Default)]
-#[command(next_help_heading = "Command mode (see docs/commands.md)")]
+#[command(next_help_heading = "Command mode: a command per input, GNU parallel style")]
 pub struct CommandArgs {
     /// Run this command per input instead of a script (GNU parallel's replacement strings:
-    /// {} {.} {/} {//} {/.} {#} {1}..{N}; without one, the input is appended).
+    /// {} {.} {/} {//} {/.} {#} {%} {1}..{N}; without one, the input is appended).
     #[arg(long = "cmd", value_name = "TEMPLATE", conflicts_with = "code")]
     pub template: Option<String>,
 
@@ -40,8 +42,9 @@ pub struct CommandArgs {
     #[arg(long, requires = "template")]
     pub shell: bool,
 
-    /// Split each input into columns {1}..{N} at this separator (a literal string, e.g. , or '\t').
-    #[arg(long, value_name = "SEP", requires = "template")]
+    /// Split each input into columns {1}..{N} where this regular expression matches
+    /// (GNU parallel's --colsep: e.g. , or '\t' or '\s+').
+    #[arg(long, value_name = "REGEX", requires = "template")]
     pub colsep: Option<String>,
 
     /// Prefix each output line with the input and a TAB (--format values).
@@ -52,8 +55,8 @@ pub struct CommandArgs {
     #[arg(long, requires = "template")]
     pub dry_run: bool,
 
-    /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line); several
-    /// combine into every combination, the last varying fastest.
+    /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line);
+    /// several combine into every combination, the last varying fastest.
     #[arg(value_name = "::: ARGS", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     pub sources: Vec<String>,
 }
@@ -62,11 +65,13 @@ pub struct CommandArgs {
 pub struct CommandMode {
     template: Template,
     shell: bool,
-    colsep: Option<String>,
+    colsep: Option<Regex>,
     tag: bool,
     /// `--dry-run`.
     pub dry_run: bool,
     sources: Option<Vec<sources::Source>>,
+    /// `{%}`: where runspaces claim their slot numbers.
+    slots: Option<Slots>,
 }
 
 impl CommandMode {
@@ -95,13 +100,18 @@ impl CommandMode {
                 "{flag} is for scripts; --cmd runs a command with the exec grant only"
             )));
         }
-        if template::uses_slot(text) {
-            return Err(CliError::usage("--cmd: the slot replacement string {%} is not supported yet"));
-        }
-        if args.colsep.as_deref() == Some("") {
-            return Err(CliError::usage("--colsep: the separator is empty"));
+        let colsep = match args.colsep.as_deref() {
+            Some("") => return Err(CliError::usage("--colsep: the separator is empty")),
+            Some(pattern) => Some(Regex::new(pattern).map_err(|e| CliError::usage(format!("--colsep: {e}")))?),
+            None => None,
+        };
+        if colsep.as_ref().is_some_and(|re| re.is_match("")) {
+            return Err(CliError::usage(
+                "--colsep: the pattern matches the empty string, so it cannot separate columns",
+            ));
         }
         let template = Template::parse(text).map_err(|e| CliError::usage(format!("--cmd: {e}")))?;
+        let slots = template.uses_slot().then(Slots::create).transpose()?;
         let sources = match words.is_empty() {
             true => None,
             false => Some(sources::parse(&words).map_err(CliError::usage)?),
@@ -109,32 +119,55 @@ impl CommandMode {
         Ok(Some(CommandMode {
             template,
             shell: args.shell,
-            colsep: args.colsep.as_ref().map(|s| s.replace("\\t", "\t")),
+            colsep,
             tag: args.tag,
             dry_run: args.dry_run,
             sources,
+            slots,
         }))
+    }
+
+    /// Whether the inputs come from argument lists (`:::`, `::::`).
+    pub fn has_sources(&self) -> bool {
+        self.sources.is_some()
     }
 
     /// The built-in script that runs one filled-in command.
     pub fn script(&self) -> Result<Script, CliError> {
-        Script::named("command", RUNNER.replace("MAX_OUTPUT", &MAX_OUTPUT.to_string())).map_err(CliError::script)
+        Script::named("command", self.runner_source()).map_err(CliError::script)
+    }
+
+    /// The source of that script (a job sends it to the server).
+    pub fn runner_source(&self) -> String {
+        RUNNER.replace("MAX_OUTPUT", &MAX_OUTPUT.to_string())
     }
 
     /// The session: `exec`, nothing else.
-    pub fn session(&self) -> SessionState {
+    pub fn session(&self) -> Result<SessionState, CliError> {
         let mut grants = Grants::default();
         grants.grant(Capability::Exec);
         // Room for both captured streams at their own cap, so a command
         // past it fails with the runner's message and keeps what it printed.
-        SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20))
+        let session = SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20));
+        match &self.slots {
+            Some(slots) => slots.add_to(session),
+            None => Ok(session),
+        }
+    }
+
+    /// Whether the template uses `{%}` (a job cannot: its runspaces live on the server).
+    pub fn uses_slot(&self) -> bool {
+        self.slots.is_some()
     }
 
     /// The inputs: the argument lists when given, else `args` (stdin,
     /// `--input`, `--range`), each turned into the command to run.
     pub fn inputs(&self, args: &InputArgs) -> Result<Inputs, CliError> {
         // A script runs once on a terminal; a command with no input would run with an empty argument.
-        if self.sources.is_none() && args.input.is_none() && args.range.is_none() && io::stdin().is_terminal() {
+        if args.once {
+            return Err(CliError::usage("--once is for scripts; --cmd runs a command per input"));
+        }
+        if self.sources.is_none() && args.reads_stdin() && io::stdin().is_terminal() {
             return Err(CliError::usage(
                 "--cmd needs inputs: argument lists (::: VALUES, :::: FILES), --input FILE, --range, or a pipe",
             ));
@@ -147,28 +180,30 @@ impl CommandMode {
                 let total = product.len();
                 let colsep = self.colsep.clone();
                 let split = move |values: Vec<String>| match &colsep {
-                    Some(sep) => values.iter().flat_map(|v| v.split(sep.as_str()).map(String::from)).collect(),
+                    Some(sep) => values.iter().flat_map(|v| sep.split(v).map(String::from)).collect(),
                     None => values,
                 };
                 (Box::new(product.map(move |values| Ok(split(values)))), Some(total))
             }
             None => {
-                let inputs = args.open()?;
+                // CSV records are columns {1}..{N}; a header row names them, so it is not an input.
+                let inputs = args.open_with(Records::Arrays { header: !args.no_header })?;
                 let colsep = self.colsep.clone();
                 let columns = inputs.items.map(move |input| match input {
-                    Input::Value(v) => Ok(columns(v, colsep.as_deref())),
+                    Input::Value(v) => Ok(columns(v, colsep.as_ref())),
                     invalid @ Input::Invalid { .. } => Err(invalid),
                 });
                 (Box::new(columns), inputs.total)
             }
         };
         let (template, shell) = (self.template.clone(), self.shell);
+        let mark = self.slots.as_ref().map(|s| s.mark.clone()).unwrap_or_default();
         let items = items.enumerate().map(move |(i, args)| {
             let columns = match args {
                 Ok(columns) => columns,
                 Err(invalid) => return invalid,
             };
-            let filled = template.fill(&columns, i as u64 + 1, shell);
+            let filled = template.fill(&columns, i as u64 + 1, shell, &mark);
             let input = match columns.len() {
                 1 => json!(columns[0]),
                 _ => json!(columns),
@@ -182,11 +217,19 @@ impl CommandMode {
         Ok(Inputs { items: Box::new(items), total })
     }
 
-    /// `--dry-run`: prints each command, one per line.
-    pub fn dry_run(&self, inputs: Inputs, out: &mut impl Write) -> io::Result<()> {
-        for input in inputs.items {
+    /// `--dry-run`: prints each command, one per line; `{%}` is shown as
+    /// GNU parallel shows it, the slots of `jobs` taken in turn.
+    pub fn dry_run(&self, inputs: Inputs, jobs: usize, out: &mut impl Write) -> io::Result<()> {
+        for (i, input) in inputs.items.enumerate() {
             if let Input::Value(v) = input {
-                writeln!(out, "{}", v.get("command").and_then(Value::as_str).unwrap_or_default())?;
+                let command = v.get("command").and_then(Value::as_str).unwrap_or_default();
+                match &self.slots {
+                    Some(slots) => {
+                        let slot = i % jobs.max(1) + 1;
+                        writeln!(out, "{}", command.replace(&slots.mark, &slot.to_string()))?
+                    }
+                    None => writeln!(out, "{command}")?,
+                }
             }
         }
         out.flush()
@@ -234,32 +277,108 @@ fn write_tagged(out: &mut impl Write, text: &str, tag: Option<&str>) -> io::Resu
 }
 
 /// The columns of an input: split at `colsep`, an array's elements, or the value itself.
-fn columns(value: Value, colsep: Option<&str>) -> Vec<String> {
+fn columns(value: Value, colsep: Option<&Regex>) -> Vec<String> {
     match (value, colsep) {
-        (Value::String(s), Some(sep)) => s.split(sep).map(String::from).collect(),
+        (Value::String(s), Some(sep)) => sep.split(&s).map(String::from).collect(),
         (Value::String(s), None) => vec![s],
         (Value::Array(items), _) => items.iter().map(crate::run::output::bare).collect(),
         (other, _) => vec![crate::run::output::bare(&other)],
     }
 }
 
+/// `{%}`: the slot of a runspace. GNU parallel's promise is that no two
+/// commands running at once share a slot, and that slots run from 1 to the
+/// number of jobs. A runspace runs one command at a time, so its slot is
+/// claimed once, when it runs its first command, by creating the first
+/// free numbered directory in the run's slot directory (`mkdir` is atomic
+/// across processes); the module's upvalue keeps it for the runspace's life.
+/// Should a runspace come to run several items at once (items as Luau
+/// threads), the claim has to move from the runspace to the item.
+struct Slots {
+    dir: PathBuf,
+    /// What `{%}` is filled in as, for the runner to replace.
+    mark: String,
+}
+
+impl Slots {
+    fn create() -> Result<Slots, CliError> {
+        let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let dir = std::env::temp_dir().join(format!("rsp-slots-{}-{nonce:x}", std::process::id()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| CliError::usage(format!("--cmd: cannot make a directory for {{%}} slots: {e}")))?;
+        Ok(Slots { dir, mark: format!("rsp.slot.{nonce:x}.") })
+    }
+
+    fn add_to(&self, session: SessionState) -> Result<SessionState, CliError> {
+        let dir = self.dir.to_string_lossy().into_owned();
+        session
+            .variable("SLOT_DIR", json!(dir))
+            .and_then(|s| s.variable("SLOT_MARK", json!(self.mark)))
+            .and_then(|s| s.module("rsp_slot", SLOT_MODULE))
+            .map_err(CliError::script)
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The module that claims a runspace's slot; see [`Slots`].
+const SLOT_MODULE: &str = r#"
+local slot
+return function(dir)
+    if slot == nil then
+        local r = exec("sh", {"-c", 'i=1; while ! mkdir "$0/$i" 2>/dev/null; do i=$((i+1)); ' ..
+            '[ "$i" -gt 100000 ] && exit 1; done; printf %s "$i"', dir})
+        slot = tonumber(r.stdout)
+        if slot == nil then error("cannot claim a slot for {%} in " .. dir, 0) end
+    end
+    return slot
+end
+"#;
+
 /// Runs one command, given as `{argv}` or `{line}`; see the module docs.
 const RUNNER: &str = r#"
 local c = _
+local argv, line, command = c.argv, c.line, c.command
+if SLOT_MARK then
+    local slot = tostring(rsp_slot(SLOT_DIR))
+    local function put(s)
+        local out, at = {}, 1
+        while true do
+            local i, j = string.find(s, SLOT_MARK, at, true)
+            if not i then break end
+            table.insert(out, string.sub(s, at, i - 1))
+            table.insert(out, slot)
+            at = j + 1
+        end
+        table.insert(out, string.sub(s, at))
+        return table.concat(out)
+    end
+    if line then line = put(line) end
+    if argv then
+        local words = {}
+        for i, w in ipairs(argv) do words[i] = put(w) end
+        argv = words
+    end
+    command = put(command)
+end
 local ok, r
-if c.line then
-    ok, r = pcall(exec, c.line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
+if line then
+    ok, r = pcall(exec, line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
 else
     local args = {}
-    for i = 2, #c.argv do args[i - 1] = c.argv[i] end
-    ok, r = pcall(exec, c.argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
+    for i = 2, #argv do args[i - 1] = argv[i] end
+    ok, r = pcall(exec, argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
 end
 if not ok then
     -- Cannot start (no such program), or stopped: say so without the runner's line numbers.
     local message = string.gsub(tostring(r), "^.-exec: ", "")
     error(message, 0)
 end
-emit({command = c.command, exit_code = r.code or json.null, signal = r.signal or json.null,
+emit({command = command, exit_code = r.code or json.null, signal = r.signal or json.null,
       stdout = string.sub(r.stdout, 1, MAX_OUTPUT), stderr = string.sub(r.stderr, 1, MAX_OUTPUT)})
 local function tail(s)
     local lines = {}
@@ -285,10 +404,14 @@ mod tests {
 
     #[test]
     fn columns_come_from_separators_and_arrays() {
-        assert_eq!(columns(json!("a,b,,c"), Some(",")), ["a", "b", "", "c"]);
+        let comma = Regex::new(",").unwrap();
+        assert_eq!(columns(json!("a,b,,c"), Some(&comma)), ["a", "b", "", "c"]);
         assert_eq!(columns(json!("a,b"), None), ["a,b"]);
         assert_eq!(columns(json!([1, "x", null]), None), ["1", "x", ""]);
-        assert_eq!(columns(json!(5), Some(",")), ["5"]);
+        assert_eq!(columns(json!(5), Some(&comma)), ["5"]);
+        // A regular expression, as GNU parallel's --colsep.
+        let spaces = Regex::new(r"\s+").unwrap();
+        assert_eq!(columns(json!("a  b\tc"), Some(&spaces)), ["a", "b", "c"]);
     }
 
     #[test]

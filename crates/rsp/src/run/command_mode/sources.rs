@@ -31,7 +31,7 @@ pub fn parse(words: &[String]) -> Result<Vec<Source>, String> {
 
 fn read_lines(path: &Path) -> Result<Source, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read argument file {}: {e}", path.display()))?;
-    let text = String::from_utf8_lossy(&text);
+    let text = String::from_utf8_lossy(crate::run::inputs::strip_bom(&text));
     Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l).to_string()).collect())
 }
 

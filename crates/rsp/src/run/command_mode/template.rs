@@ -3,7 +3,8 @@
 //!
 //! `{}` the input, `{.}` without its extension, `{/}` its basename, `{//}`
 //! its directory, `{/.}` the basename without extension, `{#}` the job's
-//! sequence number (from 1), `{N}` (and `{N.}`, `{N/}`, `{N//}`, `{N/.}`)
+//! sequence number (from 1), `{%}` its slot (a mark the runner replaces:
+//! only the runspace running it knows the slot), `{N}` (and `{N.}`, `{N/}`, `{N//}`, `{N/.}`)
 //! column N of the input. Like GNU parallel, a template without any
 //! replacement string gets the input appended as its last arguments.
 
@@ -35,6 +36,8 @@ enum Piece {
     },
     /// `{#}`.
     Seq,
+    /// `{%}`.
+    Slot,
 }
 
 /// A parsed command template.
@@ -68,6 +71,11 @@ impl Filled {
 }
 
 impl Template {
+    /// Whether `{%}` occurs.
+    pub fn uses_slot(&self) -> bool {
+        self.line.contains(&Piece::Slot)
+    }
+
     /// Parses `text`; an unclosed quote or an empty command is an error.
     pub fn parse(text: &str) -> Result<Template, String> {
         let words: Vec<Vec<Piece>> = split_words(text)?.iter().map(|w| pieces(w)).collect();
@@ -80,7 +88,8 @@ impl Template {
     }
 
     /// The command for the input `columns`, the `seq`th job (from 1).
-    pub fn fill(&self, columns: &[String], seq: u64, shell: bool) -> Filled {
+    /// `{%}` becomes `slot_mark`, for the runner to replace.
+    pub fn fill(&self, columns: &[String], seq: u64, shell: bool, slot_mark: &str) -> Filled {
         if shell {
             let mut line = String::new();
             for piece in &self.line {
@@ -89,6 +98,7 @@ impl Template {
                     Piece::Seq => {
                         let _ = write!(line, "{seq}");
                     }
+                    Piece::Slot => line.push_str(slot_mark),
                     Piece::Arg { column, edit } => {
                         let values = select(columns, *column, *edit);
                         line.push_str(&values.iter().map(|v| shell_quote(v)).collect::<Vec<_>>().join(" "));
@@ -114,6 +124,7 @@ impl Template {
                     Piece::Seq => {
                         let _ = write!(text, "{seq}");
                     }
+                    Piece::Slot => text.push_str(slot_mark),
                     Piece::Arg { column, edit } => {
                         for (i, value) in select(columns, *column, *edit).into_iter().enumerate() {
                             if i > 0 {
@@ -215,6 +226,9 @@ fn replacement(inner: &str) -> Option<Piece> {
     if inner == "#" {
         return Some(Piece::Seq);
     }
+    if inner == "%" {
+        return Some(Piece::Slot);
+    }
     let digits = inner.bytes().take_while(u8::is_ascii_digit).count();
     let column = match &inner[..digits] {
         "" => None,
@@ -229,11 +243,6 @@ fn replacement(inner: &str) -> Option<Piece> {
         _ => return None,
     };
     Some(Piece::Arg { column, edit })
-}
-
-/// Whether the template text uses `{%}` (the slot), which command mode does not offer.
-pub fn uses_slot(text: &str) -> bool {
-    text.contains("{%}")
 }
 
 /// Splits a command line into words as `sh` would, without expanding
@@ -317,7 +326,7 @@ mod tests {
 
     fn argv(template: &str, columns: &[&str], seq: u64) -> Vec<String> {
         let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-        match Template::parse(template).unwrap().fill(&columns, seq, false) {
+        match Template::parse(template).unwrap().fill(&columns, seq, false, "") {
             Filled::Argv(words) => words,
             Filled::Shell(_) => unreachable!(),
         }
@@ -366,12 +375,12 @@ mod tests {
     fn shell_lines_quote_every_input() {
         let t = Template::parse("echo {} | wc -c").unwrap();
         let hostile = "'; touch pwned; echo '$(touch pwned)";
-        let Filled::Shell(line) = t.fill(&[hostile.to_string()], 1, true) else { panic!() };
+        let Filled::Shell(line) = t.fill(&[hostile.to_string()], 1, true, "") else { panic!() };
         assert_eq!(line, format!("echo {} | wc -c", shell_quote(hostile)));
         let out =
             std::process::Command::new("sh").arg("-c").arg(format!("printf %s {}", shell_quote(hostile))).output();
         assert_eq!(out.unwrap().stdout, hostile.as_bytes());
-        let Filled::Shell(line) = Template::parse("echo").unwrap().fill(&["a b".into()], 1, true) else { panic!() };
+        let Filled::Shell(line) = Template::parse("echo").unwrap().fill(&["a b".into()], 1, true, "") else { panic!() };
         assert_eq!(line, "echo 'a b'");
         assert_eq!(shell_quote("it's"), r#"'it'"'"'s'"#);
         assert_eq!(shell_quote(""), "''");
