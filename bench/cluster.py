@@ -163,6 +163,15 @@ def takeover(rsp, pg, db):
     """Kill -9 a worker mid-run; time until every chunk it held is finished elsewhere."""
     url = pg.url(db)
     procs = workers(rsp, url, 2, ["--lease", f"{LEASE}s", "--slots", "1"])
+    try:
+        return measure_takeover(rsp, pg, db, url, procs)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def measure_takeover(rsp, pg, db, url, procs):
     script = "local t = 0 for i = 1, 2000000 do t = t + i end return _"
     client = subprocess.Popen([rsp, "run", "-e", script, "--range", "1..400", "--chunk-size", "10", "--cluster", url,
                                "--format", "jsonl", "--no-progress", "--no-summary"],
@@ -184,7 +193,6 @@ def takeover(rsp, pg, db):
         time.sleep(0.02)
     took = time.perf_counter() - killed
     client.wait(timeout=300)
-    stop_workers(procs[1:])
     return took
 
 
