@@ -10,6 +10,7 @@ mod reference;
 mod run;
 mod scan;
 mod serve;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,8 @@ enum Command {
     Job(job::JobCommand),
     /// Run the job server: jobs in SQLite, an HTTP JSON API on loopback behind a token.
     Serve(Box<serve::ServeArgs>),
+    /// Run work from a PostgreSQL store on this host; `rsp worker list` lists the workers.
+    Worker(Box<worker::WorkerArgs>),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(reference::CompletionsArgs),
     /// Print a man page: rsp's, or a command's (rsp man run, rsp man job start).
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Completions(args) => reference::completions(&args, Cli::command()),
         Command::Man(args) => reference::man(&args, Cli::command()),
+        Command::Worker(args) => Ok(worker::run(*args).clamp(0, 255) as u8),
     };
     ExitCode::from(match result {
         Ok(code) => code,

@@ -24,6 +24,14 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("rsp scan 0.0.0.0/0", "shows the refusal of a huge target set; a test never names non-loopback targets"),
     ("rsp serve [--state-dir DIR]", "a synopsis with placeholders, not a command"),
     ("rsp serve stop [--state-dir DIR]", "a synopsis with placeholders, not a command"),
+    (
+        "rsp worker --store postgres://",
+        "needs the PostgreSQL of the example (tests/cluster.rs runs workers on a real one)",
+    ),
+    (
+        "rsp run -e 'return _ * _' --range 1..100000 --cluster",
+        "needs the PostgreSQL and worker of the example (tests/cluster.rs)",
+    ),
 ];
 
 /// Commands whose documented outcome is exit 2.

@@ -64,7 +64,9 @@ fn counts_are_singular_or_plural_with_separators() {
 
 #[test]
 fn help_fits_80_columns_and_names_no_source_files() {
-    for command in [&[][..], &["run"], &["scan"], &["job", "start"], &["serve"], &["man"], &["completions"]] {
+    for command in
+        [&[][..], &["run"], &["scan"], &["job", "start"], &["serve"], &["man"], &["completions"], &["worker"]]
+    {
         let o = rsp(&[command, &["--help"]].concat());
         let help = stdout(&o);
         for line in help.lines() {

@@ -7,6 +7,7 @@
 //! - [`state`]: the state directory a server and its clients share;
 //! - [`client`]: a blocking HTTP client for the API;
 //! - [`limits`]: the one check of a job's limits, shared by the API and the command line;
+//! - [`worker`]: the loop of `rsp worker`, which leases cluster work from a PostgreSQL store;
 //! - the web dashboard, served at `/` beside the API (docs/dashboard.md).
 //!
 //! The API is described in docs/jobs.md and docs/jobs-openapi.yaml.
@@ -20,6 +21,7 @@ mod private;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod worker;
 
 pub use client::{Client, ClientError};
 pub use server::{serve, spawn_detached, ServerConfig};

@@ -20,7 +20,7 @@ use crate::dashboard::{self, Dashboard};
 use crate::http;
 use crate::private;
 use crate::state::{self, StatePaths};
-use crate::store::{JobEnd, JobStore, SqliteStore};
+use crate::store::{JobEnd, JobStore, PgStore, SqliteStore};
 
 /// How often finished jobs are dropped from memory (they stay in the database).
 const FORGET_EVERY: Duration = Duration::from_secs(10);
@@ -32,6 +32,9 @@ pub struct ServerConfig {
     pub paths: StatePaths,
     /// The SQLite database; `None` for `jobs.db` in the state directory.
     pub db: Option<PathBuf>,
+    /// A PostgreSQL database (`postgres://…`) to keep the jobs in instead
+    /// of SQLite, shared with other servers and workers.
+    pub store_url: Option<String>,
     /// The address to listen on; port 0 picks a free one.
     pub listen: SocketAddr,
     /// The most jobs running at once; more wait as Queued.
@@ -144,9 +147,19 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     state::create_state_dir(&paths.dir)?;
     let _lock = state::lock(paths)?;
     let token = state::token(paths)?;
-    let db = config.db.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
-    let (store, interrupted) = SqliteStore::open(&db)?;
-    let store: Arc<dyn JobStore> = Arc::new(store);
+    let (store, interrupted, db): (Arc<dyn JobStore>, usize, String) = match &config.store_url {
+        // Shared with other servers: their running jobs are not ours to interrupt.
+        Some(url) => {
+            let store = PgStore::open(url)?;
+            let described = store.describe();
+            (Arc::new(store), 0, described)
+        }
+        None => {
+            let db = config.db.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
+            let (store, interrupted) = SqliteStore::open(&db)?;
+            (Arc::new(store), interrupted, db.display().to_string())
+        }
+    };
     if interrupted > 0 {
         log(&format!("{interrupted} job(s) left unfinished by the previous server are now Interrupted"));
     }
@@ -179,7 +192,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         "listening on http://{addr} (pid {}; dashboard at http://{addr}/); token in {}; database {}",
         std::process::id(),
         paths.token.display(),
-        db.display()
+        db
     ));
     let app = Arc::new(api::App {
         manager,
@@ -199,8 +212,8 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     result
 }
 
-fn write_address(paths: &StatePaths, addr: SocketAddr, db: &Path) -> Result<(), String> {
-    let info = json!({"addr": addr.to_string(), "pid": std::process::id(), "db": db.display().to_string()});
+fn write_address(paths: &StatePaths, addr: SocketAddr, db: &str) -> Result<(), String> {
+    let info = json!({"addr": addr.to_string(), "pid": std::process::id(), "db": db});
     private::write_atomically(&paths.address, info.to_string().as_bytes())
 }
 

@@ -626,12 +626,15 @@ pub(crate) fn clean_message(e: &mlua::Error) -> String {
     let text = match e {
         mlua::Error::CallbackError { cause, traceback } => {
             let cause = clean_message(cause);
-            // Name the script line that made the failing host call.
-            match traceback
-                .lines()
-                .map(str::trim)
-                .find(|l| !l.starts_with("[C]") && l.contains(':') && !l.starts_with("stack traceback"))
-            {
+            // Name the script line that made the failing host call. An async
+            // host call runs under mlua's own Lua-side poll loop
+            // (`__mlua_async_poll`), which is not the script's line either.
+            match traceback.lines().map(str::trim).find(|l| {
+                !l.starts_with("[C]")
+                    && !l.starts_with("__mlua")
+                    && l.contains(':')
+                    && !l.starts_with("stack traceback")
+            }) {
                 Some(at) => {
                     let at = at.split(": in ").next().unwrap_or(at).trim_end_matches(':');
                     // A cause raised with `error(...)` already names the line.

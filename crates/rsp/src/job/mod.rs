@@ -1,7 +1,7 @@
 //! `rsp job`: the client of `rsp serve` — Start-, Get-, Receive-, Wait-,
 //! Stop- and Remove-Job for the command line.
 
-mod context;
+pub(crate) mod context;
 mod records;
 mod show;
 mod start;

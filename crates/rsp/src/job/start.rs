@@ -46,6 +46,13 @@ pub struct StartArgs {
     /// Do not start a server when none runs.
     #[arg(long)]
     pub no_autostart: bool,
+    /// Submit the job to this PostgreSQL store (postgres://user@host:port/db) for `rsp worker`s to run,
+    /// instead of to a local server (see rsp worker --help). Needs --range or --input.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// With --store: how many items a worker claims at once [default: a 64th of the job, 1 to 1000].
+    #[arg(long, value_name = "N", requires = "store", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk_size: Option<u32>,
     #[command(flatten)]
     pub env: context::EnvArgs,
     #[command(flatten)]
@@ -97,6 +104,9 @@ pub fn start(a: StartArgs) -> Result<u8, CliError> {
         Items::List(inputs) => {
             body.insert("inputs".into(), Value::Array(inputs));
         }
+    }
+    if let Some(url) = &a.store {
+        return cluster_start(&a, url, body);
     }
     let client = connect_or_autostart(&a.common, a.no_autostart)?;
     let created = client.post("/v1/jobs", &Value::Object(body))?;
@@ -236,5 +246,44 @@ fn connect_or_autostart(common: &Common, no_autostart: bool) -> Result<Client, C
             Ok(Client::connect(&paths)?)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `rsp job start --store URL`: the job goes to the PostgreSQL store as a
+/// cluster job, for `rsp worker`s; with `--wait`, waits for its end.
+fn cluster_start(a: &StartArgs, url: &str, mut body: serde_json::Map<String, Value>) -> Result<u8, CliError> {
+    use runspace_server::store::{is_postgres_url, work::ClusterJob, PgStore};
+    if !is_postgres_url(url) {
+        return Err(CliError::usage(format!(
+            "--store: '{url}' is not a PostgreSQL URL (postgres://user@host:port/db)"
+        )));
+    }
+    let inputs: Vec<Value> = match (body.remove("inputs"), body.remove("range"), a.input.range) {
+        (Some(Value::Array(inputs)), _, _) => inputs,
+        (_, Some(_), Some(r)) => r.iter().map(Value::from).collect(),
+        _ => return Err(CliError::usage("--store runs a job over inputs: give --range or --input")),
+    };
+    let name = match body.remove("name") {
+        Some(Value::String(name)) => name,
+        _ => runspace::auto_job_name(),
+    };
+    let total = inputs.len() as u64;
+    let chunk_size = a.chunk_size.map_or_else(|| (total / 64).clamp(1, 1000) as usize, |n| n as usize);
+    let store = PgStore::open(url).map_err(CliError::failure)?;
+    let job = ClusterJob { name: name.clone(), request: Value::Object(body), inputs, chunk_size };
+    store.submit_cluster(job).map_err(|e| CliError::failure(e.to_string()))?;
+    if !a.wait {
+        show::line(&name);
+        return Ok(exit::OK);
+    }
+    loop {
+        match store.cluster_status(&name) {
+            Ok(Some(status)) if !matches!(status.state.as_str(), "Queued" | "Running") => {
+                println!("{name}: {} ({}/{} items)", status.state, status.done, status.total);
+                return Ok(if status.state == "Completed" { exit::OK } else { 1 });
+            }
+            Ok(None) => return Err(CliError::failure(format!("job '{name}' was removed while it ran"))),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }

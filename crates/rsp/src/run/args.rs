@@ -93,6 +93,16 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub large: LargeRunArgs,
+
+    /// Run on the `rsp worker`s of this PostgreSQL store (postgres://user@host:port/db) instead of here;
+    /// records stream back as workers record them (see rsp worker --help).
+    #[arg(long, value_name = "URL", help_heading = "Cluster")]
+    pub cluster: Option<String>,
+
+    /// With --cluster: how many items a worker claims at once [default: a 64th of the run, 1 to 1000].
+    #[arg(long, value_name = "N", requires = "cluster", help_heading = "Cluster",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub chunk_size: Option<u32>,
 }
 
 /// Options for long runs over huge inputs: batches, retries, halt rules, job log and resume.

@@ -7,6 +7,7 @@
 //! ([`drive`]), and the exit code ([`exit_code`]).
 
 mod args;
+mod cluster;
 mod columns;
 pub mod command_mode;
 mod drive;
@@ -64,6 +65,9 @@ const MAX_SLOTS: usize = 4096;
 
 /// Runs `rsp run`; returns the exit code.
 pub fn run(args: RunArgs) -> Result<u8, CliError> {
+    if let Some(url) = &args.cluster {
+        return cluster::run(&args, url);
+    }
     // Everything that can be wrong with the command is found before any item runs.
     let work = Work::from_args(&args)?;
     if let Some(cmd) = work.command.as_ref().filter(|c| c.dry_run) {

@@ -27,8 +27,13 @@ pub struct ServeArgs {
     pub state_dir: Option<PathBuf>,
 
     /// The SQLite database [default: STATE_DIR/jobs.db].
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "store")]
     pub db: Option<PathBuf>,
+
+    /// Keep the jobs in this store instead: a PostgreSQL URL (postgres://user@host:port/db), shared with
+    /// other servers and `rsp worker`s (see rsp worker --help), or a SQLite file.
+    #[arg(long, env = "RSP_STORE", value_name = "URL")]
+    pub store: Option<String>,
 
     /// TCP port to listen on; 0 picks a free one (written to STATE_DIR/server.json).
     #[arg(long, default_value_t = 0)]
@@ -80,9 +85,15 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
         diag!("rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}", paths.log.display());
         return Ok(exit::OK);
     }
+    let (db, store_url) = match &args.store {
+        Some(url) if runspace_server::store::is_postgres_url(url) => (None, Some(url.clone())),
+        Some(path) => (Some(PathBuf::from(path)), None),
+        None => (args.db.clone(), None),
+    };
     let config = ServerConfig {
         paths,
-        db: args.db.clone(),
+        db,
+        store_url,
         listen: SocketAddr::new(args.bind, args.port),
         max_jobs: args.max_jobs,
         grace: args.grace,
@@ -116,6 +127,9 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
     }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
+    }
+    if let Some(store) = &args.store {
+        out.extend(["--store".to_string(), store.clone()]);
     }
     out
 }

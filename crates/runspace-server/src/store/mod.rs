@@ -6,13 +6,16 @@
 //! without touching them.
 
 mod dashboard;
+mod postgres;
 mod sqlite;
+mod writes;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 pub use dashboard::{Cursor, ItemsPage, JobQuery, JobRow, JobsPage, WorkerRow};
+pub use postgres::{is_postgres_url, work, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -226,4 +229,40 @@ pub(crate) fn rfc3339(at: Option<f64>) -> Value {
         }
         _ => Value::Null,
     }
+}
+
+/// A job's row, as both backends read it.
+pub(crate) struct StoredJob<'a> {
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) parallel: bool,
+    pub(crate) submitted: Option<f64>,
+    pub(crate) started: Option<f64>,
+    pub(crate) ended: Option<f64>,
+    pub(crate) done: u64,
+    pub(crate) total: u64,
+    pub(crate) error: Option<String>,
+    pub(crate) request: &'a str,
+}
+
+/// A job as the API shows it (without its history and streams).
+pub(crate) fn job_json(row: StoredJob<'_>) -> Value {
+    let duration = match (row.started, row.ended) {
+        (Some(s), Some(e)) => serde_json::json!(((e - s) * 1000.0).max(0.0).round() / 1000.0),
+        (Some(s), None) => serde_json::json!(((secs(SystemTime::now()) - s) * 1000.0).max(0.0).round() / 1000.0),
+        _ => Value::Null,
+    };
+    let request: Value = serde_json::from_str(row.request).unwrap_or(Value::Null);
+    serde_json::json!({
+        "name": row.name,
+        "state": row.state,
+        "kind": if row.parallel { "parallel" } else { "single" },
+        "submitted": rfc3339(row.submitted),
+        "start": rfc3339(row.started),
+        "end": rfc3339(row.ended),
+        "duration_s": duration,
+        "progress": {"done": row.done, "total": row.total},
+        "error": row.error,
+        "script_name": request.get("script_name").cloned().unwrap_or(Value::Null),
+    })
 }

@@ -23,7 +23,7 @@ mod writer;
 use crate::limits::MAX_PAGE_BYTES;
 use crate::private::{self, Access};
 
-use writer::{Failures, Msg, Op};
+use super::writes::{Failures, Msg, Op};
 
 use super::{
     rfc3339, secs, Cursor, From, ItemsPage, JobEnd, JobQuery, JobRow, JobStore, JobsPage, NewJob, Page, StoreError,
@@ -429,26 +429,18 @@ fn stream_tails(c: &Connection, id: i64) -> rusqlite::Result<(Map<String, Value>
 }
 
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, Value)> {
-    let started: Option<f64> = r.get(5)?;
-    let ended: Option<f64> = r.get(6)?;
-    let duration = match (started, ended) {
-        (Some(s), Some(e)) => json!(((e - s) * 1000.0).max(0.0).round() / 1000.0),
-        (Some(s), None) => json!(((secs(SystemTime::now()) - s) * 1000.0).max(0.0).round() / 1000.0),
-        _ => Value::Null,
-    };
     let request: String = r.get(10)?;
-    let request: Value = serde_json::from_str(&request).unwrap_or(Value::Null);
-    let job = json!({
-        "name": r.get::<_, String>(1)?,
-        "state": r.get::<_, String>(2)?,
-        "kind": if r.get::<_, bool>(3)? { "parallel" } else { "single" },
-        "submitted": rfc3339(r.get(4)?),
-        "start": rfc3339(started),
-        "end": rfc3339(ended),
-        "duration_s": duration,
-        "progress": {"done": r.get::<_, u64>(7)?, "total": r.get::<_, u64>(8)?},
-        "error": r.get::<_, Option<String>>(9)?,
-        "script_name": request.get("script_name").cloned().unwrap_or(Value::Null),
+    let job = super::job_json(super::StoredJob {
+        name: r.get(1)?,
+        state: r.get(2)?,
+        parallel: r.get(3)?,
+        submitted: r.get(4)?,
+        started: r.get(5)?,
+        ended: r.get(6)?,
+        done: r.get(7)?,
+        total: r.get(8)?,
+        error: r.get(9)?,
+        request: &request,
     });
     Ok((r.get(0)?, job))
 }

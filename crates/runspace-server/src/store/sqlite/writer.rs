@@ -9,110 +9,13 @@
 //! `storage error: …` message, reads show it so even when that write fails
 //! too, and the store reports itself failing until a write succeeds again.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+
+use crate::store::writes::{Failures, Msg, Op};
 
 /// The most operations committed in one transaction.
 const BATCH: usize = 1024;
-
-/// A write for the writer thread.
-pub(super) enum Op {
-    /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
-    Insert { name: String, parallel: bool, request: String, total: u64, at: f64, inputs: Option<String> },
-    /// The job began running.
-    Started { name: String, at: f64 },
-    /// One output record (an item of a run over inputs, or an output value).
-    Output { name: String, seq: u64, record: String, done: Option<u64> },
-    /// One record of one of the job's streams, at position `seq` in it.
-    Stream { name: String, stream: String, seq: u64, record: String },
-    /// The job ended.
-    Finished { name: String, state: String, at: f64, error: Option<String>, done: u64 },
-    /// Forget the job entirely.
-    Delete { name: String },
-    /// Forget each of these jobs that is finished.
-    DeleteFinished { names: Vec<String> },
-    /// Nothing: acknowledged once everything sent before it is committed.
-    Flush,
-}
-
-impl Op {
-    /// The running job this write records something of, if any: the job a
-    /// failure of this write turns `Failed`. (A failed insert or delete is
-    /// reported to the caller waiting for it instead.)
-    fn job_record(&self) -> Option<&str> {
-        match self {
-            Op::Started { name, .. }
-            | Op::Output { name, .. }
-            | Op::Stream { name, .. }
-            | Op::Finished { name, .. } => Some(name),
-            Op::Insert { .. } | Op::Delete { .. } | Op::DeleteFinished { .. } | Op::Flush => None,
-        }
-    }
-}
-
-/// A write and, if the caller waits for it, where to say how it went.
-pub(super) struct Msg {
-    pub(super) op: Op,
-    pub(super) ack: Option<Sender<Result<(), String>>>,
-}
-
-/// What a job lost to storage errors.
-struct Lost {
-    /// The first error.
-    error: String,
-    /// How many writes of it failed.
-    writes: u64,
-}
-
-/// Jobs that lost records to storage errors, and whether the store is
-/// failing now; shared by the writer and the readers.
-#[derive(Default)]
-pub(super) struct Failures {
-    jobs: Mutex<HashMap<String, Lost>>,
-    failing: Mutex<Option<String>>,
-}
-
-impl Failures {
-    fn lost(&self, op: &Op, error: &str) {
-        if let Some(name) = op.job_record() {
-            self.lost_write(name, error);
-        }
-    }
-
-    /// A write of job `name` failed with `error`.
-    pub(super) fn lost_write(&self, name: &str, error: &str) {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.entry(name.to_string()).or_insert_with(|| Lost { error: error.to_string(), writes: 0 }).writes += 1;
-    }
-
-    /// Why the job failed, if its records could not all be stored.
-    pub(super) fn message(&self, name: &str) -> Option<String> {
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-        jobs.get(name).map(|l| format!("storage error: {} ({} write(s) of this job failed)", l.error, l.writes))
-    }
-
-    /// Forgets a deleted job.
-    pub(super) fn forget(&self, name: &str) {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-    }
-
-    /// The last failed write, while no write has succeeded since.
-    pub(super) fn failing(&self) -> Option<String> {
-        self.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// How many jobs lost records.
-    pub(super) fn failed_jobs(&self) -> u64 {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).len() as u64
-    }
-
-    fn set_failing(&self, error: Option<String>) {
-        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = error;
-    }
-}
 
 /// Whether an error means the store failed (rather than the request: a
 /// duplicate name, or a job deleted while it ran).

@@ -1,0 +1,224 @@
+//! Work as rows with leases, on a real PostgreSQL server: claims never
+//! overlap, an expired lease makes its chunk claimable again, the fence
+//! drops a late completion and counts it, a stopped job fences everything,
+//! and worker loops share a run exactly once, across a database restart.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runspace_server::store::work::{ClusterJob, Completion, Lease};
+use runspace_server::store::{JobStore, PgStore};
+use runspace_server::worker::{run_worker, WorkerConfig, WorkerEvent};
+use serde_json::{json, Value};
+
+fn store(prefix: &str) -> Option<PgStore> {
+    Some(PgStore::open(&support::pg::fresh_database(prefix)?).unwrap())
+}
+
+fn submit(store: &PgStore, name: &str, items: u64, chunk: usize) {
+    let job = ClusterJob {
+        name: name.into(),
+        request: json!({"script": "return _ * 2", "script_name": "double"}),
+        inputs: (0..items).map(|i| json!(i)).collect(),
+        chunk_size: chunk,
+    };
+    store.submit_cluster(job).unwrap();
+}
+
+fn records(lease: &Lease) -> Vec<(u64, String, bool)> {
+    lease
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let index = lease.first + i as u64;
+            (
+                index,
+                json!({"index": index, "input": v, "result": v.as_u64().unwrap() * 2, "status": "Completed"})
+                    .to_string(),
+                true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn claims_never_overlap_and_the_last_completion_ends_the_job() {
+    let Some(store) = store("claims") else { return };
+    submit(&store, "j", 10, 3);
+    let lease = Duration::from_secs(60);
+    let mut leases = Vec::new();
+    while let Some(l) = store.claim("a", lease, &[]).unwrap() {
+        leases.push(l);
+    }
+    assert_eq!(leases.iter().map(|l| (l.first, l.inputs.len())).collect::<Vec<_>>(), [(0, 3), (3, 3), (6, 3), (9, 1)]);
+    assert!(leases.iter().all(|l| l.attempt == 1 && l.job == "j"));
+    assert_eq!(store.cluster_status("j").unwrap().unwrap().state, "Queued", "claimed, not yet taken on");
+    store.job_started(leases[0].job_id).unwrap();
+    assert_eq!(store.cluster_status("j").unwrap().unwrap().state, "Running");
+    for l in &leases {
+        assert_eq!(store.complete("a", l, records(l)).unwrap(), Completion::Recorded);
+    }
+    let status = store.cluster_status("j").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done, status.total, status.rejected), ("Completed", 10, 10, 0));
+    let job = store.get("j").unwrap().unwrap();
+    assert_eq!(job["output_count"], 10);
+    let states: Vec<&str> = job["history"].as_array().unwrap().iter().map(|h| h["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["Queued", "Running", "Completed"]);
+    // A duplicate completion of a done chunk is fenced off and counted.
+    assert_eq!(store.complete("a", &leases[0], records(&leases[0])).unwrap(), Completion::Rejected);
+    assert_eq!(store.cluster_status("j").unwrap().unwrap().rejected, 1);
+    assert_eq!(store.get("j").unwrap().unwrap()["output_count"], 10);
+}
+
+#[test]
+fn an_expired_lease_is_claimed_again_and_the_late_completion_is_rejected() {
+    let Some(store) = store("expiry") else { return };
+    submit(&store, "j", 4, 4);
+    let a = store.claim("a", Duration::from_millis(300), &[]).unwrap().unwrap();
+    assert!(store.claim("b", Duration::from_secs(60), &[]).unwrap().is_none(), "held, not expired");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        if let Some(b) = store.claim("b", Duration::from_secs(60), &[]).unwrap() {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the expired lease never became claimable");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!((b.chunk, b.attempt), (a.chunk, 2));
+    // A heartbeat no longer extends what was taken over.
+    assert!(store.heartbeat("a", Duration::from_secs(60), &[(a.job_id, a.chunk, a.attempt)]).unwrap().is_empty());
+    assert_eq!(store.complete("a", &a, records(&a)).unwrap(), Completion::Rejected);
+    assert_eq!(store.complete("b", &b, records(&b)).unwrap(), Completion::Recorded);
+    let status = store.cluster_status("j").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done, status.rejected), ("Completed", 4, 1));
+}
+
+#[test]
+fn a_stopped_job_is_claimed_no_more_and_fences_its_leases() {
+    let Some(store) = store("stop") else { return };
+    submit(&store, "j", 6, 3);
+    let a = store.claim("a", Duration::from_secs(60), &[]).unwrap().unwrap();
+    assert!(store.stop_cluster_job("j").unwrap());
+    assert!(!store.stop_cluster_job("j").unwrap(), "already ended");
+    assert!(store.claim("b", Duration::from_secs(60), &[]).unwrap().is_none());
+    assert_eq!(store.complete("a", &a, records(&a)).unwrap(), Completion::Rejected);
+    let status = store.cluster_status("j").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done), ("Stopped", 0));
+}
+
+#[test]
+fn a_released_chunk_and_a_refused_job_go_to_other_workers() {
+    let Some(store) = store("release") else { return };
+    submit(&store, "j", 2, 2);
+    let a = store.claim("a", Duration::from_secs(60), &[]).unwrap().unwrap();
+    store.release("a", &a).unwrap();
+    let b = store.claim("b", Duration::from_secs(60), &[]).unwrap().unwrap();
+    assert_eq!((b.chunk, b.attempt), (0, 2));
+    assert!(store.claim("c", Duration::from_secs(60), &[b.job_id]).unwrap().is_none(), "skipped job");
+    store.refuse(b.job_id, "w1", "the job asks for the 'exec' capability").unwrap();
+    store.refuse(b.job_id, "w1", "the job asks for the 'exec' capability").unwrap();
+    let status = store.cluster_status("j").unwrap().unwrap();
+    assert_eq!(status.refusals, ["worker w1: the job asks for the 'exec' capability"]);
+}
+
+fn config(url: &str, name: &str) -> WorkerConfig {
+    WorkerConfig {
+        url: url.into(),
+        name: name.into(),
+        slots: 2,
+        allow_max: Default::default(),
+        allow_max_spec: String::new(),
+        lease: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(500),
+        poll: Duration::from_millis(200),
+        grace: Duration::from_secs(5),
+    }
+}
+
+/// Every recorded item of `job`, by index, once each.
+fn recorded(store: &PgStore, job: &str, total: u64) -> Vec<Value> {
+    let mut seen = HashSet::new();
+    let mut all: Vec<(u64, String)> = store.new_records(job, &mut seen).unwrap();
+    all.sort_by_key(|r| r.0);
+    assert_eq!(all.len() as u64, total, "every item recorded");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "no item twice");
+    all.into_iter().map(|(_, r)| serde_json::from_str(&r).unwrap()).collect()
+}
+
+#[test]
+fn worker_loops_share_a_run_exactly_once_across_a_database_restart() {
+    let Some(server) = support::pg::PgServer::start() else { return };
+    let url = server.new_database("restart");
+    let store = PgStore::open(&url).unwrap();
+    let total = 3000;
+    let job = ClusterJob {
+        name: "slow".into(),
+        request: json!({"script": "local x = 0 for i = 1, 20000 do x = x + i end return _ * 2"}),
+        inputs: (0..total).map(|i| json!(i)).collect(),
+        chunk_size: 50,
+    };
+    store.submit_cluster(job).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Set however the test ends, so a failed assertion cannot leave the workers running.
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let retried = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let workers: Vec<_> = ["w1", "w2"]
+            .into_iter()
+            .map(|name| {
+                let (config, stop, retried) = (config(&url, name), stop.clone(), retried.clone());
+                s.spawn(move || {
+                    let events = move |e: WorkerEvent| {
+                        if matches!(e, WorkerEvent::Retrying(..)) {
+                            retried.store(true, Ordering::Relaxed);
+                        }
+                    };
+                    run_worker(&config, &stop, &events).unwrap()
+                })
+            })
+            .collect();
+        // Mid-run, the database goes down (as a crash) and comes back.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.cluster_status("slow").map(|s| s.map_or(0, |s| s.done)).unwrap_or(0) < 300 {
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.stop();
+        std::thread::sleep(Duration::from_millis(1500));
+        server.start_again();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(status)) = store.cluster_status("slow") {
+                if status.state != "Running" {
+                    assert_eq!(status.state, "Completed");
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "the run did not complete after the restart");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let items: u64 = workers.into_iter().map(|w| w.join().unwrap().items).sum();
+        assert_eq!(items, total, "the workers recorded each item once between them");
+    });
+    assert!(retried.load(Ordering::Relaxed), "the workers saw the database go away");
+    let results = recorded(&store, "slow", total);
+    assert!(results.iter().enumerate().all(|(i, r)| r["index"] == json!(i) && r["result"] == json!(i * 2)));
+    let workers = store.worker_list().unwrap();
+    assert_eq!(workers.len(), 2);
+    assert!(workers.iter().all(|w| w["state"] == "stopped"), "{workers:?}");
+}
+
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
