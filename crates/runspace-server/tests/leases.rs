@@ -75,6 +75,36 @@ fn claims_never_overlap_and_the_last_completion_ends_the_job() {
     assert_eq!(store.get("j").unwrap().unwrap()["output_count"], 10);
 }
 
+/// The last two chunks completed at the same moment by two workers: each
+/// completion's transaction must see the other's chunk done, or neither
+/// ends the job and it stays Running forever with every chunk done (a
+/// `rsp run --cluster` following it then never finishes).
+#[test]
+fn two_last_chunks_completed_at_once_still_end_the_job() {
+    let Some(url) = support::pg::fresh_database("last_two") else { return };
+    let (a, b) = (PgStore::open(&url).unwrap(), PgStore::open(&url).unwrap());
+    let lease = Duration::from_secs(60);
+    for round in 0..20 {
+        let name = format!("pair{round}");
+        submit(&a, &name, 2, 1);
+        let la = a.claim("a", lease, &[]).unwrap().unwrap();
+        let lb = b.claim("b", lease, &[]).unwrap().unwrap();
+        a.job_started(la.job_id).unwrap();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                start.wait();
+                a.complete("a", &la, records(&la)).unwrap()
+            });
+            start.wait();
+            assert_eq!(b.complete("b", &lb, records(&lb)).unwrap(), Completion::Recorded);
+            assert_eq!(one.join().unwrap(), Completion::Recorded);
+        });
+        let status = a.cluster_status(&name).unwrap().unwrap();
+        assert_eq!((status.state.as_str(), status.done), ("Completed", 2), "round {round}: every chunk done");
+    }
+}
+
 #[test]
 fn an_expired_lease_is_claimed_again_and_the_late_completion_is_rejected() {
     let Some(store) = store("expiry") else { return };
