@@ -105,6 +105,17 @@ fn two_last_chunks_completed_at_once_still_end_the_job() {
     }
 }
 
+/// A job of no items has no chunk for a worker to complete: it is
+/// Completed as it is submitted, not Queued forever.
+#[test]
+fn a_job_of_no_items_is_completed_at_once() {
+    let Some(store) = store("empty") else { return };
+    submit(&store, "none", 0, 10);
+    let status = store.cluster_status("none").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done, status.total), ("Completed", 0, 0));
+    assert!(store.claim("a", Duration::from_secs(60), &[]).unwrap().is_none());
+}
+
 #[test]
 fn an_expired_lease_is_claimed_again_and_the_late_completion_is_rejected() {
     let Some(store) = store("expiry") else { return };

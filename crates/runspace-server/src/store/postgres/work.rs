@@ -154,6 +154,18 @@ impl PgStore {
             )
             .await
             .map_err(|e| storage(&e))?;
+            if numbers.is_empty() {
+                // No chunk, so no completion would ever end it: it ends now.
+                tx.execute(
+                    "UPDATE jobs SET state = 'Completed', started_at = $2, ended_at = $2 WHERE id = $1",
+                    &[&id, &at],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+                tx.execute("INSERT INTO history (job_id, state, at) VALUES ($1, 'Completed', $2)", &[&id, &at])
+                    .await
+                    .map_err(|e| storage(&e))?;
+            }
             tx.execute(&format!("NOTIFY {WORK_CHANNEL}"), &[]).await.map_err(|e| storage(&e))?;
             tx.commit().await.map_err(|e| storage(&e))?;
             Ok(true)
