@@ -75,6 +75,47 @@ fn claims_never_overlap_and_the_last_completion_ends_the_job() {
     assert_eq!(store.get("j").unwrap().unwrap()["output_count"], 10);
 }
 
+/// The last two chunks completed at the same moment by two workers: each
+/// completion's transaction must see the other's chunk done, or neither
+/// ends the job and it stays Running forever with every chunk done (a
+/// `rsp run --cluster` following it then never finishes).
+#[test]
+fn two_last_chunks_completed_at_once_still_end_the_job() {
+    let Some(url) = support::pg::fresh_database("last_two") else { return };
+    let (a, b) = (PgStore::open(&url).unwrap(), PgStore::open(&url).unwrap());
+    let lease = Duration::from_secs(60);
+    for round in 0..20 {
+        let name = format!("pair{round}");
+        submit(&a, &name, 2, 1);
+        let la = a.claim("a", lease, &[]).unwrap().unwrap();
+        let lb = b.claim("b", lease, &[]).unwrap().unwrap();
+        a.job_started(la.job_id).unwrap();
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let one = s.spawn(|| {
+                start.wait();
+                a.complete("a", &la, records(&la)).unwrap()
+            });
+            start.wait();
+            assert_eq!(b.complete("b", &lb, records(&lb)).unwrap(), Completion::Recorded);
+            assert_eq!(one.join().unwrap(), Completion::Recorded);
+        });
+        let status = a.cluster_status(&name).unwrap().unwrap();
+        assert_eq!((status.state.as_str(), status.done), ("Completed", 2), "round {round}: every chunk done");
+    }
+}
+
+/// A job of no items has no chunk for a worker to complete: it is
+/// Completed as it is submitted, not Queued forever.
+#[test]
+fn a_job_of_no_items_is_completed_at_once() {
+    let Some(store) = store("empty") else { return };
+    submit(&store, "none", 0, 10);
+    let status = store.cluster_status("none").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done, status.total), ("Completed", 0, 0));
+    assert!(store.claim("a", Duration::from_secs(60), &[]).unwrap().is_none());
+}
+
 #[test]
 fn an_expired_lease_is_claimed_again_and_the_late_completion_is_rejected() {
     let Some(store) = store("expiry") else { return };

@@ -25,6 +25,8 @@ use crate::job::context;
 
 /// How often the store is asked for new records.
 const POLL: Duration = Duration::from_millis(100);
+/// How long without any progress before the run says what it waits for.
+const STALL: Duration = Duration::from_secs(30);
 
 /// Runs `rsp run … --cluster URL`; returns the exit code.
 pub fn run(args: &RunArgs, url: &str) -> Result<u8, CliError> {
@@ -155,6 +157,7 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
     let mut next_ordered = 0u64;
     let mut snapshot = RunProgress { total: Some(total), ..RunProgress::default() };
     let (mut refusals, mut failing, mut stopped) = (HashSet::new(), false, false);
+    let mut stall = Stall::new(STALL);
     let rejected = loop {
         if interrupted.load(Ordering::Relaxed) && !stopped {
             stopped = true;
@@ -200,6 +203,16 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
             if !matches!(status.state.as_str(), "Queued" | "Running") && (snapshot.done >= status.done) {
                 break status.rejected;
             }
+            if stall.quiet_for((status.state.as_str(), status.done, snapshot.done)) {
+                diag!(
+                    "rsp: no progress for {} s: the cluster job '{name}' is {}, {} of {total} item(s) recorded \
+                     and {} printed; still waiting (rsp worker list --store URL shows the workers; Ctrl-C stops)",
+                    STALL.as_secs(),
+                    status.state,
+                    status.done,
+                    snapshot.done
+                );
+            }
         }
         std::thread::sleep(POLL);
     };
@@ -230,6 +243,35 @@ fn follow(args: &RunArgs, store: &PgStore, name: &str, total: u64, interrupted: 
     })
 }
 
+/// Notices a run that has not moved for [`STALL`], so that a wait on
+/// workers that never come, or on a job that never ends, says what it
+/// waits for instead of hanging silently.
+struct Stall {
+    after: Duration,
+    last: (String, u64, u64),
+    since: Instant,
+}
+
+impl Stall {
+    fn new(after: Duration) -> Stall {
+        Stall { after, last: (String::new(), 0, 0), since: Instant::now() }
+    }
+
+    /// True once per `after` that `(state, recorded, printed)` has not changed.
+    fn quiet_for(&mut self, (state, recorded, printed): (&str, u64, u64)) -> bool {
+        if (state, recorded, printed) != (self.last.0.as_str(), self.last.1, self.last.2) {
+            self.last = (state.to_string(), recorded, printed);
+            self.since = Instant::now();
+            return false;
+        }
+        if self.since.elapsed() < self.after {
+            return false;
+        }
+        self.since = Instant::now();
+        true
+    }
+}
+
 fn count(p: &mut RunProgress, status: Status) {
     p.done += 1;
     p.read += 1;
@@ -239,5 +281,24 @@ fn count(p: &mut RunProgress, status: Status) {
         Status::Failed => p.failed += 1,
         Status::TimedOut => p.timed_out += 1,
         Status::Stopped => p.stopped += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_is_told_once_per_quiet_period_and_any_change_restarts_it() {
+        let mut stall = Stall::new(Duration::from_millis(50));
+        assert!(!stall.quiet_for(("Running", 10, 10)));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(stall.quiet_for(("Running", 10, 10)), "quiet for longer than the period");
+        assert!(!stall.quiet_for(("Running", 10, 10)), "told once, then the period starts again");
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!stall.quiet_for(("Running", 10, 11)), "a record printed is progress");
+        assert!(!stall.quiet_for(("Running", 10, 11)));
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(!stall.quiet_for(("Completed", 10, 11)), "a new state is progress");
     }
 }

@@ -200,7 +200,6 @@ fn work_loop(
     let mut prepared = PreparedJobs { jobs: HashMap::new(), order: Vec::new() };
     while !stop.load(Ordering::Relaxed) {
         *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let claimed_at = Instant::now();
         let Some(claimed) = retry(stop, events, || store.claim(id, config.lease, &refused).map_err(|e| e.to_string()))
         else {
             break;
@@ -210,6 +209,10 @@ fn work_loop(
             continue;
         };
         *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease.job_id, lease.chunk, lease.attempt));
+        // Taken once `current` is set: a heartbeat that began earlier may
+        // have read no chunk to extend (and so found none held), and must
+        // not be taken to mean this lease was lost.
+        let claimed_at = Instant::now();
         let job = match prepared.jobs.get(&lease.job_id) {
             Some(job) => job.clone(),
             None => {

@@ -154,6 +154,18 @@ impl PgStore {
             )
             .await
             .map_err(|e| storage(&e))?;
+            if numbers.is_empty() {
+                // No chunk, so no completion would ever end it: it ends now.
+                tx.execute(
+                    "UPDATE jobs SET state = 'Completed', started_at = $2, ended_at = $2 WHERE id = $1",
+                    &[&id, &at],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+                tx.execute("INSERT INTO history (job_id, state, at) VALUES ($1, 'Completed', $2)", &[&id, &at])
+                    .await
+                    .map_err(|e| storage(&e))?;
+            }
             tx.execute(&format!("NOTIFY {WORK_CHANNEL}"), &[]).await.map_err(|e| storage(&e))?;
             tx.commit().await.map_err(|e| storage(&e))?;
             Ok(true)
@@ -333,7 +345,18 @@ impl PgStore {
             )
             .await
             .map_err(|e| storage(&e))?;
-            // The job's row is locked only by the completion of its last chunk.
+            // Whether this was the last open chunk: two completions that both
+            // judge it before either commits each see the other's chunk not
+            // done, and neither ends the job (Running forever, every chunk
+            // done). So the judgement takes the job's row lock, held to the
+            // commit: the second to take it waits for the first to commit,
+            // and its statement (a fresh snapshot) sees that chunk done. NO KEY
+            // UPDATE, as the job's UPDATE takes: it does not conflict with the
+            // KEY SHARE locks that the outputs' foreign key took, so two
+            // completions never deadlock on them.
+            tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE", &[&job_id])
+                .await
+                .map_err(|e| storage(&e))?;
             tx.execute(
                 "WITH totals AS (SELECT coalesce(sum(recorded), 0)::bigint AS done, \
                    coalesce(sum(failed), 0)::bigint AS failed FROM chunks WHERE job_id = $1), \
