@@ -16,7 +16,7 @@ use tower::ServiceExt;
 
 use super::auth::{check_csrf, Current};
 use super::html::url;
-use super::{store_failure, Dashboard};
+use super::Dashboard;
 use crate::store::{Cursor, From};
 
 /// Records read from the store per step of a download.
@@ -131,10 +131,8 @@ pub(super) async fn download_stream(
         return (StatusCode::NOT_FOUND, format!("no such stream: {stream}")).into_response();
     };
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match dash.read(move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
-        Ok(Ok(Some(page))) => page,
-        Ok(Ok(None)) => return super::no_job(&name),
-        Ok(Err(e)) => return store_failure(e),
+    let first = match dash.read_job(&name, move || store.stream(&job, stream, From::Offset(0), DOWNLOAD_PAGE)).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     // Each step sends the page it holds and reads the next (through the
@@ -165,10 +163,8 @@ pub(super) async fn download_stream(
 /// shows only the start of a long one).
 pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
     let (store, job) = (dash.store.clone(), name.clone());
-    let stored = match dash.read(move || store.stored_request(&job)).await {
-        Ok(Ok(Some(stored))) => stored,
-        Ok(Ok(None)) => return super::no_job(&name),
-        Ok(Err(e)) => return store_failure(e),
+    let stored = match dash.read_job(&name, move || store.stored_request(&job)).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let script = stored.request["script"].as_str().unwrap_or_default().to_string();
@@ -179,10 +175,8 @@ pub(super) async fn download_script(State(dash): State<Arc<Dashboard>>, Path(nam
 /// line, walked by key.
 pub(super) async fn download_output(State(dash): State<Arc<Dashboard>>, Path(name): Path<String>) -> Response {
     let (store, job) = (dash.store.clone(), name.clone());
-    let first = match dash.read(move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
-        Ok(Ok(Some(page))) => page,
-        Ok(Ok(None)) => return super::no_job(&name),
-        Ok(Err(e)) => return store_failure(e),
+    let first = match dash.read_job(&name, move || store.item_rows(&job, None, Cursor::First, DOWNLOAD_PAGE)).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
     let job = name.clone();

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::auth::{page_response, Current};
 use super::html::{self, cut, esc, url, Frame};
-use super::{cursor, no_job, store_failure, Dashboard};
+use super::{cursor, Dashboard};
 use crate::store::{From, ItemsPage, JobRow, Page, StoreError, StoredRequest};
 
 /// Item records in one page.
@@ -60,7 +60,7 @@ pub(super) async fn page(
     let cursor = cursor(&q);
     let (store, job, filter) = (dash.store.clone(), name.clone(), status.clone());
     let read = dash
-        .read(move || -> Result<Option<Found>, StoreError> {
+        .read_job(&name, move || -> Result<Option<Found>, StoreError> {
             let Some(row) = store.job_row(&job)? else { return Ok(None) };
             let items = store.item_rows(&job, filter.as_deref(), cursor, ITEMS)?.unwrap_or_default();
             let mut tails = Vec::new();
@@ -74,9 +74,7 @@ pub(super) async fn page(
         })
         .await;
     let found = match read {
-        Ok(Ok(Some(found))) => found,
-        Ok(Ok(None)) => return no_job(&name),
-        Ok(Err(e)) => return store_failure(e),
+        Ok(found) => found,
         Err(response) => return response,
     };
     let snapshot = dash.live.latest();

@@ -128,6 +128,20 @@ impl Dashboard {
         let _turn = self.reads.acquire().await.map_err(|e| failure(&format!("handler failed: {e}")))?;
         tokio::task::spawn_blocking(f).await.map_err(|e| failure(&format!("handler failed: {e}")))
     }
+
+    /// [`Dashboard::read`] of something of job `name`: a job that is not
+    /// there, a store error and a failed read are each their own answer.
+    async fn read_job<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> Result<Option<T>, StoreError> + Send + 'static,
+    ) -> Result<T, Response> {
+        match self.read(f).await? {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => Err(no_job(name)),
+            Err(e) => Err(store_failure(e)),
+        }
+    }
 }
 
 /// A plain-text error answer.

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 
 use crossbeam_channel::Sender;
 
+use super::{secs, NewJob};
+
 /// A write for the writer thread.
 pub(crate) enum Op {
     /// A new job, Queued. Fails (and is acknowledged as such) on a duplicate name.
@@ -30,6 +32,18 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// The write that stores a new job.
+    pub(crate) fn insert(job: NewJob) -> Op {
+        Op::Insert {
+            name: job.name,
+            parallel: job.parallel,
+            request: job.request,
+            total: job.total,
+            at: secs(job.at),
+            inputs: job.inputs,
+        }
+    }
+
     /// The running job this write records something of, if any: the job a
     /// failure of this write turns `Failed`. (A failed insert or delete is
     /// reported to the caller waiting for it instead.)

@@ -262,15 +262,7 @@ async fn job_id(c: &deadpool_postgres::Object, name: &str) -> Result<Option<i64>
 impl JobStore for PgStore {
     fn insert(&self, job: NewJob) -> Result<(), StoreError> {
         let name = job.name.clone();
-        let op = Op::Insert {
-            name: job.name,
-            parallel: job.parallel,
-            request: job.request,
-            total: job.total,
-            at: secs(job.at),
-            inputs: job.inputs,
-        };
-        self.write(op).map_err(|e| match e {
+        self.write(Op::insert(job)).map_err(|e| match e {
             StoreError::Duplicate(_) => StoreError::Duplicate(name),
             other => other,
         })

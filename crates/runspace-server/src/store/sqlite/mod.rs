@@ -189,15 +189,7 @@ impl SqliteStore {
 impl JobStore for SqliteStore {
     fn insert(&self, job: NewJob) -> Result<(), StoreError> {
         let name = job.name.clone();
-        let op = Op::Insert {
-            name: job.name,
-            parallel: job.parallel,
-            request: job.request,
-            total: job.total,
-            at: secs(job.at),
-            inputs: job.inputs,
-        };
-        self.write(op).map_err(|e| match e {
+        self.write(Op::insert(job)).map_err(|e| match e {
             StoreError::Duplicate(_) => StoreError::Duplicate(name),
             other => other,
         })
