@@ -570,12 +570,47 @@ impl Worker {
         let id = lanes.next_id.get() + 1;
         lanes.next_id.set(id);
         lanes.running.set(lanes.running.get() + 1);
-        let work = task.run(Lane { runspace, slot: self.slot.clone(), id });
+        // The task is the slot's until its lane first runs: several lanes
+        // start before any is polled, and when the first gets stuck in a C
+        // call the rest are never polled. The watchdog must find them to
+        // hand them on; dropped with the abandoned VM, their items were lost
+        // (a run's records silently missing, an invocation's `end()` hung).
+        self.slot.hold(id, Box::new(Unstarted(Some(task))));
+        let slot = self.slot.clone();
         let lanes = lanes.clone();
         tokio::task::spawn_local(async move {
-            work.await;
+            // Taken back in one step under the slot's lock: either the lane
+            // runs it or the watchdog handed it on, never both, never neither.
+            let task = slot.release(id).and_then(|mut held| held.as_any().downcast_mut::<Unstarted>()?.0.take());
+            if let Some(task) = task {
+                task.run(Lane { runspace, slot, id }).await;
+            }
             lanes.running.set(lanes.running.get() - 1);
             lanes.ended.notify_one();
         });
+    }
+}
+
+/// A task started on a lane that has not run yet, as the watchdog holds it.
+struct Unstarted(Option<Box<dyn Task>>);
+
+impl watchdog::Held for Unstarted {
+    fn take_over(self: Box<Self>, _: StopReason, _: Option<Instant>) -> Option<Box<dyn Task>> {
+        // Never the stuck lane (it has not run): it starts elsewhere.
+        self.0
+    }
+
+    fn restart(self: Box<Self>) -> Option<Box<dyn Task>> {
+        self.0
+    }
+
+    fn close(self: Box<Self>) {
+        if let Some(task) = self.0 {
+            task.skip();
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

@@ -418,7 +418,7 @@ impl Runspace {
             Err(e) => match stop {
                 Some(StopReason::TimedOut) => (Status::TimedOut, Some("timed out".to_string())),
                 Some(StopReason::Stopped) => (Status::Stopped, Some("stopped".to_string())),
-                None => (Status::Failed, Some(self.describe(&e))),
+                None => (Status::Failed, Some(within_output_limit(self.describe(&e), self.max_output))),
             },
         };
         if let Some(message) = &failure {
@@ -622,6 +622,23 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 /// The message of a script error without mlua's stack traceback.
+/// An error message cut to the output limit. The message is part of the
+/// item's record like its output: uncut, `error(string.rep('x', 2^25))`
+/// put 32 MB in a record past `max_output`, for every item that did it.
+fn within_output_limit(mut message: String, limit: usize) -> String {
+    if message.len() <= limit {
+        return message;
+    }
+    let total = crate::units::format_size(message.len() as u64);
+    let mut end = limit;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("... (an error message of {total}, cut at the output limit)"));
+    message
+}
+
 pub(crate) fn clean_message(e: &mlua::Error) -> String {
     let text = match e {
         mlua::Error::CallbackError { cause, traceback } => {
