@@ -213,6 +213,16 @@ fn work_loop(
         // have read no chunk to extend (and so found none held), and must
         // not be taken to mean this lease was lost.
         let claimed_at = Instant::now();
+        if let Some(why) = &lease.malformed {
+            // Refused like a job beyond the grants: said on the job, given
+            // back unrun, never completed as a chunk of no items.
+            let reason = format!("chunk {} of the job cannot be run: {why}", lease.chunk);
+            events(WorkerEvent::Refused(lease.job.clone(), reason.clone()));
+            let _ = store.refuse(lease.job_id, &config.name, &reason);
+            let _ = store.release(id, &lease);
+            refused.push(lease.job_id);
+            continue;
+        }
         let job = match prepared.jobs.get(&lease.job_id) {
             Some(job) => job.clone(),
             None => {
