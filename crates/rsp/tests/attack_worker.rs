@@ -221,3 +221,54 @@ fn malformed_and_extreme_job_rows_neither_crash_the_worker_nor_lose_items_silent
         assert!(!row.starts_with("Completed|0"), "{name}: its chunk was completed with no items: {row}");
     }
 }
+
+#[test]
+fn sigterm_gives_back_a_chunk_of_endless_items_within_the_grace() {
+    let Some((url, server)) = fresh_store("sigterm") else { return };
+    let db = db_name(&url);
+    insert_job(server, db, "endless", &request("sleep(3600) return _", json!({})), &[(0, "[1, 2, 3]")]);
+    let mut w = Worker::start(&url, "leaving", &["--grace", "500ms", "--lease", "60s"]);
+    until(server, db, "SELECT count(*) FROM chunks WHERE lease_owner IS NOT NULL", |n| n == "1");
+    // SAFETY: kill on a child we own and have not reaped.
+    unsafe { libc::kill(w.0.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    while w.alive() {
+        assert!(signalled.elapsed() < Duration::from_secs(10), "the worker did not leave within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Given back at once, not left to expire with its 60 s lease.
+    let row = server.psql(db, "SELECT coalesce(lease_owner, 'free'), done FROM chunks");
+    assert_eq!(row, "free|f");
+    assert_eq!(server.psql(db, "SELECT state FROM workers"), "stopped");
+}
+
+#[test]
+fn a_worker_refuses_a_database_of_a_newer_schema_clearly_instead_of_retrying_for_ever() {
+    let Some((url, server)) = fresh_store("newer") else { return };
+    server.psql(db_name(&url), "UPDATE rsp_schema SET version = 99");
+    let mut child = Command::new(jobs_common::RSP)
+        .args(["worker", "--store", &url, "--name", "old"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the worker still runs after 20 s against a newer schema: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_ne!(status.code(), Some(0), "{err}");
+    assert!(err.contains("newer version") && err.contains("99"), "{err}");
+}

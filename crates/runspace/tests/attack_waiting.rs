@@ -205,3 +205,23 @@ fn ten_thousand_waiting_items_that_fail_end_about_as_fast_as_ones_that_succeed()
     let failing = ten_thousand_waiting("error('no')");
     assert!(failing < ok * 4 + Duration::from_secs(3), "failing {failing:?}, succeeding {ok:?}");
 }
+
+#[test]
+fn stopping_ten_thousand_waiting_items_ends_the_run_promptly() {
+    // Ctrl-C, or a reader gone (`rsp run | head -1`), on a run with 10,000
+    // items in flight in one VM: each stopped item's end ran a full
+    // collection of the heap they share, so the run took ~25 s to end.
+    let took = within(Duration::from_secs(300), || {
+        let pool = RunspacePool::builder().threads(1).throttle(10_000).open().unwrap();
+        let script = Script::new("sleep(3600)").unwrap();
+        let mut results = pool.parallel(&script).run((0..10_000).map(|n| json!(n)));
+        // Let them all start and wait.
+        assert!(matches!(results.next_timeout(Duration::from_millis(1500)), runspace::Next::Idle));
+        let stopped_at = std::time::Instant::now();
+        results.control().stop();
+        let ended = results.by_ref().filter(|item| item.status == Status::Stopped).count();
+        assert_eq!(ended, 10_000);
+        stopped_at.elapsed()
+    });
+    assert!(took < Duration::from_secs(8), "took {took:?} to stop");
+}

@@ -89,6 +89,11 @@ pub fn host_name() -> String {
     }
 }
 
+/// Whether opening the store failed for a reason that waiting cannot mend.
+fn lasting(error: &str) -> bool {
+    error.starts_with("invalid database URL") || error.contains("written by a newer version")
+}
+
 /// Retries `f` with back-off until it succeeds; `None` once `stop` is set.
 fn retry<T>(stop: &AtomicBool, events: &dyn Fn(WorkerEvent), mut f: impl FnMut() -> Result<T, String>) -> Option<T> {
     let mut backoff = Duration::from_millis(100);
@@ -125,8 +130,14 @@ pub fn run_worker(
     if config.slots == 0 {
         return Err("a worker needs at least one slot".into());
     }
-    let store = retry(stop, events, || PgStore::open(&config.url))
-        .ok_or_else(|| "stopped before the database answered".to_string())?;
+    // A database that answers but will never do (a newer schema) or a URL
+    // that can never connect is the user's to fix: said once, not retried
+    // for ever as if the database were down.
+    let store = retry(stop, events, || match PgStore::open(&config.url) {
+        Err(e) if lasting(&e) => Ok(Err(e)),
+        opened => opened.map(Ok),
+    })
+    .ok_or_else(|| "stopped before the database answered".to_string())??;
     let store = Arc::new(store);
     let info = WorkerInfo {
         id: worker_id(&config.name),
