@@ -376,7 +376,7 @@ impl Runspace {
             e.switch.stop(StopReason::TimedOut);
         }
         self.control.begin(e.generation, e.owner, e.lane, deadline);
-        self.polled.enter(capture, &e.switch);
+        self.polled.enter(capture, &e.switch, &context.thread);
         let polled = {
             let _active = ActiveGuard::new(&self.control, &e.switch);
             Pin::new(thread).poll_next(cx)
@@ -578,7 +578,7 @@ fn load_modules(
         }
     });
     let mut capture = host::Capture::default();
-    polled.enter(&mut capture, &switch);
+    polled.enter(&mut capture, &switch, &lua.current_thread());
     let result = {
         let _active = ActiveGuard::new(control, &switch);
         session.modules.iter().try_for_each(|module| {

@@ -219,9 +219,51 @@ fn stopping_ten_thousand_waiting_items_ends_the_run_promptly() {
         assert!(matches!(results.next_timeout(Duration::from_millis(1500)), runspace::Next::Idle));
         let stopped_at = std::time::Instant::now();
         results.control().stop();
-        let ended = results.by_ref().filter(|item| item.status == Status::Stopped).count();
-        assert_eq!(ended, 10_000);
+        // Items not started yet when the stop came are not run (nor reported).
+        let ended: Vec<_> = results.by_ref().map(|item| item.status).collect();
+        assert!(ended.iter().all(|s| *s == Status::Stopped), "an item did not stop");
+        assert!(ended.len() >= 1_000, "only {} had started", ended.len());
         stopped_at.elapsed()
     });
     assert!(took < Duration::from_secs(8), "took {took:?} to stop");
+}
+
+#[test]
+fn a_host_call_that_waits_inside_a_coroutine_fails_instead_of_leaving_its_work_behind() {
+    // Inside a coroutine the item made, a waiting call yielded that
+    // coroutine, not the item: `sleep` returned a stray userdata at once,
+    // and `exec`'s child ran on after the item had completed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pid");
+    let command = format!("echo $$ > '{}'; exec sleep 3600", file.display());
+    let code = format!(
+        "local co = coroutine.create(function() return exec('sh', {{'-c', {}}}) end)
+         local ok, err = coroutine.resume(co)
+         local slept = coroutine.wrap(function() return pcall(sleep, 0.01) end)
+         local s_ok, s_err = slept()
+         return {{ok, tostring(err), s_ok, tostring(s_err)}}",
+        serde_json::to_string(&command).unwrap()
+    );
+    let (status, result) = within(Duration::from_secs(30), move || {
+        let session = SessionState::new().grants_from({
+            let mut g = runspace::Grants::default();
+            g.grant_spec("exec").unwrap();
+            g
+        });
+        let pool = RunspacePool::builder().threads(1).throttle(4).session(session).open().unwrap();
+        let r = pool.invocation(&Script::new(&code).unwrap()).invoke().unwrap();
+        (r.status(), r.result())
+    });
+    assert_eq!(status, Status::Completed, "{result}");
+    assert_eq!(result[0], json!(false), "exec in a coroutine must fail: {result}");
+    assert!(result[1].as_str().unwrap().contains("cannot wait inside a coroutine"), "{result}");
+    assert_eq!(result[2], json!(false), "sleep in a coroutine must fail: {result}");
+    assert!(result[3].as_str().unwrap().contains("cannot wait inside a coroutine"), "{result}");
+    std::thread::sleep(Duration::from_millis(200));
+    if let Ok(pid) = std::fs::read_to_string(&file) {
+        let pid: i32 = pid.trim().parse().unwrap();
+        // SAFETY: kill on the child the test's script started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        panic!("exec started a child ({pid}) from inside a coroutine");
+    }
 }
