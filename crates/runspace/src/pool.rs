@@ -518,8 +518,12 @@ impl Worker {
             // lanes running, at most every COLLECT_GAP, so a burst of 10,000
             // stops pays a few collections, not one each (the CLOSE_POLL
             // tick pays the last); before idling, at once.
-            if let Ok(runspace) = &runspace {
-                runspace.collect_if_owed(if lanes.running.get() == 0 { Duration::ZERO } else { COLLECT_GAP });
+            let gap = if lanes.running.get() == 0 { Duration::ZERO } else { COLLECT_GAP };
+            if runspace.as_ref().is_ok_and(|runspace| runspace.collect_if_owed(gap)) {
+                // What the collection dropped may have woken tasks (an HTTP
+                // connection closing its socket): let them run before this
+                // loop blocks on the queue, which does not drive them.
+                tokio::task::yield_now().await;
             }
             let queued = if lanes.running.get() == 0 {
                 shared.idle.fetch_add(1, Ordering::AcqRel);

@@ -241,6 +241,9 @@ impl Runspace {
         let result = runtime.block_on(self.execute(execution));
         // One item at a time here: nothing to wait for before collecting.
         self.collect_if_owed(Duration::ZERO);
+        // The request's connection task, woken by the drop, closes the
+        // socket once the loop runs again: let it, before returning.
+        runtime.block_on(tokio::task::yield_now());
         result
     }
 
@@ -489,12 +492,14 @@ impl Runspace {
     }
 
     /// Runs the full collection an item stopped in a host call left owed,
-    /// unless one ran less than `gap` ago (then it stays owed).
-    pub(crate) fn collect_if_owed(&self, gap: Duration) {
+    /// unless one ran less than `gap` ago (then it stays owed). True if it ran.
+    pub(crate) fn collect_if_owed(&self, gap: Duration) -> bool {
         let recent = self.last_collection.get().is_some_and(|at| at.elapsed() < gap);
-        if self.collection_owed.get() && !recent {
+        let due = self.collection_owed.get() && !recent;
+        if due {
             self.collect();
         }
+        due
     }
 
     fn collect(&self) {
