@@ -67,7 +67,9 @@ impl<'p> Invocation<'p> {
     /// Stops the invocation with status `TimedOut` after `timeout`
     /// (overrides the session's default).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        // Past MAX_DURATION a deadline (now + timeout) overflows `Instant` and
+        // panics: `Duration::MAX` means "no real limit", so it is clamped.
+        self.timeout = Some(timeout.min(crate::units::MAX_DURATION));
         self
     }
 
@@ -124,7 +126,8 @@ impl InvocationHandle {
 
     /// Waits up to `timeout` for it to end; true if it has.
     pub fn wait(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // Clamped: `wait(Duration::MAX)` (wait for ever) must not overflow `Instant`.
+        let deadline = Instant::now() + timeout.min(crate::units::MAX_DURATION);
         let mut state = self.shared.lock();
         loop {
             if matches!(*state, State::Done(_)) {

@@ -449,6 +449,10 @@ impl Drop for PoolInner {
 /// queued task or an ended lane wakes it at once).
 const CLOSE_POLL: Duration = Duration::from_millis(50);
 
+/// How often, at most, a worker with lanes running collects the garbage
+/// that stopped items left (their host calls' futures).
+const COLLECT_GAP: Duration = Duration::from_millis(20);
+
 /// The lanes a worker runs now, and a wake-up for when one ends.
 #[derive(Default)]
 struct Lanes {
@@ -510,6 +514,17 @@ impl Worker {
             self.start(&runspace, task, &lanes);
         }
         while !self.slot.is_abandoned() {
+            // What stopped items owe (see `Runspace::collect_if_owed`): with
+            // lanes running, at most every COLLECT_GAP, so a burst of 10,000
+            // stops pays a few collections, not one each (the CLOSE_POLL
+            // tick pays the last); before idling, at once.
+            let gap = if lanes.running.get() == 0 { Duration::ZERO } else { COLLECT_GAP };
+            if runspace.as_ref().is_ok_and(|runspace| runspace.collect_if_owed(gap)) {
+                // What the collection dropped may have woken tasks (an HTTP
+                // connection closing its socket): let them run before this
+                // loop blocks on the queue, which does not drive them.
+                tokio::task::yield_now().await;
+            }
             let queued = if lanes.running.get() == 0 {
                 shared.idle.fetch_add(1, Ordering::AcqRel);
                 let queued = crossbeam_channel::select! {
@@ -570,12 +585,47 @@ impl Worker {
         let id = lanes.next_id.get() + 1;
         lanes.next_id.set(id);
         lanes.running.set(lanes.running.get() + 1);
-        let work = task.run(Lane { runspace, slot: self.slot.clone(), id });
+        // The task is the slot's until its lane first runs: several lanes
+        // start before any is polled, and when the first gets stuck in a C
+        // call the rest are never polled. The watchdog must find them to
+        // hand them on; dropped with the abandoned VM, their items were lost
+        // (a run's records silently missing, an invocation's `end()` hung).
+        self.slot.hold(id, Box::new(Unstarted(Some(task))));
+        let slot = self.slot.clone();
         let lanes = lanes.clone();
         tokio::task::spawn_local(async move {
-            work.await;
+            // Taken back in one step under the slot's lock: either the lane
+            // runs it or the watchdog handed it on, never both, never neither.
+            let task = slot.release(id).and_then(|mut held| held.as_any().downcast_mut::<Unstarted>()?.0.take());
+            if let Some(task) = task {
+                task.run(Lane { runspace, slot, id }).await;
+            }
             lanes.running.set(lanes.running.get() - 1);
             lanes.ended.notify_one();
         });
+    }
+}
+
+/// A task started on a lane that has not run yet, as the watchdog holds it.
+struct Unstarted(Option<Box<dyn Task>>);
+
+impl watchdog::Held for Unstarted {
+    fn take_over(self: Box<Self>, _: StopReason, _: Option<Instant>) -> Option<Box<dyn Task>> {
+        // Never the stuck lane (it has not run): it starts elsewhere.
+        self.0
+    }
+
+    fn restart(self: Box<Self>) -> Option<Box<dyn Task>> {
+        self.0
+    }
+
+    fn close(self: Box<Self>) {
+        if let Some(task) = self.0 {
+            task.skip();
+        }
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }

@@ -95,6 +95,10 @@ pub struct Runspace {
     memory_limit: Option<usize>,
     max_output: usize,
     healthy: Cell<bool>,
+    /// An item stopped in a host call left a full collection owed.
+    collection_owed: Cell<bool>,
+    /// When the last full collection for ended items ran.
+    last_collection: Cell<Option<Instant>>,
     /// The interned keys `_` and `_G`, kept to spare a string lookup per item.
     underscore: mlua::LuaString,
     g_key: mlua::LuaString,
@@ -206,6 +210,8 @@ impl Runspace {
             memory_limit: session.memory_limit,
             max_output: session.max_output_bytes(),
             healthy: Cell::new(true),
+            collection_owed: Cell::new(false),
+            last_collection: Cell::new(None),
             runtime: OnceCell::new(),
         })
     }
@@ -232,7 +238,13 @@ impl Runspace {
         let switch = Arc::new(Switch::new(None));
         let execution =
             Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch, abort: None };
-        runtime.block_on(self.execute(execution))
+        let result = runtime.block_on(self.execute(execution));
+        // One item at a time here: nothing to wait for before collecting.
+        self.collect_if_owed(Duration::ZERO);
+        // The request's connection task, woken by the drop, closes the
+        // socket once the loop runs again: let it, before returning.
+        runtime.block_on(tokio::task::yield_now());
+        result
     }
 
     /// A handle that stops whatever this runspace is running, from any thread.
@@ -290,7 +302,7 @@ impl Runspace {
         self.control.dismiss(e.generation);
         let result = self.finish(outcome, capture, e.switch.reason(), started.elapsed());
         let abnormal = !matches!(result.status(), Status::Completed | Status::CompletedWithErrors);
-        self.release(context, abnormal);
+        self.release(context, abnormal, e.switch.reason().is_some());
         result
     }
 
@@ -367,7 +379,7 @@ impl Runspace {
             e.switch.stop(StopReason::TimedOut);
         }
         self.control.begin(e.generation, e.owner, e.lane, deadline);
-        self.polled.enter(capture, &e.switch);
+        self.polled.enter(capture, &e.switch, &context.thread);
         let polled = {
             let _active = ActiveGuard::new(&self.control, &e.switch);
             Pin::new(thread).poll_next(cx)
@@ -418,7 +430,7 @@ impl Runspace {
             Err(e) => match stop {
                 Some(StopReason::TimedOut) => (Status::TimedOut, Some("timed out".to_string())),
                 Some(StopReason::Stopped) => (Status::Stopped, Some("stopped".to_string())),
-                None => (Status::Failed, Some(self.describe(&e))),
+                None => (Status::Failed, Some(within_output_limit(self.describe(&e), self.max_output))),
             },
         };
         if let Some(message) = &failure {
@@ -441,7 +453,7 @@ impl Runspace {
     /// Clears what the item left behind and keeps its context for the
     /// next one. After an abnormal end the garbage is collected at once, so
     /// a memory bomb's leftovers do not count against the next item's limit.
-    fn release(&self, context: Option<ItemContext>, abnormal: bool) {
+    fn release(&self, context: Option<ItemContext>, abnormal: bool, stopped: bool) {
         if let Some(context) = context {
             let cleared = context.env.clear();
             // Errored or yielded: the thread's stack still holds what the
@@ -460,10 +472,42 @@ impl Runspace {
                 }
             }
         }
-        if abnormal && self.lua.gc_collect().is_err() {
-            self.healthy.set(false);
+        // A full collection walks the heap every item in flight shares: one
+        // per abnormal end made failing or stopping 10,000 waiting items
+        // quadratic (25 s instead of 0.9 s; `rsp run | head -1` ran on for
+        // 30 s after its reader left). It is needed at once only when the
+        // leftovers could fail the next allocation (under a limit, past half
+        // of it). A stopped item also needs one, later: the stop is raised
+        // when its thread resumes, before the host call it waited in is
+        // polled again, so that call's future (the child to kill, the
+        // connection to close) is dropped only when collected. Owed, it is
+        // paid by the worker's loop once the burst of ends is over.
+        let near_limit = self.memory_limit.is_some_and(|limit| self.lua.used_memory() >= limit / 2);
+        if abnormal && near_limit {
+            self.collect();
+        } else if stopped {
+            self.collection_owed.set(true);
         }
         self.control.rearm_gc();
+    }
+
+    /// Runs the full collection an item stopped in a host call left owed,
+    /// unless one ran less than `gap` ago (then it stays owed). True if it ran.
+    pub(crate) fn collect_if_owed(&self, gap: Duration) -> bool {
+        let recent = self.last_collection.get().is_some_and(|at| at.elapsed() < gap);
+        let due = self.collection_owed.get() && !recent;
+        if due {
+            self.collect();
+        }
+        due
+    }
+
+    fn collect(&self) {
+        self.collection_owed.set(false);
+        self.last_collection.set(Some(Instant::now()));
+        if self.lua.gc_collect().is_err() {
+            self.healthy.set(false);
+        }
     }
 
     fn function(&self, script: &Script) -> mlua::Result<Function> {
@@ -539,7 +583,7 @@ fn load_modules(
         }
     });
     let mut capture = host::Capture::default();
-    polled.enter(&mut capture, &switch);
+    polled.enter(&mut capture, &switch, &lua.current_thread());
     let result = {
         let _active = ActiveGuard::new(control, &switch);
         session.modules.iter().try_for_each(|module| {
@@ -622,6 +666,23 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 /// The message of a script error without mlua's stack traceback.
+/// An error message cut to the output limit. The message is part of the
+/// item's record like its output: uncut, `error(string.rep('x', 2^25))`
+/// put 32 MB in a record past `max_output`, for every item that did it.
+fn within_output_limit(mut message: String, limit: usize) -> String {
+    if message.len() <= limit {
+        return message;
+    }
+    let total = crate::units::format_size(message.len() as u64);
+    let mut end = limit;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+    message.push_str(&format!("... (an error message of {total}, cut at the output limit)"));
+    message
+}
+
 pub(crate) fn clean_message(e: &mlua::Error) -> String {
     let text = match e {
         mlua::Error::CallbackError { cause, traceback } => {

@@ -195,7 +195,9 @@ impl SessionState {
 
     /// The default timeout of every invocation and item of this session.
     pub fn timeout(mut self, timeout: Duration) -> SessionState {
-        self.timeout = Some(timeout);
+        // Past MAX_DURATION a deadline (now + timeout) overflows `Instant` and
+        // panics: `Duration::MAX` means "no real limit", so it is clamped.
+        self.timeout = Some(timeout.min(crate::units::MAX_DURATION));
         self
     }
 

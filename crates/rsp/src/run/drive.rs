@@ -185,6 +185,15 @@ impl<W: Write> Sink<W> {
             self.printer.out().clear();
             return;
         }
+        if self.printer.out().is_empty() {
+            // Nothing to write, so no EPIPE to tell us: `rsp run … | head -1`
+            // whose other items wait for an hour would run that hour with
+            // nobody reading. Ask the pipe instead.
+            if stdout_reader_gone() {
+                self.fail(io::ErrorKind::BrokenPipe.into());
+            }
+            return;
+        }
         let buffer = self.printer.out();
         let out = &mut self.out;
         let mut write = || out.write_all(buffer).and_then(|()| out.flush());
@@ -207,4 +216,15 @@ impl<W: Write> Sink<W> {
         }
         self.control.stop();
     }
+}
+
+/// Whether standard output is a pipe whose reader has closed it. Linux
+/// reports `POLLERR` on the write end of a pipe with no reader left; a
+/// terminal, a file or a live pipe never does.
+fn stdout_reader_gone() -> bool {
+    let mut out = libc::pollfd { fd: libc::STDOUT_FILENO, events: 0, revents: 0 };
+    // SAFETY: `out` is one valid pollfd that poll may write `revents` of;
+    // the timeout 0 makes it return at once.
+    let ready = unsafe { libc::poll(&mut out, 1, 0) };
+    ready == 1 && out.revents & libc::POLLERR != 0
 }

@@ -89,6 +89,11 @@ pub fn host_name() -> String {
     }
 }
 
+/// Whether opening the store failed for a reason that waiting cannot mend.
+fn lasting(error: &str) -> bool {
+    error.starts_with("invalid database URL") || error.contains("written by a newer version")
+}
+
 /// Retries `f` with back-off until it succeeds; `None` once `stop` is set.
 fn retry<T>(stop: &AtomicBool, events: &dyn Fn(WorkerEvent), mut f: impl FnMut() -> Result<T, String>) -> Option<T> {
     let mut backoff = Duration::from_millis(100);
@@ -125,8 +130,14 @@ pub fn run_worker(
     if config.slots == 0 {
         return Err("a worker needs at least one slot".into());
     }
-    let store = retry(stop, events, || PgStore::open(&config.url))
-        .ok_or_else(|| "stopped before the database answered".to_string())?;
+    // A database that answers but will never do (a newer schema) or a URL
+    // that can never connect is the user's to fix: said once, not retried
+    // for ever as if the database were down.
+    let store = retry(stop, events, || match PgStore::open(&config.url) {
+        Err(e) if lasting(&e) => Ok(Err(e)),
+        opened => opened.map(Ok),
+    })
+    .ok_or_else(|| "stopped before the database answered".to_string())??;
     let store = Arc::new(store);
     let info = WorkerInfo {
         id: worker_id(&config.name),
@@ -213,6 +224,16 @@ fn work_loop(
         // have read no chunk to extend (and so found none held), and must
         // not be taken to mean this lease was lost.
         let claimed_at = Instant::now();
+        if let Some(why) = &lease.malformed {
+            // Refused like a job beyond the grants: said on the job, given
+            // back unrun, never completed as a chunk of no items.
+            let reason = format!("chunk {} of the job cannot be run: {why}", lease.chunk);
+            events(WorkerEvent::Refused(lease.job.clone(), reason.clone()));
+            let _ = store.refuse(lease.job_id, &config.name, &reason);
+            let _ = store.release(id, &lease);
+            refused.push(lease.job_id);
+            continue;
+        }
         let job = match prepared.jobs.get(&lease.job_id) {
             Some(job) => job.clone(),
             None => {

@@ -3,7 +3,7 @@
 //! working directory and environment, limits) and its parameters; or why
 //! this worker refuses it.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use runspace::{Grants, RunspacePool, Script, SessionState};
@@ -31,6 +31,9 @@ pub(super) fn prepare(request: &Value, allow_max: &Grants, slots: usize) -> Resu
         let spec = spec.as_str().unwrap_or_default();
         asked.grant_spec(spec).map_err(|e| Refusal(format!("invalid job: allow: {e}")))?;
     }
+    let cwd = text("cwd").unwrap_or("/");
+    // Judged and granted as the host will resolve them, not as written.
+    let asked = on_disk_grants(&asked, Path::new(cwd))?;
     within(&asked, allow_max)?;
     let mut session = SessionState::new().grants_from(asked);
     for (k, v) in request.get("variables").and_then(Value::as_object).into_iter().flatten() {
@@ -40,7 +43,6 @@ pub(super) fn prepare(request: &Value, allow_max: &Grants, slots: usize) -> Resu
         let (name, source) = (m["name"].as_str().unwrap_or_default(), m["source"].as_str().unwrap_or_default());
         session = session.module(name, source).map_err(|e| Refusal(format!("invalid job: module {name}: {e}")))?;
     }
-    let cwd = text("cwd").unwrap_or("/");
     session = session.working_dir(cwd).map_err(|e| Refusal(format!("cwd: {e}")))?;
     let env: Vec<(String, String)> = request
         .get("env")
@@ -69,8 +71,57 @@ pub(super) fn prepare(request: &Value, allow_max: &Grants, slots: usize) -> Resu
     Ok(Prepared { pool, script, params, timeout })
 }
 
+/// The job's grants with every root as the host's file system resolves it:
+/// made absolute against the job's working directory, its symbolic links
+/// and `.` followed. A root is compared with the worker's maximum, and
+/// then checked at every access, by what it resolves to: compared as
+/// written, `fs:/data/../etc` and `fs:/data/link-to-etc` passed a worker
+/// allowed `fs:/data` at most and then read `/etc`. A root holding `..` is
+/// refused outright: under a part that does not exist yet it could come to
+/// resolve elsewhere once that part is created.
+fn on_disk_grants(asked: &Grants, cwd: &Path) -> Result<Grants, Refusal> {
+    let mut resolved = Grants::default();
+    for cap in asked.iter() {
+        let roots = asked.roots(cap).unwrap_or_default();
+        if roots.is_empty() {
+            resolved.grant(cap);
+        }
+        for root in roots {
+            if root.components().any(|c| c == Component::ParentDir) {
+                return Err(Refusal(format!("the job asks for '{cap}:{}', a path with '..'", root.display())));
+            }
+            let on_disk = on_disk(&cwd.join(root)).map_err(|e| {
+                Refusal(format!("the job asks for '{cap}:{}', which cannot be resolved: {e}", root.display()))
+            })?;
+            resolved.grant_path(cap, on_disk);
+        }
+    }
+    Ok(resolved)
+}
+
+/// `path` with the longest part of it that exists canonicalized and the
+/// rest appended as written (it holds no `..`).
+fn on_disk(path: &Path) -> std::io::Result<PathBuf> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    // As `lstat` sees it: a dangling symbolic link exists, and fails below.
+    while std::fs::symlink_metadata(existing).is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = existing.canonicalize()?;
+    resolved.extend(rest.iter().rev());
+    Ok(resolved)
+}
+
 /// Refuses grants beyond `max`: a capability it does not have, or a path
-/// outside the roots it limits that capability to.
+/// outside the roots it limits that capability to (both compared as they
+/// resolve on this host).
 fn within(asked: &Grants, max: &Grants) -> Result<(), Refusal> {
     let allowed: Vec<String> = max.iter().map(|c| c.to_string()).collect();
     let allowed = if allowed.is_empty() { "nothing".to_string() } else { allowed.join(",") };
@@ -84,7 +135,9 @@ fn within(asked: &Grants, max: &Grants) -> Result<(), Refusal> {
             continue;
         }
         let roots = asked.roots(cap).unwrap_or_default();
-        let inside = |r: &Path| max_roots.iter().any(|m| r.starts_with(m));
+        let max_on_disk: Vec<PathBuf> =
+            max_roots.iter().map(|m| on_disk(m).unwrap_or_else(|_| m.to_path_buf())).collect();
+        let inside = |r: &Path| max_on_disk.iter().any(|m| r.starts_with(m));
         if roots.is_empty() || !roots.iter().all(|r| inside(r)) {
             let max: Vec<String> = max_roots.iter().map(|r| r.display().to_string()).collect();
             return Err(Refusal(format!(

@@ -61,8 +61,11 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     exec.raw_set(
         "run",
         lua.create_async_function(move |lua, (program, args, opts): (String, Option<Table>, Option<LuaValue>)| {
-            let (c, switch) = (c.clone(), c.switch());
-            async move { run(&lua, &c, &switch, &program, args, opts).await }
+            let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "exec"));
+            async move {
+                here?;
+                run(&lua, &c, &switch, &program, args, opts).await
+            }
         })?,
     )?;
     let meta = lua.create_table()?;
@@ -71,8 +74,11 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "__call",
         lua.create_async_function(
             move |lua, (_exec, program, args, opts): (Table, String, Option<Table>, Option<LuaValue>)| {
-                let (c, switch) = (c.clone(), c.switch());
-                async move { run(&lua, &c, &switch, &program, args, opts).await }
+                let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "exec"));
+                async move {
+                    here?;
+                    run(&lua, &c, &switch, &program, args, opts).await
+                }
             },
         )?,
     )?;

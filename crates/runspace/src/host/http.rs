@@ -68,7 +68,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     http.raw_set(
         "get",
         lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
-            let started = start(&c, &a, "http.get()", || {
+            let started = start(&lua, &c, &a, "http.get()", || {
                 request("http.get", "GET", url, opts, &["headers", "timeout", "max_bytes"])
             });
             async move {
@@ -82,7 +82,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     http.raw_set(
         "request",
         lua.create_async_function(move |lua, spec: Table| {
-            let started = start(&c, &a, "http.request()", || {
+            let started = start(&lua, &c, &a, "http.request()", || {
                 let method: Option<String> = spec.get("method")?;
                 let url: String = spec
                     .get::<Option<String>>("url")?
@@ -103,7 +103,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "get_json",
         lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
             let what = "http.get_json";
-            let started = start(&c, &a, "http.get_json()", || {
+            let started = start(&lua, &c, &a, "http.get_json()", || {
                 let mut req = request(what, "GET", url, opts, &["headers", "timeout", "max_bytes"])?;
                 req.headers.push(("accept".into(), "application/json".into()));
                 Ok(req)
@@ -121,7 +121,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "post_json",
         lua.create_async_function(move |lua, (url, value, opts): (String, LuaValue, Option<Table>)| {
             let what = "http.post_json";
-            let started = start(&c, &a, "http.post_json()", || {
+            let started = start(&lua, &c, &a, "http.post_json()", || {
                 let mut req = request(what, "POST", url, opts, &["headers", "timeout", "max_bytes"])?;
                 req.body = Some(serde_json::to_vec(&from_lua(&value)?).map_err(|e| fail(what, e))?);
                 req.headers.push(("content-type".into(), "application/json".into()));
@@ -142,12 +142,14 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
 /// What a request needs before it yields: the grant checked, the options
 /// read (while the script's tables are at hand), the client, the caller's switch.
 fn start(
+    lua: &Lua,
     ctx: &HostContext,
     slot: &ClientSlot,
     name: &str,
     read: impl FnOnce() -> mlua::Result<Request>,
 ) -> mlua::Result<(reqwest::Client, std::sync::Arc<Switch>, Request)> {
     gate::require(ctx, Capability::Http, name)?;
+    ctx.waits_here(lua, name.trim_end_matches("()"))?;
     let req = read()?;
     gate::check(ctx)?;
     let client = match &*slot.borrow() {

@@ -86,19 +86,23 @@ pub(crate) struct Polled(Rc<PolledItem>);
 struct PolledItem {
     capture: RefCell<Capture>,
     switch: RefCell<Option<Arc<Switch>>>,
+    /// The running item's own Luau thread (its address; 0 outside an item).
+    thread: std::cell::Cell<usize>,
 }
 
 impl Polled {
     /// Makes `capture` and `switch` the running item's (until [`Polled::leave`]).
-    pub(crate) fn enter(&self, capture: &mut Capture, switch: &Arc<Switch>) {
+    pub(crate) fn enter(&self, capture: &mut Capture, switch: &Arc<Switch>, thread: &mlua::Thread) {
         std::mem::swap(&mut *self.0.capture.borrow_mut(), capture);
         *self.0.switch.borrow_mut() = Some(switch.clone());
+        self.0.thread.set(thread.to_pointer() as usize);
     }
 
     /// Hands the running item's capture back to it.
     pub(crate) fn leave(&self, capture: &mut Capture) {
         std::mem::swap(&mut *self.0.capture.borrow_mut(), capture);
         self.0.switch.borrow_mut().take();
+        self.0.thread.set(0);
     }
 
     /// What the running item has produced so far.
@@ -134,6 +138,23 @@ impl HostContext {
     /// The stop switch of the item calling now.
     pub(crate) fn switch(&self) -> Arc<Switch> {
         self.polled.switch()
+    }
+
+    /// Fails unless a host call that waits (`what`) is made from the
+    /// running item's own thread. Made inside a coroutine the item created,
+    /// its wait yields that coroutine, not the item: the script got a
+    /// stray value back at once (`sleep` did not sleep), and the call's
+    /// work (an `exec` child, a request) ran on with nobody to wait for it
+    /// or stop it until the coroutine was collected.
+    pub(crate) fn waits_here(&self, lua: &Lua, what: &str) -> mlua::Result<()> {
+        let item = self.polled.0.thread.get();
+        if item == 0 || lua.current_thread().to_pointer() as usize == item {
+            Ok(())
+        } else {
+            Err(mlua::Error::runtime(format!(
+                "{what} cannot wait inside a coroutine: call it from the item's own code, outside coroutine.resume/wrap"
+            )))
+        }
     }
 }
 
@@ -210,9 +231,11 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     globals.raw_set(
         "sleep",
-        lua.create_async_function(move |_, seconds: f64| {
+        lua.create_async_function(move |lua, seconds: f64| {
+            let here = c.waits_here(&lua, "sleep");
             let switch = c.switch();
             async move {
+                here?;
                 let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
                 switch.sleep(Duration::from_secs_f64(seconds.min(1e9))).await.map_err(HostContext::stopped)
             }

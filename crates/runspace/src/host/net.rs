@@ -53,8 +53,9 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     net.raw_set(
         "probe",
         lua.create_async_function(move |lua, (host, port, opts): (String, u16, Option<LuaValue>)| {
-            let (c, switch) = (c.clone(), c.switch());
+            let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "net.probe"));
             async move {
+                here?;
                 let what = "net.probe";
                 gate::require(&c, Capability::Net, "net.probe()")?;
                 let opts: ProbeOptions = gate::options(what, opts)?;
@@ -72,8 +73,9 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     net.raw_set(
         "resolve",
         lua.create_async_function(move |lua, (name, opts): (String, Option<LuaValue>)| {
-            let (c, switch) = (c.clone(), c.switch());
+            let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "net.resolve"));
             async move {
+                here?;
                 let what = "net.resolve";
                 gate::require(&c, Capability::Net, "net.resolve()")?;
                 let opts: ResolveOptions = gate::options(what, opts)?;

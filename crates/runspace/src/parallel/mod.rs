@@ -205,7 +205,9 @@ impl Parallel {
 
     /// Times out each item after `timeout` (overrides the session's default).
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        // Past MAX_DURATION a deadline (now + timeout) overflows `Instant` and
+        // panics: `Duration::MAX` means "no real limit", so it is clamped.
+        self.timeout = Some(timeout.min(crate::units::MAX_DURATION));
         self
     }
 

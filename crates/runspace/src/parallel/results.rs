@@ -201,7 +201,8 @@ impl Results {
     /// [`Next::Idle`], so a caller can flush output or redraw progress while
     /// slow items run.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next {
-        self.next_until(Some(Instant::now() + timeout))
+        // Clamped: `Duration::MAX` (wait for ever) must not overflow `Instant`.
+        self.next_until(Some(Instant::now() + timeout.min(crate::units::MAX_DURATION)))
     }
 
     /// The run is over: sends the final progress event, once.

@@ -59,6 +59,9 @@ pub struct Lease {
     pub attempt: i32,
     /// Its items' inputs, item `first + i` being `inputs[i]`.
     pub inputs: Vec<Value>,
+    /// Why its inputs column could not be read as a JSON array (then
+    /// `inputs` is empty): the row was not written by rsp.
+    pub malformed: Option<String>,
 }
 
 /// A worker, as the `workers` table keeps it.
@@ -223,14 +226,20 @@ impl PgStore {
             let name: String =
                 tx.query_one("SELECT name FROM jobs WHERE id = $1", &[&job_id]).await.map_err(|e| storage(&e))?.get(0);
             tx.commit().await.map_err(|e| storage(&e))?;
-            let inputs: String = row.get(4);
+            // A column that is not an array must not read as "no items": the
+            // chunk would complete empty and its items vanish from the job.
+            let (inputs, malformed) = match serde_json::from_str::<Vec<Value>>(&row.get::<_, String>(4)) {
+                Ok(inputs) => (inputs, None),
+                Err(e) => (Vec::new(), Some(format!("its inputs are not a JSON array: {e}"))),
+            };
             Ok(Some(Lease {
                 job_id,
                 job: name,
                 chunk: row.get(1),
                 first: row.get::<_, i64>(2).max(0) as u64,
                 attempt: row.get(3),
-                inputs: serde_json::from_str(&inputs).unwrap_or_default(),
+                inputs,
+                malformed,
             }))
         })?
     }
