@@ -142,6 +142,12 @@ exit 3
     assert!(err.contains("in\toops\n"), "{err}");
     assert!(err.contains("exit code 3"), "the failure is still told: {err}");
     assert_eq!(err.matches("oops").count(), 2, "printed once, and once in the failure's message: {err}");
+
+    // Grouped, the same output comes whole, bytes as they were written.
+    let out = rsp(dir.path(), &["run", "--cmd", "sh edge.sh", ":::", "in"]).output().unwrap();
+    let mut expected = b"one\n\xff\x00bin\n".to_vec();
+    expected.extend_from_slice(format!("{}\nno newline", "z".repeat(70_000)).as_bytes());
+    assert!(out.stdout == expected, "{:?}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]

@@ -298,9 +298,8 @@ impl CommandMode {
         let mut err = io::stderr().lock();
         if !self.line_buffer {
             let tag = self.tag.then(|| crate::run::output::bare(input));
-            let text = |key: &str| item.result.get(key).and_then(Value::as_str).unwrap_or("");
-            write_tagged(printer.out(), text("stdout"), tag.as_deref())?;
-            write_tagged(&mut err, text("stderr"), tag.as_deref())?;
+            write_tagged(printer.out(), &output_bytes(&item.result, "stdout"), tag.as_deref())?;
+            write_tagged(&mut err, &output_bytes(&item.result, "stderr"), tag.as_deref())?;
         }
         if !item.status.is_success() {
             if let Some(error) = item.errors.last() {
@@ -316,13 +315,24 @@ fn command_text(result: &Value) -> &str {
     result.get("command").and_then(Value::as_str).unwrap_or("command")
 }
 
-/// Writes `text`, each line prefixed with `tag` and a TAB when given.
-pub(super) fn write_tagged(out: &mut impl Write, text: &str, tag: Option<&str>) -> io::Result<()> {
-    let Some(tag) = tag else { return out.write_all(text.as_bytes()) };
-    for line in text.split_inclusive('\n') {
-        write!(out, "{tag}\t{line}")?;
+/// A command's output as it wrote it: a string, or the bytes of a
+/// `{"$bytes": …}` when it was not UTF-8.
+fn output_bytes<'a>(result: &'a Value, key: &str) -> std::borrow::Cow<'a, [u8]> {
+    match result.get(key) {
+        Some(Value::String(s)) => s.as_bytes().into(),
+        Some(other) => runspace::json::as_bytes(other).unwrap_or_default().into(),
+        None => Default::default(),
     }
-    if !text.is_empty() && !text.ends_with('\n') {
+}
+
+/// Writes `text`, each line prefixed with `tag` and a TAB when given.
+fn write_tagged(out: &mut impl Write, text: &[u8], tag: Option<&str>) -> io::Result<()> {
+    let Some(tag) = tag else { return out.write_all(text) };
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        write!(out, "{tag}\t")?;
+        out.write_all(line)?;
+    }
+    if !text.is_empty() && !text.ends_with(b"\n") {
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -470,10 +480,14 @@ mod tests {
     #[test]
     fn tags_prefix_every_line() {
         let mut out = Vec::new();
-        write_tagged(&mut out, "a\nb", Some("in")).unwrap();
+        write_tagged(&mut out, b"a\nb", Some("in")).unwrap();
         assert_eq!(out, b"in\ta\nin\tb\n");
         let mut out = Vec::new();
-        write_tagged(&mut out, "", Some("in")).unwrap();
+        write_tagged(&mut out, b"", Some("in")).unwrap();
         assert!(out.is_empty());
+        // Output that is not UTF-8 is printed as it was written.
+        let result = json!({"stdout": {"$bytes": "/3gK"}, "stderr": "e"});
+        assert_eq!(&*output_bytes(&result, "stdout"), b"\xffx\n");
+        assert_eq!(&*output_bytes(&result, "stderr"), b"e");
     }
 }
