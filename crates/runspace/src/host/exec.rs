@@ -274,11 +274,14 @@ impl<'a> Kept<'a> {
 /// dropped, so a chatty child never blocks on a full pipe).
 async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, kept: &mut Kept<'_>) {
     let Some(mut pipe) = pipe else { return };
-    let mut chunk = vec![0u8; CHUNK];
+    // Read into spare capacity: no zeroing of 64 KiB per stream per
+    // command, most of which write a few bytes.
+    let mut chunk = Vec::with_capacity(CHUNK);
     loop {
-        match pipe.read(&mut chunk).await {
+        chunk.clear();
+        match pipe.read_buf(&mut chunk).await {
             Ok(0) | Err(_) => return,
-            Ok(n) => kept.keep(&chunk[..n]),
+            Ok(_) => kept.keep(&chunk),
         }
     }
 }
