@@ -11,6 +11,7 @@ decompressed and compared), removed before the next run.
 
     python3 bench/cmd.py                  # builds rsp in release first
     RSP=/path/to/rsp RUNS=5 python3 bench/cmd.py
+    PATH=/tmp/rp/bin:$PATH python3 bench/cmd.py   # rust-parallel from cargo install --root /tmp/rp
 """
 import gzip
 import os
@@ -109,6 +110,8 @@ def main():
                 median = statistics.median(times[name])
                 rate = n / median
                 print(f"| {label} | {j} | {name} | {median:.3f} | {rate:,.0f} | {rsp_rate / rate:.2f}x |")
+    # The machine may be shared: the load at the end too, not only at the start.
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shutil.rmtree(work)
 
 
