@@ -239,12 +239,32 @@ async fn wait(
 struct Kept<'a> {
     bytes: Vec<u8>,
     max: usize,
-    live: Option<(&'a LiveOutput, &'a Value, LineStream, Lines)>,
+    live: Option<Live<'a>>,
+}
+
+/// Where a stream's lines go as they are read.
+struct Live<'a> {
+    handler: &'a LiveOutput,
+    name: &'a Value,
+    stream: LineStream,
+    lines: Lines,
+}
+
+impl Live<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let (handler, name, stream) = (self.handler, self.name, self.stream);
+        self.lines.push(bytes, |text, end| handler.send(&LiveLine { name, stream, text, end }));
+    }
+
+    fn finish(&mut self) {
+        let (handler, name, stream) = (self.handler, self.name, self.stream);
+        self.lines.finish(|text, end| handler.send(&LiveLine { name, stream, text, end }));
+    }
 }
 
 impl<'a> Kept<'a> {
     fn new(max: usize, live: &'a Option<(LiveOutput, Value)>, stream: LineStream) -> Kept<'a> {
-        let live = live.as_ref().map(|(handler, name)| (handler, name, stream, Lines::default()));
+        let live = live.as_ref().map(|(handler, name)| Live { handler, name, stream, lines: Lines::default() });
         Kept { bytes: Vec::new(), max, live }
     }
 
@@ -252,19 +272,19 @@ impl<'a> Kept<'a> {
         let room = self.max.saturating_sub(self.bytes.len());
         let kept = &chunk[..chunk.len().min(room)];
         self.bytes.extend_from_slice(kept);
-        if let Some((handler, name, stream, lines)) = &mut self.live {
-            lines.push(kept, |text, end| handler.send(&LiveLine { name, stream: *stream, text, end }));
+        if let Some(live) = &mut self.live {
+            live.push(kept);
             if room <= chunk.len() {
                 // Past the cap nothing is kept, so nothing more is shown.
-                lines.finish(|text, end| handler.send(&LiveLine { name, stream: *stream, text, end }));
+                live.finish();
             }
         }
     }
 
     /// The kept bytes, after handing over a last line without a newline.
     fn finish(mut self) -> Vec<u8> {
-        if let Some((handler, name, stream, lines)) = &mut self.live {
-            lines.finish(|text, end| handler.send(&LiveLine { name, stream: *stream, text, end }));
+        if let Some(live) = &mut self.live {
+            live.finish();
         }
         self.bytes
     }
