@@ -11,6 +11,8 @@ decompressed and compared), removed before the next run.
 
     python3 bench/cmd.py                  # builds rsp in release first
     RSP=/path/to/rsp RUNS=5 python3 bench/cmd.py
+    RSP_BASE=/path/to/main/rsp python3 bench/cmd.py   # also an older rsp, side by side
+    PATH=/tmp/rp/bin:$PATH python3 bench/cmd.py   # rust-parallel from cargo install --root /tmp/rp
 """
 import gzip
 import os
@@ -48,6 +50,10 @@ def tools(rsp, j, inputs):
         ("rsp run --cmd", lambda c: f"{rsp} run -j {j} --no-summary --no-progress --cmd '{c} {{}}' < {inputs}"),
         ("xargs -P", lambda c: f"xargs -P {j} -n 1 -d '\\n' {c} < {inputs}"),
     ]
+    base = os.environ.get("RSP_BASE")
+    if base:
+        out.insert(1, ("rsp (RSP_BASE)",
+                       lambda c: f"{base} run -j {j} --no-summary --no-progress --cmd '{c} {{}}' < {inputs}"))
     if shutil.which("parallel"):
         out.append(("GNU parallel", lambda c: f"parallel --will-cite -j {j} {c} {{}} < {inputs}"))
     if shutil.which("rust-parallel"):
@@ -109,6 +115,8 @@ def main():
                 median = statistics.median(times[name])
                 rate = n / median
                 print(f"| {label} | {j} | {name} | {median:.3f} | {rate:,.0f} | {rsp_rate / rate:.2f}x |")
+    # The machine may be shared: the load at the end too, not only at the start.
+    print(f"\nload average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     shutil.rmtree(work)
 
 

@@ -66,3 +66,32 @@ fn control_characters_never_break_a_table_row() {
     assert!(!out.contains('\u{1b}'), "{out}");
     assert!(out.contains("a\\nb\\r\\x1b[2J"), "{out}");
 }
+
+/// Each `emit(v)` and each returned value is one output value; a returned
+/// table is one value. `values` prints a line per output value, and the
+/// record tells several values (`outputs`) from one array.
+#[test]
+fn values_print_a_line_per_output_value_and_records_tell_them_from_an_array() {
+    let values = |script: &str| stdout(&rsp(&["run", "-e", script, "--range", "1..1", "--format", "values"]));
+    assert_eq!(values("emit('a') emit({1, 2}) emit({k = 'v'})"), "a\n[1,2]\n{\"k\":\"v\"}\n");
+    assert_eq!(values("emit('a') return 'b', 'c'"), "a\nb\nc\n");
+    assert_eq!(values("return {'a', 'b'}"), "[\"a\",\"b\"]\n");
+    assert_eq!(values("emit({'a', 'b'})"), "[\"a\",\"b\"]\n");
+    assert_eq!(values("for i = 1, 3 do emit(i) end"), "1\n2\n3\n");
+    assert_eq!(values("emit(nil) emit(1)"), "1\n", "a null value prints nothing");
+
+    let record = |script: &str| -> serde_json::Value {
+        let o = rsp(&["run", "-e", script, "--range", "1..1", "--format", "jsonl"]);
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let emitted = record("emit('a') emit('b')");
+    assert_eq!((&emitted["result"], &emitted["outputs"]), (&serde_json::json!(["a", "b"]), &serde_json::json!(2)));
+    let returned = record("return {'a', 'b'}");
+    assert_eq!(returned["result"], serde_json::json!(["a", "b"]));
+    assert!(returned.get("outputs").is_none(), "{returned}");
+    assert!(record("return 1").get("outputs").is_none());
+
+    // The record formats keep one row per item: several values are its array.
+    let o = rsp(&["run", "-e", "emit(1) emit(2)", "--range", "1..1", "--format", "csv"]);
+    assert_eq!(stdout(&o).lines().nth(1).unwrap().split(',').take(3).collect::<Vec<_>>(), ["0", "1", "\"[1"]);
+}

@@ -29,6 +29,7 @@ mod invocation_result;
 pub mod joblog;
 mod jobs;
 pub mod json;
+mod live;
 mod parallel;
 mod pool;
 mod runspace;
@@ -47,6 +48,7 @@ pub use jobs::{
     auto_job_name, check_job_name, JobError, JobEvent, JobInfo, JobManager, JobManagerBuilder, JobSpec, JobState,
     Progress,
 };
+pub use live::{LineEnd, LineStream, LiveLine, LiveOutput, MAX_LIVE_LINE};
 pub use parallel::{
     Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
 };

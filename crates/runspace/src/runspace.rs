@@ -176,6 +176,7 @@ impl Runspace {
             grants: session.host_grants(),
             max_output: session.max_output_bytes(),
             surroundings: session.surroundings.clone(),
+            live: session.live.clone(),
         };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 

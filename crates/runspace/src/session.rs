@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::capability::{Capability, Grants};
 use crate::error::{Error, Result};
 use crate::host::Surroundings;
+use crate::live::LiveOutput;
 use crate::script::compile;
 
 /// Names a script always has; a variable, parameter or module may not hide them.
@@ -124,6 +125,7 @@ pub struct SessionState {
     pub(crate) timeout: Option<Duration>,
     pub(crate) max_output: Option<usize>,
     pub(crate) surroundings: Arc<Surroundings>,
+    pub(crate) live: Option<LiveOutput>,
 }
 
 /// Bytes of output and stream records one invocation may produce unless
@@ -208,6 +210,14 @@ impl SessionState {
     /// a script printing in an endless loop cannot exhaust the host's memory.
     pub fn max_output(mut self, bytes: usize) -> SessionState {
         self.max_output = Some(bytes);
+        self
+    }
+
+    /// Hands each line of the external commands a script names with
+    /// `exec`'s `live` option to `handler` as it is read, while they run;
+    /// see [`LiveOutput`].
+    pub fn live_output(mut self, handler: LiveOutput) -> SessionState {
+        self.live = Some(handler);
         self
     }
 

@@ -163,3 +163,40 @@ fn exec_returns_when_a_detached_grandchild_keeps_the_pipe_open() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
+
+/// With the `live` option, each line reaches the session's handler while
+/// the command runs: the command waits for a file the handler creates only
+/// when it has seen the first line, so a handler called at the end would
+/// leave it waiting until its timeout. The result keeps the whole output.
+#[test]
+fn live_lines_reach_the_handler_while_the_command_runs() {
+    use runspace::{Capability, LineEnd, LineStream, LiveOutput, SessionState};
+    use std::sync::{Arc, Mutex};
+    let dir = std::env::temp_dir().join(format!("rsp-live-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let go = dir.join("go");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (lines, touch) = (seen.clone(), go.clone());
+    let live = LiveOutput::new(move |line| {
+        let text = String::from_utf8_lossy(line.text).into_owned();
+        if text == "first" {
+            std::fs::write(&touch, "").unwrap();
+        }
+        lines.lock().unwrap().push((line.name.clone(), line.stream, text, line.end));
+    });
+    let session = SessionState::new().allow(Capability::Exec).live_output(live);
+    let pool = RunspacePool::builder().max(1).session(session).open().unwrap();
+    let script = Script::new(
+        "local r = exec('sh', {'-c', 'echo first; echo oops >&2; while [ ! -e \"$0\" ]; do sleep 0.01; done; \
+         printf \"last\"', _}, {live = {n = 7}, timeout = 30}) return r.timed_out, r.stdout, r.stderr",
+    )
+    .unwrap();
+    let item = pool.parallel(&script).run(vec![json!(go.to_str().unwrap())]).next().unwrap();
+    assert_eq!(item.result, json!([false, "first\nlast", "oops\n"]), "{item:?}");
+    let seen = seen.lock().unwrap();
+    let name = json!({"n": 7});
+    assert!(seen.contains(&(name.clone(), LineStream::Stdout, "first".into(), LineEnd::Newline)), "{seen:?}");
+    assert!(seen.contains(&(name.clone(), LineStream::Stderr, "oops".into(), LineEnd::Newline)), "{seen:?}");
+    assert_eq!(seen.last().unwrap(), &(name, LineStream::Stdout, "last".into(), LineEnd::End));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -68,6 +68,9 @@ pub fn start(a: StartArgs) -> Result<u8, CliError> {
     if a.command.tag {
         return Err(CliError::usage("--tag applies to rsp run; a job's records carry their input"));
     }
+    if a.command.line_buffer {
+        return Err(CliError::usage("--line-buffer applies to rsp run; a job's output is kept in its records"));
+    }
     let mut body = request(&a, command.as_ref())?;
     let memory_limit = a.script.memory_limit()?.map(|n| n as u64);
     let items = Items::read(&a.input, command.as_ref())?;

@@ -30,6 +30,8 @@ Examples:
   # a command per input, no script (GNU parallel style)
   rsp run --cmd 'gzip -k {}' ::: a.txt b.txt
   ls *.txt | rsp run -j 4 --cmd 'convert {} {.}.png'
+  # lines as they come, each prefixed with its input
+  rsp run --line-buffer --tag --cmd 'ping -c 3 {}' ::: ::1 127.0.0.1
 
 The full reference: rsp man run")]
 pub struct RunArgs {

@@ -66,6 +66,7 @@ impl<W: Write> Outputs<'_, W> {
                     }
                 }
                 Next::Idle => {
+                    self.check_live();
                     self.flush();
                     buffered = 0;
                     clock = Clock::start();
@@ -80,6 +81,7 @@ impl<W: Write> Outputs<'_, W> {
 
     /// Formats one item into the buffers.
     fn item(&mut self, item: &ItemResult) {
+        self.check_live();
         let command = self.command;
         self.sink.format(|p| match command {
             Some(cmd) => cmd.print(p, item),
@@ -92,6 +94,13 @@ impl<W: Write> Outputs<'_, W> {
         }
         if let Some(log) = &mut self.joblog {
             log.record(item);
+        }
+    }
+
+    /// Stops the run when `--line-buffer` could not print a line (the reader went away).
+    fn check_live(&mut self) {
+        if !self.sink.closed && self.command.is_some_and(CommandMode::output_closed) {
+            self.sink.fail(io::ErrorKind::BrokenPipe.into());
         }
     }
 

@@ -78,6 +78,9 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let journal = Journal::open(&args.large, work.inputs.items)?;
     let results_dir = args.large.results.as_deref().map(ResultsDir::create).transpose()?;
     let view = View::decide(&args, work.command.is_some());
+    if let Some(cmd) = &work.command {
+        cmd.check_view(view.format, args.ordered)?;
+    }
     let total = work.inputs.total.map(|t| t.saturating_sub(journal.skip_estimate));
 
     let throttle = throttle(&args);
@@ -95,7 +98,8 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let interrupts = interrupt::install_ctrl_c(results.control());
 
     let mut outputs = Outputs {
-        sink: Sink::new(printer(&args, &view), io::stdout().lock(), None, results.control()),
+        // Not locked for the whole run: `--line-buffer` prints from the runspaces' threads.
+        sink: Sink::new(printer(&args, &view), io::stdout(), None, results.control()),
         command: work.command.as_ref(),
         joblog: journal.log,
         results_dir,
@@ -214,7 +218,8 @@ impl View {
             colour_out: colour::stdout(),
             colour_err: colour::stderr(),
             summary: !args.no_summary && (args.summary || stderr_tty),
-            progress: !args.no_progress && (args.progress || stderr_tty),
+            // Lines printed as they come would break a bar drawn meanwhile.
+            progress: !args.no_progress && (args.progress || stderr_tty) && !args.command.line_buffer,
         }
     }
 }

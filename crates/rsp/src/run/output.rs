@@ -23,7 +23,8 @@ pub enum Format {
     /// CSV with a header: index,input,result,status,errors,duration_ms; an object result is
     /// spread into result.KEY columns (the first result's keys).
     Csv,
-    /// Just each item's result, one per line (strings bare, others as JSON); errors go to stderr.
+    /// Each output value on a line of its own (strings bare, others as JSON): every emit(v)
+    /// and returned value is one, a returned table is one JSON line; errors go to stderr.
     Values,
 }
 
@@ -124,12 +125,13 @@ impl<W: Write> Printer<W> {
             Format::Csv => self.csv_item(item)?,
             Format::Values => {
                 let ran = item.status == Status::Completed || item.status == Status::CompletedWithErrors;
-                if ran && !item.result.is_null() {
+                // One line per output value (each emit, each returned value).
+                for value in item.output().iter().filter(|v| ran && !v.is_null()) {
                     // Bytes that are not UTF-8 are written as they are: this
                     // format is for shells, which take bytes.
-                    match runspace::json::as_bytes(&item.result) {
+                    match runspace::json::as_bytes(value) {
                         Some(bytes) => self.out.write_all(&bytes)?,
-                        None => write!(self.out, "{}", bare(&item.result))?,
+                        None => write!(self.out, "{}", bare(value))?,
                     }
                     self.out.write_all(b"\n")?;
                 }
@@ -380,6 +382,11 @@ mod tests {
             ],
         );
         assert_eq!(out, "a b\n[1]\n");
+        // Several output values: one line each; a returned array: one line.
+        let mut several = item(0, json!(["x", [1, 2], null, {"k": 1}]), Status::Completed);
+        several.outputs = 4;
+        let one_array = item(1, json!(["x", [1, 2]]), Status::Completed);
+        assert_eq!(render(Format::Values, &[several, one_array]), "x\n[1,2]\n{\"k\":1}\n[\"x\",[1,2]]\n");
         let mut p = Printer::new(Format::Values, Vec::new(), false);
         p.item(&item(0, json!({"$bytes": "/wA="}), Status::Completed)).unwrap();
         assert_eq!(p.out, b"\xff\x00\n");

@@ -23,6 +23,10 @@ pub fn write_item<W: Write + ?Sized>(out: &mut W, item: &ItemResult) -> io::Resu
     write_value(out, &item.input)?;
     out.write_all(b",\"result\":")?;
     write_value(out, &item.result)?;
+    if item.outputs > 1 {
+        out.write_all(b",\"outputs\":")?;
+        CompactFormatter.write_u32(out, item.outputs)?;
+    }
     out.write_all(b",\"status\":\"")?;
     out.write_all(item.status.as_str().as_bytes())?;
     out.write_all(b"\",\"errors\":")?;
@@ -127,6 +131,7 @@ mod tests {
             index: u64::MAX,
             input,
             result,
+            outputs: 2,
             status,
             errors: vec!["boom \"quoted\"\n\ttab \u{1} \\ é 😀 </script>".into(), String::new()],
             duration_ms,
@@ -177,6 +182,7 @@ mod tests {
             assert_eq!(ours, theirs);
             // The common, minimal record: no optional fields.
             let minimal = ItemResult {
+                outputs: i as u32 % 2,
                 batch: None,
                 batch_index: None,
                 attempts: 1,

@@ -8,6 +8,10 @@
 //! keeps its output pipes open. The item's thread yields while the child
 //! runs, so many items can wait on children side by side; a stopped item
 //! drops its wait, which kills the group and reaps the child.
+//!
+//! With the `live` option, each line the child writes is also handed to the
+//! session's [`LiveOutput`](crate::LiveOutput) as soon as it is read (see
+//! `crate::live`); the result still carries the whole output.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -24,6 +28,7 @@ use super::HostContext;
 use crate::capability::Capability;
 use crate::control::Switch;
 use crate::convert::from_lua;
+use crate::live::{LineStream, Lines, LiveLine, LiveOutput};
 
 /// Output kept per stream unless `max_output` says otherwise; the rest is
 /// read and dropped, so a chatty child never blocks on a full pipe.
@@ -52,6 +57,9 @@ struct ExecOptions {
     env: Option<BTreeMap<String, String>>,
     /// Bytes of stdout and of stderr kept (default 16 MiB each).
     max_output: Option<usize>,
+    /// A name for the command: its lines go to the session's live-output
+    /// handler as they are read, with this name (ignored without one).
+    live: Option<Value>,
 }
 
 /// Installs `exec`: a callable table (`exec(...)`, also `exec.run(...)`).
@@ -103,6 +111,7 @@ async fn run(
     let args = arguments(args)?;
     let timeout = opts.timeout.map(|t| gate::seconds(what, t)).transpose()?;
     let max_output = opts.max_output.unwrap_or(DEFAULT_MAX_OUTPUT);
+    let live = ctx.live.clone().zip(opts.live);
 
     let mut cmd = if opts.shell {
         let mut c = Command::new("/bin/sh");
@@ -134,13 +143,12 @@ async fn run(
             let _ = pipe.write_all(text.as_bytes()).await;
         });
     }
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut out, mut err) =
+        (Kept::new(max_output, &live, LineStream::Stdout), Kept::new(max_output, &live, LineStream::Stderr));
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     let deadline = timeout.map(|t| started + t);
     let ended = gate::guard(switch, async {
-        let read = async {
-            tokio::join!(read_capped(stdout, &mut out, max_output), read_capped(stderr, &mut err, max_output))
-        };
+        let read = async { tokio::join!(read_capped(stdout, &mut out), read_capped(stderr, &mut err)) };
         tokio::pin!(read);
         let waiting = wait(&mut child, &group, deadline);
         tokio::pin!(waiting);
@@ -157,8 +165,10 @@ async fn run(
         }
         ended
     })
-    .await?;
-    let (status, timed_out) = ended.map_err(|e| fail(what, e))?;
+    .await;
+    // Last lines without a newline (or cut short by a stop) still go out.
+    let (out, err) = (out.finish(), err.finish());
+    let (status, timed_out) = ended?.map_err(|e| fail(what, e))?;
     group.0 = None;
     record(
         lua,
@@ -229,18 +239,75 @@ async fn wait(
     }
 }
 
-/// Reads `pipe` to its end, keeping at most `max` bytes in `kept` (the rest
-/// is read and dropped, so a chatty child never blocks on a full pipe).
-async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>, max: usize) {
-    let Some(mut pipe) = pipe else { return };
-    let mut chunk = vec![0u8; CHUNK];
-    loop {
-        match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                let room = max.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..n.min(room)]);
+/// What is kept of one of the child's streams: its first bytes, up to the
+/// cap, also handed line by line to the live-output handler when there is
+/// one.
+struct Kept<'a> {
+    bytes: Vec<u8>,
+    max: usize,
+    live: Option<Live<'a>>,
+}
+
+/// Where a stream's lines go as they are read.
+struct Live<'a> {
+    handler: &'a LiveOutput,
+    name: &'a Value,
+    stream: LineStream,
+    lines: Lines,
+}
+
+impl Live<'_> {
+    fn push(&mut self, bytes: &[u8]) {
+        let (handler, name, stream) = (self.handler, self.name, self.stream);
+        self.lines.push(bytes, |text, end| handler.send(&LiveLine { name, stream, text, end }));
+    }
+
+    fn finish(&mut self) {
+        let (handler, name, stream) = (self.handler, self.name, self.stream);
+        self.lines.finish(|text, end| handler.send(&LiveLine { name, stream, text, end }));
+    }
+}
+
+impl<'a> Kept<'a> {
+    fn new(max: usize, live: &'a Option<(LiveOutput, Value)>, stream: LineStream) -> Kept<'a> {
+        let live = live.as_ref().map(|(handler, name)| Live { handler, name, stream, lines: Lines::default() });
+        Kept { bytes: Vec::new(), max, live }
+    }
+
+    fn keep(&mut self, chunk: &[u8]) {
+        let room = self.max.saturating_sub(self.bytes.len());
+        let kept = &chunk[..chunk.len().min(room)];
+        self.bytes.extend_from_slice(kept);
+        if let Some(live) = &mut self.live {
+            live.push(kept);
+            if room <= chunk.len() {
+                // Past the cap nothing is kept, so nothing more is shown.
+                live.finish();
             }
+        }
+    }
+
+    /// The kept bytes, after handing over a last line without a newline.
+    fn finish(mut self) -> Vec<u8> {
+        if let Some(live) = &mut self.live {
+            live.finish();
+        }
+        self.bytes
+    }
+}
+
+/// Reads `pipe` to its end into `kept` (what passes the cap is read and
+/// dropped, so a chatty child never blocks on a full pipe).
+async fn read_capped(pipe: Option<impl AsyncRead + Unpin>, kept: &mut Kept<'_>) {
+    let Some(mut pipe) = pipe else { return };
+    // Read into spare capacity: no zeroing of 64 KiB per stream per
+    // command, most of which write a few bytes.
+    let mut chunk = Vec::with_capacity(CHUNK);
+    loop {
+        chunk.clear();
+        match pipe.read_buf(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => kept.keep(&chunk),
         }
     }
 }

@@ -126,6 +126,8 @@ pub(crate) struct HostContext {
     pub(crate) max_output: usize,
     /// The session's working directory and environment.
     pub(crate) surroundings: Arc<Surroundings>,
+    /// Where lines of commands run with `exec`'s `live` option go.
+    pub(crate) live: Option<crate::live::LiveOutput>,
 }
 
 impl HostContext {

@@ -85,6 +85,13 @@ pub struct ItemResult {
     pub input: Value,
     /// Null for no output, the one output, or an array of several.
     pub result: Value,
+    /// How many output values the item produced (each `emit(v)` and each
+    /// returned value is one; a returned table is one value). When more
+    /// than one, `result` is the array of them, so a record tells several
+    /// values from one array. Serialized only when more than one; see
+    /// [`ItemResult::output`].
+    #[serde(default = "one", skip_serializing_if = "at_most_one")]
+    pub outputs: u32,
     /// How the item ended.
     pub status: Status,
     /// `write_error` records, then the terminating error if there was one.
@@ -126,12 +133,42 @@ fn is_one(n: &u32) -> bool {
     *n == 1
 }
 
+fn at_most_one(n: &u32) -> bool {
+    *n <= 1
+}
+
 impl ItemResult {
+    /// The output values one by one: the elements of `result` when the
+    /// item produced several, else `result` alone (none when the item
+    /// produced nothing).
+    ///
+    /// ```
+    /// use runspace::{RunspacePool, Script};
+    /// use serde_json::json;
+    /// let pool = RunspacePool::builder().max(1).open().unwrap();
+    /// let run = |code| pool.parallel(&Script::new(code).unwrap()).run(vec![json!(0)]).next().unwrap();
+    /// let emitted = run("emit(1) emit(2)");
+    /// assert_eq!((emitted.result.clone(), emitted.outputs), (json!([1, 2]), 2));
+    /// assert_eq!(emitted.output(), &[json!(1), json!(2)]);
+    /// let returned = run("return {1, 2}");
+    /// assert_eq!((returned.result.clone(), returned.outputs), (json!([1, 2]), 1));
+    /// assert_eq!(returned.output(), &[json!([1, 2])]);
+    /// assert!(run("local x = 1").output().is_empty());
+    /// ```
+    pub fn output(&self) -> &[Value] {
+        match (&self.result, self.outputs) {
+            (_, 0) => &[],
+            (Value::Array(values), n) if n > 1 => values,
+            (one, _) => std::slice::from_ref(one),
+        }
+    }
+
     fn ended(index: u64, input: Value, status: Status, error: String) -> ItemResult {
         ItemResult {
             index,
             input,
             result: Value::Null,
+            outputs: 0,
             status,
             errors: vec![error],
             duration_ms: 0.0,

@@ -438,6 +438,7 @@ async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, v
         return ItemResult {
             index,
             input: Value::Null,
+            outputs: u32::try_from(output.len()).unwrap_or(u32::MAX),
             result: collapse(output),
             status,
             errors: streams.error,

@@ -10,11 +10,14 @@
 //! the ones scripts have. Before printing, a record's `input` is put back
 //! to what the user gave (a string, or an array of columns).
 
+mod live;
 mod sources;
 mod template;
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use regex::Regex;
 use runspace::{Capability, Grants, Input, ItemResult, Script, SessionState};
@@ -55,6 +58,11 @@ pub struct CommandArgs {
     #[arg(long, requires = "template")]
     pub dry_run: bool,
 
+    /// Print each command's output lines as they come, each line whole, instead of
+    /// each command's output whole when it ends (--format values).
+    #[arg(long, requires = "template")]
+    pub line_buffer: bool,
+
     /// Argument lists: `::: VALUE…` and `:::: FILE…` (one value per line);
     /// several combine into every combination, the last varying fastest.
     #[arg(value_name = "::: ARGS", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
@@ -69,6 +77,10 @@ pub struct CommandMode {
     tag: bool,
     /// `--dry-run`.
     pub dry_run: bool,
+    /// `--line-buffer`: output is printed as it comes, by [`live`].
+    pub line_buffer: bool,
+    /// Set when printing a line failed (the reader went away).
+    live_closed: Arc<AtomicBool>,
     sources: Option<Vec<sources::Source>>,
     /// `{%}`: where runspaces claim their slot numbers.
     slots: Option<Slots>,
@@ -82,6 +94,17 @@ impl CommandMode {
         let mut words: Vec<String> = script.script.iter().map(|p| p.display().to_string()).collect();
         words.extend(args.sources.iter().cloned());
         let Some(text) = &args.template else {
+            // clap's `requires` does not hold these flags back, so here.
+            let command_only = [
+                ("--shell", args.shell),
+                ("--colsep", args.colsep.is_some()),
+                ("--tag", args.tag),
+                ("--dry-run", args.dry_run),
+                ("--line-buffer", args.line_buffer),
+            ];
+            if let Some((flag, _)) = command_only.iter().find(|(_, given)| *given) {
+                return Err(CliError::usage(format!("{flag} is for command mode: give the command with --cmd")));
+            }
             if args.sources.is_empty() {
                 return Ok(None);
             }
@@ -122,6 +145,8 @@ impl CommandMode {
             colsep,
             tag: args.tag,
             dry_run: args.dry_run,
+            line_buffer: args.line_buffer,
+            live_closed: Arc::default(),
             sources,
             slots,
         }))
@@ -148,7 +173,10 @@ impl CommandMode {
         grants.grant(Capability::Exec);
         // Room for both captured streams at their own cap, so a command
         // past it fails with the runner's message and keeps what it printed.
-        let session = SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20));
+        let mut session = SessionState::new().grants_from(grants).max_output(2 * MAX_OUTPUT + (1 << 20));
+        if self.line_buffer {
+            session = session.live_output(live::printer(self.tag, self.live_closed.clone()));
+        }
         match &self.slots {
             Some(slots) => slots.add_to(session),
             None => Ok(session),
@@ -235,8 +263,31 @@ impl CommandMode {
         out.flush()
     }
 
+    /// Whether printing a line as it came failed: the run should stop.
+    pub fn output_closed(&self) -> bool {
+        self.live_closed.load(Ordering::Relaxed)
+    }
+
+    /// `--line-buffer` prints lines as they come, so only as text, and in
+    /// the order they come.
+    pub fn check_view(&self, format: Format, ordered: bool) -> Result<(), CliError> {
+        if !self.line_buffer {
+            return Ok(());
+        }
+        if format != Format::Values {
+            return Err(CliError::usage(
+                "--line-buffer prints the commands' output as text, which only --format values does",
+            ));
+        }
+        if ordered {
+            return Err(CliError::usage("--line-buffer prints lines as they come, so it cannot keep -k's order"));
+        }
+        Ok(())
+    }
+
     /// Prints a finished item: its output as the command wrote it for
-    /// `--format values`, else the record, its `input` put back.
+    /// `--format values` (already printed with `--line-buffer`), else the
+    /// record, its `input` put back.
     pub fn print<W: Write>(&self, printer: &mut Printer<W>, item: &ItemResult) -> io::Result<()> {
         let input = item.input.get("input").unwrap_or(&item.input);
         if printer.format() != Format::Values {
@@ -244,12 +295,12 @@ impl CommandMode {
             shown.input = input.clone();
             return printer.item(&shown);
         }
-        let tag = self.tag.then(|| crate::run::output::bare(input));
-        let text = |key: &str| item.result.get(key).and_then(Value::as_str).unwrap_or("");
-        write_tagged(printer.out(), text("stdout"), tag.as_deref())?;
-        let stderr = text("stderr");
         let mut err = io::stderr().lock();
-        write_tagged(&mut err, stderr, tag.as_deref())?;
+        if !self.line_buffer {
+            let tag = self.tag.then(|| crate::run::output::bare(input));
+            write_tagged(printer.out(), &output_bytes(&item.result, "stdout"), tag.as_deref())?;
+            write_tagged(&mut err, &output_bytes(&item.result, "stderr"), tag.as_deref())?;
+        }
         if !item.status.is_success() {
             if let Some(error) = item.errors.last() {
                 writeln!(err, "rsp: item {} ({}): {error}", item.index, command_text(&item.result))?;
@@ -264,13 +315,24 @@ fn command_text(result: &Value) -> &str {
     result.get("command").and_then(Value::as_str).unwrap_or("command")
 }
 
-/// Writes `text`, each line prefixed with `tag` and a TAB when given.
-fn write_tagged(out: &mut impl Write, text: &str, tag: Option<&str>) -> io::Result<()> {
-    let Some(tag) = tag else { return out.write_all(text.as_bytes()) };
-    for line in text.split_inclusive('\n') {
-        write!(out, "{tag}\t{line}")?;
+/// A command's output as it wrote it: a string, or the bytes of a
+/// `{"$bytes": …}` when it was not UTF-8.
+fn output_bytes<'a>(result: &'a Value, key: &str) -> std::borrow::Cow<'a, [u8]> {
+    match result.get(key) {
+        Some(Value::String(s)) => s.as_bytes().into(),
+        Some(other) => runspace::json::as_bytes(other).unwrap_or_default().into(),
+        None => Default::default(),
     }
-    if !text.is_empty() && !text.ends_with('\n') {
+}
+
+/// Writes `text`, each line prefixed with `tag` and a TAB when given.
+fn write_tagged(out: &mut impl Write, text: &[u8], tag: Option<&str>) -> io::Result<()> {
+    let Some(tag) = tag else { return out.write_all(text) };
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        write!(out, "{tag}\t")?;
+        out.write_all(line)?;
+    }
+    if !text.is_empty() && !text.ends_with(b"\n") {
         out.write_all(b"\n")?;
     }
     Ok(())
@@ -366,12 +428,13 @@ if SLOT_MARK then
     command = put(command)
 end
 local ok, r
+-- `live`: with a live-output handler (--line-buffer), lines go out as they come.
 if line then
-    ok, r = pcall(exec, line, nil, {shell = true, max_output = MAX_OUTPUT + 1})
+    ok, r = pcall(exec, line, nil, {shell = true, max_output = MAX_OUTPUT + 1, live = c.input})
 else
     local args = {}
     for i = 2, #argv do args[i - 1] = argv[i] end
-    ok, r = pcall(exec, argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1})
+    ok, r = pcall(exec, argv[1], #args > 0 and args or nil, {max_output = MAX_OUTPUT + 1, live = c.input})
 end
 if not ok then
     -- Cannot start (no such program), or stopped: say so without the runner's line numbers.
@@ -417,10 +480,14 @@ mod tests {
     #[test]
     fn tags_prefix_every_line() {
         let mut out = Vec::new();
-        write_tagged(&mut out, "a\nb", Some("in")).unwrap();
+        write_tagged(&mut out, b"a\nb", Some("in")).unwrap();
         assert_eq!(out, b"in\ta\nin\tb\n");
         let mut out = Vec::new();
-        write_tagged(&mut out, "", Some("in")).unwrap();
+        write_tagged(&mut out, b"", Some("in")).unwrap();
         assert!(out.is_empty());
+        // Output that is not UTF-8 is printed as it was written.
+        let result = json!({"stdout": {"$bytes": "/3gK"}, "stderr": "e"});
+        assert_eq!(&*output_bytes(&result, "stdout"), b"\xffx\n");
+        assert_eq!(&*output_bytes(&result, "stderr"), b"e");
     }
 }
