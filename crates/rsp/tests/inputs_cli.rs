@@ -240,13 +240,11 @@ fn job_start_reads_piped_items_and_runs_commands() {
 
 #[test]
 fn slot_numbers_are_unique_among_running_commands_and_within_the_job_count() {
-    // --dry-run shows GNU parallel's numbering.
-    let args: [&str; 7] = ["-j", "2", "echo {%} {#}", ":::", "a", "b", "c"];
+    // --dry-run numbers slots round-robin. GNU parallel's own --dry-run is
+    // not compared: its slot numbers vary from run to run (20221122 printed
+    // 1 1 / 1 2 / 2 3 on the same input).
     let o = rsp(&["run", "--dry-run", "-j", "2", "--cmd", "echo {%} {#}", ":::", "a", "b", "c"]);
     assert_eq!(stdout(&o), "echo 1 1\necho 2 2\necho 1 3\n", "{}", stderr(&o));
-    if let Some(g) = gnu(&args) {
-        assert_eq!(g, stdout(&o));
-    }
     // Running: a command holds its slot's directory while it runs; a slot
     // shared by two commands at once would make mkdir fail.
     let dir = tempfile::tempdir().unwrap();
