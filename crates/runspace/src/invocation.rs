@@ -243,7 +243,7 @@ impl Pending {
                     generation,
                     owner,
                     lane: lane.id,
-                    switch,
+                    switch: &switch,
                     abort: None,
                 })
                 .await

@@ -5,12 +5,11 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
-use mlua::thread::{AsyncThread, ThreadStatus};
 use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
@@ -110,11 +109,39 @@ pub struct Runspace {
 /// nesting on the C stack (~200), and a host call that waits can yield it.
 struct ItemContext {
     thread: Thread,
+    /// `thread`'s own state, to read its status without a round trip
+    /// through mlua (which looks at its call frames too).
+    state: *mut ffi::lua_State,
     /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
     /// here, reads fall through to the shared globals.
     env: Table,
     /// The last script run here, bound to `env`: (script id, closure).
     bound: Option<(u64, Function)>,
+}
+
+impl ItemContext {
+    /// Whether the thread is suspended in a `coroutine.yield`.
+    fn yielded(&self) -> bool {
+        // SAFETY: `state` is the state of `thread`, which this context
+        // keeps alive, and Luau never moves collectable objects; the
+        // runspace's thread is the only one that touches its VM, and
+        // `lua_status` only reads the state's status.
+        unsafe { ffi::lua_status(self.state) == ffi::LUA_YIELD }
+    }
+
+    /// Whether the thread ran its function to the end (nothing is left
+    /// on its stack to let go of).
+    fn finished(&self) -> bool {
+        // SAFETY: as in `yielded`; `lua_gettop` only reads the stack bounds.
+        unsafe { ffi::lua_status(self.state) == ffi::LUA_OK && ffi::lua_gettop(self.state) == 0 }
+    }
+}
+
+/// An item's positional arguments, as Luau values.
+enum Args {
+    None,
+    One(LuaValue),
+    Many(MultiValue),
 }
 
 /// A script loaded into a runspace.
@@ -138,7 +165,7 @@ pub(crate) struct Execution<'a> {
     /// The pool lane it runs in (0 outside a pool).
     pub(crate) lane: u64,
     /// The item's own stop switch, with its deadline.
-    pub(crate) switch: Arc<Switch>,
+    pub(crate) switch: &'a Arc<Switch>,
     /// A run-wide stop that the item obeys from its start.
     pub(crate) abort: Option<&'a AtomicBool>,
 }
@@ -231,7 +258,7 @@ impl Runspace {
         };
         let switch = Arc::new(Switch::new(None));
         let execution =
-            Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch, abort: None };
+            Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch: &switch, abort: None };
         runtime.block_on(self.execute(execution))
     }
 
@@ -280,9 +307,8 @@ impl Runspace {
         }
         let mut capture = Capture::default();
         let (context, outcome) = match self.start(&e) {
-            Ok((context, mut thread)) => {
-                let outcome =
-                    std::future::poll_fn(|cx| self.poll_item(&context, &mut thread, &e, &mut capture, cx)).await;
+            Ok((context, args)) => {
+                let outcome = self.run(&context, args, &e, &mut capture).await;
                 (Some(context), outcome)
             }
             Err(err) => (None, Err(err)),
@@ -294,8 +320,50 @@ impl Runspace {
         result
     }
 
-    /// Takes a spare context (or makes one) and sets it up for `e`.
-    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, AsyncThread<MultiValue>)> {
+    /// Runs the item's thread to its end.
+    ///
+    /// Most items never wait, so the thread is first resumed straight
+    /// away; only one that yields in a host call that waits goes on under
+    /// mlua's async polling (a Luau thread and a future of its own per item
+    /// cost a trivial item about a third more). The host call's future was
+    /// then polled once without a waker; the next poll, under the event
+    /// loop's waker, is the one that registers it.
+    async fn run(
+        &self,
+        context: &ItemContext,
+        args: Args,
+        e: &Execution<'_>,
+        capture: &mut Capture,
+    ) -> mlua::Result<MultiValue> {
+        let thread = &context.thread;
+        let values = self.as_item(e, capture, || match args {
+            Args::None => thread.resume::<MultiValue>(()),
+            Args::One(value) => thread.resume::<MultiValue>(value),
+            Args::Many(values) => thread.resume::<MultiValue>(values),
+        })?;
+        let pending = matches!(values.front(), Some(LuaValue::LightUserData(ud)) if *ud == Lua::poll_pending());
+        if !(pending && values.len() == 1) {
+            return match context.yielded() {
+                true => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
+                false => Ok(values),
+            };
+        }
+        let mut waiting = thread.clone().into_async::<MultiValue>(())?;
+        std::future::poll_fn(|cx| {
+            let polled = self.as_item(e, capture, || Pin::new(&mut waiting).poll_next(cx));
+            match polled {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+                Poll::Ready(Some(_)) if context.yielded() => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+                Poll::Ready(Some(outcome)) => Poll::Ready(outcome),
+            }
+        })
+        .await
+    }
+
+    /// Takes a spare context (or makes one) and sets it up for `e`: the
+    /// thread holds the script's closure, bound to the item's globals.
+    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, Args)> {
         let spare = self.spare.borrow_mut().pop();
         let mut context = match spare {
             Some(context) => context,
@@ -319,19 +387,24 @@ impl Runspace {
                 f
             }
         };
-        let mut lua_args = MultiValue::with_capacity(e.args.len());
-        for arg in e.args {
-            lua_args.push_back(to_lua(&self.lua, arg)?);
-        }
-        if let Some(first) = lua_args.front() {
-            env.raw_set(&self.underscore, first.clone())?;
+        let args = match e.args {
+            [] => Args::None,
+            [one] => Args::One(to_lua(&self.lua, one)?),
+            many => Args::Many(many.iter().map(|arg| to_lua(&self.lua, arg)).collect::<mlua::Result<_>>()?),
+        };
+        let first = match &args {
+            Args::None => None,
+            Args::One(value) => Some(value),
+            Args::Many(values) => values.front(),
+        };
+        if let Some(first) = first {
+            env.raw_set(&self.underscore, first)?;
         }
         for (name, value) in e.params {
             env.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
         }
         context.thread.reset(function)?;
-        let thread = context.thread.clone().into_async(lua_args)?;
-        Ok((context, thread))
+        Ok((context, args))
     }
 
     fn new_context(&self) -> mlua::Result<ItemContext> {
@@ -348,40 +421,29 @@ impl Runspace {
             })?;
         }
         let thread = self.lua.create_thread(self.placeholder.clone())?;
-        Ok(ItemContext { thread, env, bound: None })
+        // A Luau thread object is its `lua_State` (see `lua_topointer`).
+        let state = thread.to_pointer() as *mut ffi::lua_State;
+        Ok(ItemContext { thread, state, env, bound: None })
     }
 
-    /// Resumes the item's thread once, as the item: its switch is the one
-    /// the interrupt checks, its capture the one host functions record into.
-    fn poll_item(
-        &self,
-        context: &ItemContext,
-        thread: &mut AsyncThread<MultiValue>,
-        e: &Execution<'_>,
-        capture: &mut Capture,
-        cx: &mut Context<'_>,
-    ) -> Poll<mlua::Result<MultiValue>> {
+    /// Runs `f` (a resume of an item's thread) as the item: its switch is
+    /// the one the interrupt checks, its capture the one host functions
+    /// record into.
+    fn as_item<R>(&self, e: &Execution<'_>, capture: &mut Capture, f: impl FnOnce() -> R) -> R {
         let deadline = e.switch.deadline();
         if deadline.is_some_and(|d| d <= Instant::now()) {
             // It waited for its turn past its deadline.
             e.switch.stop(StopReason::TimedOut);
         }
         self.control.begin(e.generation, e.owner, e.lane, deadline);
-        self.polled.enter(capture, &e.switch);
-        let polled = {
-            let _active = ActiveGuard::new(&self.control, &e.switch);
-            Pin::new(thread).poll_next(cx)
+        self.polled.enter(capture, e.switch);
+        let result = {
+            let _active = ActiveGuard::new(&self.control, e.switch);
+            f()
         };
         self.polled.leave(capture);
         self.control.end();
-        match polled {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
-            Poll::Ready(Some(outcome)) => match context.thread.status() {
-                ThreadStatus::Resumable => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
-                _ => Poll::Ready(outcome),
-            },
-        }
+        result
     }
 
     fn finish(
@@ -447,9 +509,9 @@ impl Runspace {
             // Errored or yielded: the thread's stack still holds what the
             // item was using. Resetting it now lets that be collected
             // before the next item, not after it.
-            let reset = match context.thread.status() {
-                ThreadStatus::Finished => Ok(()),
-                _ => context.thread.reset(self.placeholder.clone()),
+            let reset = match context.finished() {
+                true => Ok(()),
+                false => context.thread.reset(self.placeholder.clone()),
             };
             if cleared.is_err() || reset.is_err() {
                 self.healthy.set(false);

@@ -326,6 +326,7 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
     let started = Instant::now();
     let mut last_flush = started;
     let mut ran = 0usize;
+    let mut spare = None;
     loop {
         if run.cancelled.load(Ordering::Relaxed) {
             break;
@@ -350,7 +351,7 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             }
         }
         let mut item = match &input {
-            Input::Value(value) => run_item(&lane, &prepared, &run, index, value).await,
+            Input::Value(value) => run_item(&lane, &prepared, &run, index, value, &mut spare).await,
             Input::Invalid { text, error } => {
                 ItemResult::ended(index, Value::String(text.clone()), Status::Failed, format!("invalid input: {error}"))
             }
@@ -437,12 +438,19 @@ fn finish_chunk(run: &RunShared, staging: &Arc<Staging>, total: usize, ran: usiz
 
 /// Runs one input, and again after a back-off while it fails or times out
 /// and retries are left.
-async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, value: &Value) -> ItemResult {
+async fn run_item(
+    lane: &Lane,
+    script: &Prepared,
+    run: &RunShared,
+    index: u64,
+    value: &Value,
+    spare: &mut Option<Arc<Switch>>,
+) -> ItemResult {
     let runspace = &lane.runspace;
     let mut attempts = 1u32;
     loop {
         let generation = runspace.next_generation();
-        let switch = Arc::new(Switch::new(run.timeout.map(|t| Instant::now() + t)));
+        let switch = fresh_switch(spare, run.timeout.map(|t| Instant::now() + t));
         let r = runspace
             .execute(Execution {
                 script,
@@ -451,10 +459,11 @@ async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, v
                 generation,
                 owner: run.id,
                 lane: lane.id,
-                switch,
+                switch: &switch,
                 abort: Some(&run.aborted),
             })
             .await;
+        *spare = Some(switch);
         let (output, streams, status, duration) = r.into_parts();
         let retry = match &run.retry {
             Some(retry) if attempts <= retry.retries && matches!(status, Status::Failed | Status::TimedOut) => {
@@ -487,6 +496,19 @@ async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, v
             progress: streams.progress,
         };
     }
+}
+
+/// A switch for the next item: the last item's, when nothing else holds
+/// it any more (a host call's future may, until it is collected), which
+/// spares an allocation per item.
+fn fresh_switch(spare: &mut Option<Arc<Switch>>, deadline: Option<Instant>) -> Arc<Switch> {
+    if let Some(mut switch) = spare.take() {
+        if let Some(reused) = Arc::get_mut(&mut switch) {
+            *reused = Switch::new(deadline);
+            return switch;
+        }
+    }
+    Arc::new(Switch::new(deadline))
 }
 
 /// Waits `delay` before another attempt, yielding the runspace to its
