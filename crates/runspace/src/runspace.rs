@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
+use mlua::thread::AsyncThread;
 use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
@@ -84,6 +85,9 @@ pub struct Runspace {
     env_meta: Table,
     /// Threads and global tables of ended items, ready for the next ones.
     spare: RefCell<Vec<ItemContext>>,
+    /// The script whose last item waited in a host call (0 for none): see
+    /// [`Runspace::run`].
+    waiting_script: Cell<u64>,
     /// Any function: what a spare thread is reset to, so that it lets go of
     /// what its last item held.
     placeholder: Function,
@@ -226,6 +230,7 @@ impl Runspace {
             lua,
             env_meta,
             spare: RefCell::new(Vec::new()),
+            waiting_script: Cell::new(0),
             placeholder,
             control,
             polled,
@@ -324,10 +329,12 @@ impl Runspace {
     ///
     /// Most items never wait, so the thread is first resumed straight
     /// away; only one that yields in a host call that waits goes on under
-    /// mlua's async polling (a Luau thread and a future of its own per item
-    /// cost a trivial item about a third more). The host call's future was
-    /// then polled once without a waker; the next poll, under the event
-    /// loop's waker, is the one that registers it.
+    /// mlua's async polling (a future per item cost a trivial item about a
+    /// tenth of its time). The host call's future was then polled once
+    /// without a waker; the next poll, under the event loop's waker, is the
+    /// one that registers it. That first poll is wasted work for items
+    /// that do wait, so once an item of a script has waited, the next items
+    /// of that script start under the async polling, until one does not wait.
     async fn run(
         &self,
         context: &ItemContext,
@@ -336,6 +343,18 @@ impl Runspace {
         capture: &mut Capture,
     ) -> mlua::Result<MultiValue> {
         let thread = &context.thread;
+        if self.waiting_script.get() == e.script.id {
+            let waiting = match args {
+                Args::None => thread.clone().into_async::<MultiValue>(()),
+                Args::One(value) => thread.clone().into_async::<MultiValue>(value),
+                Args::Many(values) => thread.clone().into_async::<MultiValue>(values),
+            }?;
+            let (outcome, waited) = self.poll(context, waiting, e, capture).await;
+            if !waited {
+                self.waiting_script.set(0);
+            }
+            return outcome;
+        }
         let values = self.as_item(e, capture, || match args {
             Args::None => thread.resume::<MultiValue>(()),
             Args::One(value) => thread.resume::<MultiValue>(value),
@@ -348,17 +367,35 @@ impl Runspace {
                 false => Ok(values),
             };
         }
-        let mut waiting = thread.clone().into_async::<MultiValue>(())?;
-        std::future::poll_fn(|cx| {
-            let polled = self.as_item(e, capture, || Pin::new(&mut waiting).poll_next(cx));
+        self.waiting_script.set(e.script.id);
+        let waiting = thread.clone().into_async::<MultiValue>(())?;
+        self.poll(context, waiting, e, capture).await.0
+    }
+
+    /// Polls the item's thread to its end under the event loop; also says
+    /// whether it ever waited.
+    async fn poll(
+        &self,
+        context: &ItemContext,
+        mut thread: AsyncThread<MultiValue>,
+        e: &Execution<'_>,
+        capture: &mut Capture,
+    ) -> (mlua::Result<MultiValue>, bool) {
+        let mut waited = false;
+        let outcome = std::future::poll_fn(|cx| {
+            let polled = self.as_item(e, capture, || Pin::new(&mut thread).poll_next(cx));
             match polled {
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => {
+                    waited = true;
+                    Poll::Pending
+                }
                 Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
                 Poll::Ready(Some(_)) if context.yielded() => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
                 Poll::Ready(Some(outcome)) => Poll::Ready(outcome),
             }
         })
-        .await
+        .await;
+        (outcome, waited)
     }
 
     /// Takes a spare context (or makes one) and sets it up for `e`: the
@@ -410,16 +447,9 @@ impl Runspace {
     fn new_context(&self) -> mlua::Result<ItemContext> {
         let env = self.lua.create_table()?;
         env.set_metatable(Some(self.env_meta.clone()))?;
-        // SAFETY: `exec_raw` pushes `env` and hands us the VM's state; we
-        // only flag the table on top and pop it. "safeenv" lets Luau call
-        // builtins (math.floor...) directly, as luaL_sandboxthread does for
-        // the table it makes.
-        unsafe {
-            self.lua.exec_raw::<()>(&env, |state| {
-                ffi::lua_setsafeenv(state, -1, 1);
-                ffi::lua_pop(state, 1);
-            })?;
-        }
+        // "safeenv" lets Luau call builtins (math.floor...) directly, as
+        // luaL_sandboxthread does for the table it makes.
+        env.set_safeenv(true);
         let thread = self.lua.create_thread(self.placeholder.clone())?;
         // A Luau thread object is its `lua_State` (see `lua_topointer`).
         let state = thread.to_pointer() as *mut ffi::lua_State;

@@ -201,7 +201,7 @@ impl Results {
     /// [`Next::Idle`], so a caller can flush output or redraw progress while
     /// slow items run.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next {
-        self.next_until(Some(Instant::now() + timeout))
+        self.next_within(Some(timeout))
     }
 
     /// The run is over: sends the final progress event, once.
@@ -214,7 +214,10 @@ impl Results {
         Next::Done
     }
 
-    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
+    /// The next result, waiting at most `timeout` (measured from the
+    /// first wait: a result at hand costs no look at the clock).
+    fn next_within(&mut self, timeout: Option<Duration>) -> Next {
+        let mut deadline = None;
         loop {
             if self.ordered {
                 if let Some(item) = self.pending.remove(&self.next_seq) {
@@ -231,7 +234,9 @@ impl Results {
             // holds back in its chunk. Once stopping, nothing new is read:
             // when nothing is left in flight the run is over, even if the
             // feeder is still blocked in a slow input (a terminal, say).
-            let poll = Instant::now() + STEAL_AFTER;
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now + t));
+            let poll = now + STEAL_AFTER;
             match self.receiver.recv_deadline(deadline.map_or(poll, |d| d.min(poll))) {
                 Ok(delivery) => self.accept(delivery),
                 Err(RecvTimeoutError::Timeout) => {
@@ -305,7 +310,7 @@ impl Iterator for Results {
     type Item = ItemResult;
 
     fn next(&mut self) -> Option<ItemResult> {
-        match self.next_until(None) {
+        match self.next_within(None) {
             Next::Item(item) => Some(item),
             Next::Idle | Next::Done => None,
         }
