@@ -422,7 +422,9 @@ async fn deliver(lane: &Lane, delivery: Delivery) -> bool {
         match sent {
             None => return false,
             Some(true) => return true,
-            Some(false) => tokio::time::sleep(ROOM_TICK).await,
+            // Boxed: a timer is large, and every lane (10,000 of them with
+            // waiting items) would carry one in its future, unused.
+            Some(false) => Box::pin(tokio::time::sleep(ROOM_TICK)).await,
         }
     }
 }
