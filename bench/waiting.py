@@ -5,6 +5,7 @@ touches only 127.0.0.1.
 
     python3 bench/waiting.py              # builds rsp (release) first
     RSP=/path/to/rsp RUNS=5 python3 bench/waiting.py
+    BASE=/path/to/main/rsp python3 bench/waiting.py   # adds that build to 1-3
 
 Scenarios (medians of RUNS interleaved runs, default 3; ratios of medians):
   1. 10,000 x sleep(0.05) at throttle 10,000: rsp vs Python asyncio with a
@@ -178,17 +179,21 @@ def main():
         sys.exit("GNU time (/usr/bin/time) is needed: apt-get install time")
     print(f"Machine: {os.cpu_count()} CPUs; {output(f'{rsp} --version').strip()}; RUNS={RUNS}")
     sleeper = "sleep(0.05) return _"
+    # Another build of rsp (main's, say), measured in the same rounds.
+    base = os.environ.get("BASE")
+
+    def sleepers(n, throttle):
+        runs = [(f"rsp run --throttle {throttle}",
+                 f"{rsp} run -e '{sleeper}' --range 1..{n} --throttle {throttle} --format values")]
+        if base:
+            runs.append((f"BASE rsp run --throttle {throttle}",
+                         f"{base} run -e '{sleeper}' --range 1..{n} --throttle {throttle} --format values"))
+        return runs + [(f"Python asyncio, Semaphore({throttle})", f"{PY} -c '{ASYNCIO_SLEEP}' {n} {throttle}")]
 
     for n in (10_000, 100_000):
-        compare(f"{n:,} x sleep(0.05), {n:,} in flight (ideal 0.05 s)", [
-            (f"rsp run --throttle {n}", f"{rsp} run -e '{sleeper}' --range 1..{n} --throttle {n} --format values"),
-            (f"Python asyncio, Semaphore({n})", f"{PY} -c '{ASYNCIO_SLEEP}' {n} {n}"),
-        ], ideal=0.05)
+        compare(f"{n:,} x sleep(0.05), {n:,} in flight (ideal 0.05 s)", sleepers(n, n), ideal=0.05)
 
-    compare("2,000 x sleep(0.05), 200 in flight (ideal 0.5 s)", [
-        ("rsp run --throttle 200", f"{rsp} run -e '{sleeper}' --range 1..2000 --throttle 200 --format values"),
-        ("Python asyncio, Semaphore(200)", f"{PY} -c '{ASYNCIO_SLEEP}' 2000 200"),
-    ], ideal=0.5)
+    compare("2,000 x sleep(0.05), 200 in flight (ideal 0.5 s)", sleepers(2000, 200), ideal=0.5)
 
     # HTTP: process-per-request peers get fewer requests (their rate is per request).
     have_nginx = ensure("nginx", "apt-get install -y -qq nginx-light || apt-get install -y -qq nginx")

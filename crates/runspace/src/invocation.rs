@@ -246,7 +246,7 @@ impl Pending {
                     generation,
                     owner,
                     lane: lane.id,
-                    switch,
+                    switch: &switch,
                     abort: None,
                 })
                 .await

@@ -537,23 +537,34 @@ impl Worker {
                     None => break,
                 }
             } else if lanes.running.get() < shared.lanes_per_worker {
-                // Registered before the look at the queue, so a task queued
-                // in between still wakes us.
-                let queued = shared.queued_wake.notified();
-                tokio::pin!(queued);
-                queued.as_mut().enable();
-                match shared.receiver.try_recv() {
-                    Ok(queued) => queued,
+                // A worker taking thousands of tasks in a row (items that
+                // wait) registers for a wake-up only when the queue is empty.
+                let queued = match shared.receiver.try_recv() {
+                    Ok(queued) => Ok(queued),
                     Err(TryRecvError::Empty) => {
-                        tokio::select! {
-                            _ = queued => {}
-                            _ = lanes.ended.notified() => {}
-                            // The close signal has no async wake-up.
-                            _ = tokio::time::sleep(CLOSE_POLL) => {}
+                        // Registered before the second look at the queue, so
+                        // a task queued in between still wakes us.
+                        let queued = shared.queued_wake.notified();
+                        tokio::pin!(queued);
+                        queued.as_mut().enable();
+                        match shared.receiver.try_recv() {
+                            Err(TryRecvError::Empty) => {
+                                tokio::select! {
+                                    _ = queued => {}
+                                    _ = lanes.ended.notified() => {}
+                                    // The close signal has no async wake-up.
+                                    _ = tokio::time::sleep(CLOSE_POLL) => {}
+                                }
+                                continue;
+                            }
+                            other => other,
                         }
-                        continue;
                     }
-                    Err(TryRecvError::Disconnected) => break,
+                    Err(disconnected) => Err(disconnected),
+                };
+                match queued {
+                    Ok(queued) => queued,
+                    Err(_) => break, // only Disconnected gets here
                 }
             } else {
                 lanes.ended.notified().await;

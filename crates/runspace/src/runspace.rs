@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
-use mlua::thread::{AsyncThread, ThreadStatus};
+use mlua::thread::AsyncThread;
 use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
@@ -85,6 +85,9 @@ pub struct Runspace {
     env_meta: Table,
     /// Threads and global tables of ended items, ready for the next ones.
     spare: RefCell<Vec<ItemContext>>,
+    /// The script whose last item waited in a host call (0 for none): see
+    /// [`Runspace::run`].
+    waiting_script: Cell<u64>,
     /// Any function: what a spare thread is reset to, so that it lets go of
     /// what its last item held.
     placeholder: Function,
@@ -114,11 +117,39 @@ pub struct Runspace {
 /// nesting on the C stack (~200), and a host call that waits can yield it.
 struct ItemContext {
     thread: Thread,
+    /// `thread`'s own state, to read its status without a round trip
+    /// through mlua (which looks at its call frames too).
+    state: *mut ffi::lua_State,
     /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
     /// here, reads fall through to the shared globals.
     env: Table,
     /// The last script run here, bound to `env`: (script id, closure).
     bound: Option<(u64, Function)>,
+}
+
+impl ItemContext {
+    /// Whether the thread is suspended in a `coroutine.yield`.
+    fn yielded(&self) -> bool {
+        // SAFETY: `state` is the state of `thread`, which this context
+        // keeps alive, and Luau never moves collectable objects; the
+        // runspace's thread is the only one that touches its VM, and
+        // `lua_status` only reads the state's status.
+        unsafe { ffi::lua_status(self.state) == ffi::LUA_YIELD }
+    }
+
+    /// Whether the thread ran its function to the end (nothing is left
+    /// on its stack to let go of).
+    fn finished(&self) -> bool {
+        // SAFETY: as in `yielded`; `lua_gettop` only reads the stack bounds.
+        unsafe { ffi::lua_status(self.state) == ffi::LUA_OK && ffi::lua_gettop(self.state) == 0 }
+    }
+}
+
+/// An item's positional arguments, as Luau values.
+enum Args {
+    None,
+    One(LuaValue),
+    Many(MultiValue),
 }
 
 /// A script loaded into a runspace.
@@ -142,7 +173,7 @@ pub(crate) struct Execution<'a> {
     /// The pool lane it runs in (0 outside a pool).
     pub(crate) lane: u64,
     /// The item's own stop switch, with its deadline.
-    pub(crate) switch: Arc<Switch>,
+    pub(crate) switch: &'a Arc<Switch>,
     /// A run-wide stop that the item obeys from its start.
     pub(crate) abort: Option<&'a AtomicBool>,
 }
@@ -204,6 +235,7 @@ impl Runspace {
             lua,
             env_meta,
             spare: RefCell::new(Vec::new()),
+            waiting_script: Cell::new(0),
             placeholder,
             control,
             polled,
@@ -238,7 +270,7 @@ impl Runspace {
         };
         let switch = Arc::new(Switch::new(None));
         let execution =
-            Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch, abort: None };
+            Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch: &switch, abort: None };
         let result = runtime.block_on(self.execute(execution));
         // One item at a time here: nothing to wait for before collecting.
         self.collect_if_owed(Duration::ZERO);
@@ -293,9 +325,8 @@ impl Runspace {
         }
         let mut capture = Capture::default();
         let (context, outcome) = match self.start(&e) {
-            Ok((context, mut thread)) => {
-                let outcome =
-                    std::future::poll_fn(|cx| self.poll_item(&context, &mut thread, &e, &mut capture, cx)).await;
+            Ok((context, args)) => {
+                let outcome = self.run(&context, args, &e, &mut capture).await;
                 (Some(context), outcome)
             }
             Err(err) => (None, Err(err)),
@@ -307,8 +338,82 @@ impl Runspace {
         result
     }
 
-    /// Takes a spare context (or makes one) and sets it up for `e`.
-    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, AsyncThread<MultiValue>)> {
+    /// Runs the item's thread to its end.
+    ///
+    /// Most items never wait, so the thread is first resumed straight
+    /// away; only one that yields in a host call that waits goes on under
+    /// mlua's async polling (a future per item cost a trivial item about a
+    /// tenth of its time). The host call's future was then polled once
+    /// without a waker; the next poll, under the event loop's waker, is the
+    /// one that registers it. That first poll is wasted work for items
+    /// that do wait, so once an item of a script has waited, the next items
+    /// of that script start under the async polling, until one does not wait.
+    async fn run(
+        &self,
+        context: &ItemContext,
+        args: Args,
+        e: &Execution<'_>,
+        capture: &mut Capture,
+    ) -> mlua::Result<MultiValue> {
+        let thread = &context.thread;
+        if self.waiting_script.get() == e.script.id {
+            let waiting = match args {
+                Args::None => thread.clone().into_async::<MultiValue>(()),
+                Args::One(value) => thread.clone().into_async::<MultiValue>(value),
+                Args::Many(values) => thread.clone().into_async::<MultiValue>(values),
+            }?;
+            let (outcome, waited) = self.poll(context, waiting, e, capture).await;
+            if !waited {
+                self.waiting_script.set(0);
+            }
+            return outcome;
+        }
+        let values = self.as_item(e, thread, capture, || match args {
+            Args::None => thread.resume::<MultiValue>(()),
+            Args::One(value) => thread.resume::<MultiValue>(value),
+            Args::Many(values) => thread.resume::<MultiValue>(values),
+        })?;
+        let pending = matches!(values.front(), Some(LuaValue::LightUserData(ud)) if *ud == Lua::poll_pending());
+        if !(pending && values.len() == 1) {
+            return match context.yielded() {
+                true => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
+                false => Ok(values),
+            };
+        }
+        self.waiting_script.set(e.script.id);
+        let waiting = thread.clone().into_async::<MultiValue>(())?;
+        self.poll(context, waiting, e, capture).await.0
+    }
+
+    /// Polls the item's thread to its end under the event loop; also says
+    /// whether it ever waited.
+    async fn poll(
+        &self,
+        context: &ItemContext,
+        mut thread: AsyncThread<MultiValue>,
+        e: &Execution<'_>,
+        capture: &mut Capture,
+    ) -> (mlua::Result<MultiValue>, bool) {
+        let mut waited = false;
+        let outcome = std::future::poll_fn(|cx| {
+            let polled = self.as_item(e, &context.thread, capture, || Pin::new(&mut thread).poll_next(cx));
+            match polled {
+                Poll::Pending => {
+                    waited = true;
+                    Poll::Pending
+                }
+                Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+                Poll::Ready(Some(_)) if context.yielded() => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
+                Poll::Ready(Some(outcome)) => Poll::Ready(outcome),
+            }
+        })
+        .await;
+        (outcome, waited)
+    }
+
+    /// Takes a spare context (or makes one) and sets it up for `e`: the
+    /// thread holds the script's closure, bound to the item's globals.
+    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, Args)> {
         let spare = self.spare.borrow_mut().pop();
         let mut context = match spare {
             Some(context) => context,
@@ -332,69 +437,56 @@ impl Runspace {
                 f
             }
         };
-        let mut lua_args = MultiValue::with_capacity(e.args.len());
-        for arg in e.args {
-            lua_args.push_back(to_lua(&self.lua, arg)?);
-        }
-        if let Some(first) = lua_args.front() {
-            env.raw_set(&self.underscore, first.clone())?;
+        let args = match e.args {
+            [] => Args::None,
+            [one] => Args::One(to_lua(&self.lua, one)?),
+            many => Args::Many(many.iter().map(|arg| to_lua(&self.lua, arg)).collect::<mlua::Result<_>>()?),
+        };
+        let first = match &args {
+            Args::None => None,
+            Args::One(value) => Some(value),
+            Args::Many(values) => values.front(),
+        };
+        if let Some(first) = first {
+            env.raw_set(&self.underscore, first)?;
         }
         for (name, value) in e.params {
             env.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
         }
         context.thread.reset(function)?;
-        let thread = context.thread.clone().into_async(lua_args)?;
-        Ok((context, thread))
+        Ok((context, args))
     }
 
     fn new_context(&self) -> mlua::Result<ItemContext> {
         let env = self.lua.create_table()?;
         env.set_metatable(Some(self.env_meta.clone()))?;
-        // SAFETY: `exec_raw` pushes `env` and hands us the VM's state; we
-        // only flag the table on top and pop it. "safeenv" lets Luau call
-        // builtins (math.floor...) directly, as luaL_sandboxthread does for
-        // the table it makes.
-        unsafe {
-            self.lua.exec_raw::<()>(&env, |state| {
-                ffi::lua_setsafeenv(state, -1, 1);
-                ffi::lua_pop(state, 1);
-            })?;
-        }
+        // "safeenv" lets Luau call builtins (math.floor...) directly, as
+        // luaL_sandboxthread does for the table it makes.
+        env.set_safeenv(true);
         let thread = self.lua.create_thread(self.placeholder.clone())?;
-        Ok(ItemContext { thread, env, bound: None })
+        // A Luau thread object is its `lua_State` (see `lua_topointer`).
+        let state = thread.to_pointer() as *mut ffi::lua_State;
+        Ok(ItemContext { thread, state, env, bound: None })
     }
 
-    /// Resumes the item's thread once, as the item: its switch is the one
-    /// the interrupt checks, its capture the one host functions record into.
-    fn poll_item(
-        &self,
-        context: &ItemContext,
-        thread: &mut AsyncThread<MultiValue>,
-        e: &Execution<'_>,
-        capture: &mut Capture,
-        cx: &mut Context<'_>,
-    ) -> Poll<mlua::Result<MultiValue>> {
+    /// Runs `f` (a resume of an item's thread) as the item: its switch is
+    /// the one the interrupt checks, its capture the one host functions
+    /// record into.
+    fn as_item<R>(&self, e: &Execution<'_>, thread: &mlua::Thread, capture: &mut Capture, f: impl FnOnce() -> R) -> R {
         let deadline = e.switch.deadline();
         if deadline.is_some_and(|d| d <= Instant::now()) {
             // It waited for its turn past its deadline.
             e.switch.stop(StopReason::TimedOut);
         }
         self.control.begin(e.generation, e.owner, e.lane, deadline);
-        self.polled.enter(capture, &e.switch, &context.thread);
-        let polled = {
-            let _active = ActiveGuard::new(&self.control, &e.switch);
-            Pin::new(thread).poll_next(cx)
+        self.polled.enter(capture, e.switch, thread);
+        let result = {
+            let _active = ActiveGuard::new(&self.control, e.switch);
+            f()
         };
         self.polled.leave(capture);
         self.control.end();
-        match polled {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
-            Poll::Ready(Some(outcome)) => match context.thread.status() {
-                ThreadStatus::Resumable => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),
-                _ => Poll::Ready(outcome),
-            },
-        }
+        result
     }
 
     fn finish(
@@ -460,9 +552,9 @@ impl Runspace {
             // Errored or yielded: the thread's stack still holds what the
             // item was using. Resetting it now lets that be collected
             // before the next item, not after it.
-            let reset = match context.thread.status() {
-                ThreadStatus::Finished => Ok(()),
-                _ => context.thread.reset(self.placeholder.clone()),
+            let reset = match context.finished() {
+                true => Ok(()),
+                false => context.thread.reset(self.placeholder.clone()),
             };
             if cleared.is_err() || reset.is_err() {
                 self.healthy.set(false);

@@ -210,3 +210,32 @@ fn a_hundred_thousand_mixed_items_are_neither_lost_nor_duplicated() {
     assert_eq!(count, 100_000);
     assert!(seen.iter().all(|s| *s));
 }
+
+/// A caller that stops reading for a while fills the results channel; the
+/// worker whose lanes then wait for room must keep running its other items
+/// (here: a sleeping item's timeout), not block its whole event loop in a
+/// send until the caller reads again.
+#[test]
+fn a_caller_that_stops_reading_does_not_stall_the_items_of_a_runspace() {
+    let pool = RunspacePool::builder().threads(1).throttle(4).open().unwrap();
+    let script = Script::new("if _ == 0 then sleep(3600) end return _").unwrap();
+    // Item 0 sleeps past its timeout; the trivial ones after it fill the
+    // results channel (a few dozen deliveries) within milliseconds.
+    let mut results = pool.parallel(&script).timeout(Duration::from_secs(1)).run((0..20_000).map(|n| json!(n)));
+    let first = results.next().expect("a first result");
+    std::thread::sleep(Duration::from_secs(4));
+    let mut seen = HashSet::from([first.index]);
+    let mut slow = None;
+    for item in std::iter::once(first).chain(results) {
+        seen.insert(item.index);
+        if item.index == 0 {
+            slow = Some(item);
+        }
+    }
+    assert_eq!(seen.len(), 20_000);
+    let slow = slow.expect("item 0 came back");
+    assert_eq!(slow.status, Status::TimedOut, "{:?}", slow.errors);
+    // Its deadline came 1 s in, while the caller was not reading; a worker
+    // blocked on the full channel would only have ended it 4 s in.
+    assert!(slow.duration_ms < 3000.0, "item 0 ended after {} ms", slow.duration_ms);
+}

@@ -202,7 +202,7 @@ impl Results {
     /// slow items run.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next {
         // Clamped: `Duration::MAX` (wait for ever) must not overflow `Instant`.
-        self.next_until(Some(Instant::now() + timeout.min(crate::units::MAX_DURATION)))
+        self.next_within(Some(timeout.min(crate::units::MAX_DURATION)))
     }
 
     /// The run is over: sends the final progress event, once.
@@ -215,7 +215,10 @@ impl Results {
         Next::Done
     }
 
-    fn next_until(&mut self, deadline: Option<Instant>) -> Next {
+    /// The next result, waiting at most `timeout` (measured from the
+    /// first wait: a result at hand costs no look at the clock).
+    fn next_within(&mut self, timeout: Option<Duration>) -> Next {
+        let mut deadline = None;
         loop {
             if self.ordered {
                 if let Some(item) = self.pending.remove(&self.next_seq) {
@@ -232,7 +235,9 @@ impl Results {
             // holds back in its chunk. Once stopping, nothing new is read:
             // when nothing is left in flight the run is over, even if the
             // feeder is still blocked in a slow input (a terminal, say).
-            let poll = Instant::now() + STEAL_AFTER;
+            let now = Instant::now();
+            let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now + t));
+            let poll = now + STEAL_AFTER;
             match self.receiver.recv_deadline(deadline.map_or(poll, |d| d.min(poll))) {
                 Ok(delivery) => self.accept(delivery),
                 Err(RecvTimeoutError::Timeout) => {
@@ -306,7 +311,7 @@ impl Iterator for Results {
     type Item = ItemResult;
 
     fn next(&mut self) -> Option<ItemResult> {
-        match self.next_until(None) {
+        match self.next_within(None) {
             Next::Item(item) => Some(item),
             Next::Idle | Next::Done => None,
         }

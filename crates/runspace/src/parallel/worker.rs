@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Sender, TrySendError};
 use serde_json::Value;
 
 use super::{Input, ItemResult, RunShared};
@@ -24,8 +24,14 @@ const TARGET_CHUNK: Duration = Duration::from_micros(500);
 const MAX_CHUNK: usize = 256;
 /// A worker running slow items hands over what it has at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// Between items the clock is read only this often, or once the items'
+/// own durations add up to [`FLUSH_EVERY`]: a clock read costs a trivial
+/// item a few percent.
+const CLOCK_EVERY: usize = 64;
 /// How often a back-off wait looks at the run's stop flags.
 const BACKOFF_TICK: Duration = Duration::from_millis(10);
+/// How often a lane whose results wait for room in a full channel looks again.
+const ROOM_TICK: Duration = Duration::from_millis(1);
 
 /// Results of consecutive inputs of one chunk, on their way to the caller.
 ///
@@ -158,6 +164,8 @@ struct ChunkTask {
     position: u64,
     /// The item running now.
     current: Option<Current>,
+    /// Results waiting for room in the caller's channel.
+    unsent: Option<Delivery>,
 }
 
 /// The item a lane is running: its index, position and input.
@@ -175,10 +183,10 @@ struct Current {
 unsafe impl Send for ChunkTask {}
 
 impl ChunkTask {
-    /// Stops staging the chunk; returns what was staged.
-    fn unstage(&self) -> Vec<Delivery> {
+    /// Stops staging the chunk; returns what was not delivered yet.
+    fn unstage(&mut self) -> Vec<Delivery> {
         self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
-        self.staging.take().into_iter().collect()
+        self.unsent.take().into_iter().chain(self.staging.take()).collect()
     }
 
     /// What a fresh worker must finish: `deliveries`, then the items not
@@ -267,6 +275,7 @@ impl Task for Takeover {
     }
 
     fn run(mut self: Box<Self>, lane: Lane) -> LocalFuture {
+        // Empty by now: `prepare` delivered them before the runspace opened.
         self.deliver();
         match self.rest.take() {
             Some(rest) => Box::pin(run_chunk(lane, rest)),
@@ -307,12 +316,23 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
     items.reverse();
     // The held task keeps the chunk's only results sender, so a worker stuck
     // in a C call does not keep the run's results channel open.
-    let held =
-        ChunkTask { run: run.clone(), results, batch, staging: staging.clone(), rest: items, position, current: None };
+    let held = ChunkTask {
+        run: run.clone(),
+        results,
+        batch,
+        staging: staging.clone(),
+        rest: items,
+        position,
+        current: None,
+        unsent: None,
+    };
     lane.slot.hold(lane.id, Box::new(held));
     let started = Instant::now();
     let mut last_flush = started;
+    // The items' own time since the last hand-over.
+    let mut ran_since_flush = Duration::ZERO;
     let mut ran = 0usize;
+    let mut spare = None;
     loop {
         if run.cancelled.load(Ordering::Relaxed) {
             break;
@@ -337,7 +357,7 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             }
         }
         let mut item = match &input {
-            Input::Value(value) => run_item(&lane, &prepared, &run, index, value).await,
+            Input::Value(value) => run_item(&lane, &prepared, &run, index, value, &mut spare).await,
             Input::Invalid { text, error } => {
                 ItemResult::ended(index, Value::String(text.clone()), Status::Failed, format!("invalid input: {error}"))
             }
@@ -354,34 +374,64 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             item.batch_index = Some(at);
         }
         ran += 1;
+        ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
         staging.push(item);
-        if total > 1 && last_flush.elapsed() >= FLUSH_EVERY {
+        let due =
+            ran_since_flush >= FLUSH_EVERY || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
+        if total > 1 && due {
             last_flush = Instant::now();
+            ran_since_flush = Duration::ZERO;
             if let Some(delivery) = staging.take() {
-                let Some(results) = lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.results.clone()) else {
+                if !deliver(&lane, delivery).await {
                     return;
-                };
-                let _ = results.send(delivery);
+                }
             }
         }
     }
-    let Some(mut held) = lane.slot.release(lane.id) else { return }; // abandoned
-    let Some(chunk) = held.as_any().downcast_mut::<ChunkTask>() else { return };
-    let results = chunk.results.clone();
-    drop(held);
-    finish_chunk(&run, &staging, &results, total, ran, started.elapsed());
+    if let Some(delivery) = finish_chunk(&run, &staging, total, ran, started.elapsed()) {
+        if !deliver(&lane, delivery).await {
+            return;
+        }
+    }
+    // The held task keeps the chunk's only results sender: dropping it
+    // closes the caller's channel once nothing else holds it.
+    drop(lane.slot.release(lane.id));
+}
+
+/// Hands `delivery` to the caller; false if the watchdog took the chunk
+/// over meanwhile (the worker is abandoned).
+///
+/// While the results channel is full (the caller reads slower than items
+/// end) only this lane waits, on the event loop: the runspace's other
+/// items, their timers and timeouts, run on meanwhile. The delivery waits
+/// in the held chunk, where the watchdog finds it if it takes the chunk
+/// over. A caller that is gone (the channel closed) drops it.
+async fn deliver(lane: &Lane, delivery: Delivery) -> bool {
+    let mut delivery = Some(delivery);
+    loop {
+        let sent = lane.slot.with(lane.id, |chunk: &mut ChunkTask| {
+            let Some(next) = chunk.unsent.take().or_else(|| delivery.take()) else { return true };
+            match chunk.results.try_send(next) {
+                Err(TrySendError::Full(back)) => {
+                    chunk.unsent = Some(back);
+                    false
+                }
+                Ok(()) | Err(TrySendError::Disconnected(_)) => true,
+            }
+        });
+        match sent {
+            None => return false,
+            Some(true) => return true,
+            // Boxed: a timer is large, and every lane (10,000 of them with
+            // waiting items) would carry one in its future, unused.
+            Some(false) => Box::pin(tokio::time::sleep(ROOM_TICK)).await,
+        }
+    }
 }
 
 /// Records the measured cost of an item, accounts for the items a chunk
-/// did not run, stops staging its results and delivers the last of them.
-fn finish_chunk(
-    run: &RunShared,
-    staging: &Arc<Staging>,
-    results: &Sender<Delivery>,
-    total: usize,
-    ran: usize,
-    took: Duration,
-) {
+/// did not run and stops staging its results; returns the last of them.
+fn finish_chunk(run: &RunShared, staging: &Arc<Staging>, total: usize, ran: usize, took: Duration) -> Option<Delivery> {
     if ran > 0 {
         let per_item = took.as_nanos() as u64 / ran as u64;
         let old = run.item_ns.load(Ordering::Relaxed);
@@ -395,19 +445,24 @@ fn finish_chunk(
     if total > 1 {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, staging));
     }
-    if let Some(delivery) = staging.take() {
-        let _ = results.send(delivery);
-    }
+    staging.take()
 }
 
 /// Runs one input, and again after a back-off while it fails or times out
 /// and retries are left.
-async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, value: &Value) -> ItemResult {
+async fn run_item(
+    lane: &Lane,
+    script: &Prepared,
+    run: &RunShared,
+    index: u64,
+    value: &Value,
+    spare: &mut Option<Arc<Switch>>,
+) -> ItemResult {
     let runspace = &lane.runspace;
     let mut attempts = 1u32;
     loop {
         let generation = runspace.next_generation();
-        let switch = Arc::new(Switch::new(run.timeout.map(|t| Instant::now() + t)));
+        let switch = fresh_switch(spare, run.timeout.map(|t| Instant::now() + t));
         let r = runspace
             .execute(Execution {
                 script,
@@ -416,10 +471,11 @@ async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, v
                 generation,
                 owner: run.id,
                 lane: lane.id,
-                switch,
+                switch: &switch,
                 abort: Some(&run.aborted),
             })
             .await;
+        *spare = Some(switch);
         let (output, streams, status, duration) = r.into_parts();
         let retry = match &run.retry {
             Some(retry) if attempts <= retry.retries && matches!(status, Status::Failed | Status::TimedOut) => {
@@ -453,6 +509,19 @@ async fn run_item(lane: &Lane, script: &Prepared, run: &RunShared, index: u64, v
             progress: streams.progress,
         };
     }
+}
+
+/// A switch for the next item: the last item's, when nothing else holds
+/// it any more (a host call's future may, until it is collected), which
+/// spares an allocation per item.
+fn fresh_switch(spare: &mut Option<Arc<Switch>>, deadline: Option<Instant>) -> Arc<Switch> {
+    if let Some(mut switch) = spare.take() {
+        if let Some(reused) = Arc::get_mut(&mut switch) {
+            *reused = Switch::new(deadline);
+            return switch;
+        }
+    }
+    Arc::new(Switch::new(deadline))
 }
 
 /// Waits `delay` before another attempt, yielding the runspace to its
