@@ -23,13 +23,15 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::{json, Map, Value};
 use tokio_postgres::NoTls;
 
+mod dashboard;
 mod schema;
 pub mod work;
 mod writer;
 
 use super::writes::{Failures, Msg, Op};
 use super::{
-    rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, WorkerRow, STREAM_TAIL,
+    rfc3339, secs, Cursor, From, ItemsPage, JobEnd, JobQuery, JobRow, JobStore, JobsPage, NewJob, Page, StoreError,
+    StoreHealth, StoredRequest, WorkerRow, STREAM_TAIL,
 };
 use crate::limits::{MAX_ITEMS, MAX_PAGE_BYTES};
 
@@ -202,6 +204,14 @@ impl PgStore {
             job["error"] = json!(message);
         }
         job
+    }
+
+    /// [`PgStore::overlay`] for a dashboard row.
+    fn overlay_row(&self, row: &mut JobRow) {
+        if let Some(message) = self.failures.message(&row.name) {
+            row.state = "Failed".into();
+            row.error = Some(message);
+        }
     }
 }
 
@@ -461,6 +471,39 @@ impl JobStore for PgStore {
                 })
                 .collect())
         })
+    }
+
+    fn state_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| async move { dashboard::state_counts(&c).await })
+    }
+
+    fn job_rows(&self, query: &JobQuery) -> Result<JobsPage, StoreError> {
+        let query = query.clone();
+        let mut page = self.read(move |c| async move { dashboard::job_rows(&c, &query).await })?;
+        page.rows.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(page)
+    }
+
+    fn job_row(&self, name: &str) -> Result<Option<JobRow>, StoreError> {
+        let name = name.to_string();
+        let mut row = self.read(move |c| async move { dashboard::one_job(&c, &name).await })?;
+        row.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(row)
+    }
+
+    fn active_jobs(&self, limit: u64) -> Result<Vec<JobRow>, StoreError> {
+        self.read(move |c| async move { dashboard::active_jobs(&c, limit).await })
+    }
+
+    fn item_rows(
+        &self,
+        name: &str,
+        status: Option<&str>,
+        cursor: Cursor,
+        limit: u64,
+    ) -> Result<Option<ItemsPage>, StoreError> {
+        let (name, status) = (name.to_string(), status.map(str::to_string));
+        self.read(move |c| async move { dashboard::item_rows(&c, &name, status.as_deref(), cursor, limit).await })
     }
 
     fn close(&self) {

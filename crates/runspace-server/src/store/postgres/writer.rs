@@ -108,7 +108,14 @@ async fn apply(
             )
             .await?;
             if let Some(done) = done {
-                tx.execute("UPDATE jobs SET progress_done = $2 WHERE name = $1", &[name, &to_i64(*done)]).await?;
+                // Failed items are counted as they arrive, as in the SQLite
+                // store, so the dashboard's list reads no job's records.
+                let failed = failed_status(record);
+                tx.execute(
+                    "UPDATE jobs SET progress_done = $2, failed_items = failed_items + $3 WHERE name = $1",
+                    &[name, &to_i64(*done), &i64::from(failed)],
+                )
+                .await?;
             }
         }
         Op::Stream { name, stream, seq, record } => {
@@ -145,4 +152,14 @@ async fn apply(
         Op::Flush => {}
     }
     Ok(Ok(()))
+}
+
+/// Whether an item's record says it failed or timed out.
+fn failed_status(record: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Status<'a> {
+        #[serde(borrow)]
+        status: Option<&'a str>,
+    }
+    serde_json::from_str::<Status<'_>>(record).is_ok_and(|r| matches!(r.status, Some("Failed" | "TimedOut")))
 }
