@@ -45,15 +45,22 @@ pub struct ServerConfig {
     pub read_only_ui: bool,
 }
 
-/// Starts `program` with `args` (a command that serves `paths`) in the
-/// background, its output going to the state directory's log, and waits
-/// (up to 10 s) until it has written its address.
-pub fn spawn_detached(paths: &StatePaths, program: &Path, args: &[OsString]) -> Result<(SocketAddr, u32), String> {
+/// Starts `program` with `args` (a command that serves `paths`) and the
+/// variables `env` in the background, its output going to the state
+/// directory's log, and waits (up to 10 s) until it has written its
+/// address. Secrets go in `env`: any user may read a process's arguments
+/// (`ps`, `/proc/PID/cmdline`), only its owner its environment.
+pub fn spawn_detached(
+    paths: &StatePaths,
+    program: &Path,
+    args: &[OsString],
+    env: &[(&str, &str)],
+) -> Result<(SocketAddr, u32), String> {
     state::create_state_dir(&paths.dir)?;
     let log = state::open_log(paths)?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(program);
-    command.args(args);
+    command.args(args).envs(env.iter().copied());
     command.stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; it detaches the server from the
     // caller's terminal and process group, so Ctrl-C there does not reach it.

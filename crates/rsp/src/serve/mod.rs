@@ -81,12 +81,19 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     let paths =
         StatePaths::new(args.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))?;
     if args.detach {
-        let (addr, pid) = spawn_detached(&paths, &child_args(&args)).map_err(CliError::failure)?;
+        let (addr, pid) =
+            spawn_detached(&paths, &child_args(&args), args.store.as_deref()).map_err(CliError::failure)?;
         diag!("rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}", paths.log.display());
         return Ok(exit::OK);
     }
     let (db, store_url) = match &args.store {
         Some(url) if runspace_server::store::is_postgres_url(url) => (None, Some(url.clone())),
+        Some(url) if url.contains("://") => {
+            return Err(CliError::usage(format!(
+                "--store: '{}' is not a PostgreSQL URL (postgres://user@host:port/db), nor a SQLite file",
+                runspace_server::store::redact_url(url)
+            )))
+        }
         Some(path) => (Some(PathBuf::from(path)), None),
         None => (args.db.clone(), None),
     };
@@ -103,12 +110,15 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-/// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits until it answers.
-pub fn spawn_detached(paths: &StatePaths, extra: &[String]) -> Result<(SocketAddr, u32), String> {
+/// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits
+/// until it answers. The store goes to it in `RSP_STORE`, never in its
+/// arguments: a URL may carry a password, and anyone may read arguments.
+pub fn spawn_detached(paths: &StatePaths, extra: &[String], store: Option<&str>) -> Result<(SocketAddr, u32), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the rsp program: {e}"))?;
     let mut args: Vec<OsString> = vec!["serve".into(), "--state-dir".into(), paths.dir.clone().into()];
     args.extend(extra.iter().map(OsString::from));
-    runspace_server::spawn_detached(paths, &exe, &args)
+    let env: Vec<(&str, &str)> = store.map(|s| ("RSP_STORE", s)).into_iter().collect();
+    runspace_server::spawn_detached(paths, &exe, &args, &env)
 }
 
 fn child_args(args: &ServeArgs) -> Vec<String> {
@@ -127,9 +137,6 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
     }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
-    }
-    if let Some(store) = &args.store {
-        out.extend(["--store".to_string(), store.clone()]);
     }
     out
 }

@@ -25,6 +25,7 @@ use tokio_postgres::NoTls;
 
 mod dashboard;
 mod schema;
+mod secret;
 pub mod work;
 mod writer;
 
@@ -76,6 +77,8 @@ fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("database: {e}"))
 }
 
+pub use secret::redact as redact_url;
+
 /// Whether `spec` names a PostgreSQL database rather than a SQLite file.
 pub fn is_postgres_url(spec: &str) -> bool {
     spec.starts_with("postgres://") || spec.starts_with("postgresql://")
@@ -84,9 +87,12 @@ pub fn is_postgres_url(spec: &str) -> bool {
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or any libpq connection string) and brings its schema up to date.
+    /// A URL without a password takes it from `PGPASSWORD` or the password
+    /// file (`PGPASSFILE`, `~/.pgpass`), as libpq would.
     pub fn open(url: &str) -> Result<PgStore, String> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| format!("invalid database URL: {}", pg_error(&e)))?;
+        secret::fill_password(&mut config);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
