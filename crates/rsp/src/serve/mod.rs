@@ -55,6 +55,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub read_only_ui: bool,
 
+    /// With a PostgreSQL store: how long after this server's last heartbeat (every third of it) the
+    /// other servers of the store take it for dead and mark its unfinished jobs Interrupted.
+    #[arg(long, default_value = "30s", value_parser = parse::duration, value_name = "DURATION")]
+    pub lease: Duration,
+
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
     pub detach: bool,
@@ -77,6 +82,9 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     }
     if args.max_jobs == 0 {
         return Err(CliError::usage("--max-jobs must be at least 1"));
+    }
+    if args.lease < Duration::from_secs(1) {
+        return Err(CliError::usage("--lease must be at least 1s (the heartbeat comes every third of it)"));
     }
     let paths =
         StatePaths::new(args.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))?;
@@ -105,6 +113,7 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
         max_jobs: args.max_jobs,
         grace: args.grace,
         read_only_ui: args.read_only_ui,
+        lease: args.lease,
     };
     runspace_server::serve(&config).map_err(|e| CliError::failure(e.to_string()))?;
     Ok(exit::OK)
@@ -131,6 +140,8 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
         args.max_jobs.to_string(),
         "--grace".into(),
         format!("{}ms", args.grace.as_millis()),
+        "--lease".into(),
+        format!("{}ms", args.lease.as_millis()),
     ];
     if args.read_only_ui {
         out.push("--read-only-ui".into());

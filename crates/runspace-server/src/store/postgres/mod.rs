@@ -14,7 +14,7 @@
 //! SQLite store ([`writer`]).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +26,7 @@ use tokio_postgres::NoTls;
 mod dashboard;
 mod schema;
 mod secret;
+mod servers;
 pub mod work;
 mod writer;
 
@@ -55,6 +56,11 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     writer: Mutex<Option<(Sender<Msg>, JoinHandle<()>)>>,
     failures: Arc<Failures>,
+    /// The server this store is a server's, once registered: its jobs
+    /// name it ([`servers`]).
+    owner: Arc<OnceLock<String>>,
+    /// That server's lease.
+    lease: OnceLock<std::time::Duration>,
 }
 
 /// A driver error as one line: the server's message when it sent one.
@@ -115,7 +121,16 @@ impl PgStore {
         let (tx, rx) = bounded::<Msg>(QUEUE);
         let failures = Arc::new(Failures::default());
         let handle = runtime.handle().clone();
-        let mut store = PgStore { runtime: Some(runtime), handle, pool, config, writer: Mutex::new(None), failures };
+        let mut store = PgStore {
+            runtime: Some(runtime),
+            handle,
+            pool,
+            config,
+            writer: Mutex::new(None),
+            failures,
+            owner: Arc::default(),
+            lease: OnceLock::new(),
+        };
         store
             .block(|pool| async move {
                 let mut client = pool.get().await.map_err(|e| format!("cannot connect: {}", pool_error(&e)))?;
@@ -125,9 +140,10 @@ impl PgStore {
             .and_then(|r| r)
             .map_err(|e| format!("database {}: {e}", store.describe()))?;
         let (pool, handle, writer_failures) = (store.pool.clone(), store.handle.clone(), store.failures.clone());
+        let owner = store.owner.clone();
         let writer = std::thread::Builder::new()
             .name("rsp-pg-writer".into())
-            .spawn(move || writer::write_loop(&handle, &pool, &rx, &writer_failures))
+            .spawn(move || writer::write_loop(&handle, &pool, &rx, &writer_failures, &owner))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
         store.writer = Mutex::new(Some((tx, writer)));
         Ok(store)
