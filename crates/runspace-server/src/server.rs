@@ -215,6 +215,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         token,
         shutdown: tokio::sync::Notify::new(),
         grace: config.grace,
+        guesses: Arc::default(),
     });
     let result = runtime.block_on(run_server(listener, app.clone(), config.read_only_ui, signals));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -285,7 +286,14 @@ async fn run_server(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The API under /v1, the dashboard beside it (its event streams end on the same stop).
     let api = api::router(app.clone());
-    let dash = Dashboard::new(app.store.clone(), api.clone(), app.token.clone(), read_only_ui, stop_rx.clone());
+    let dash = Dashboard::new(
+        app.store.clone(),
+        api.clone(),
+        app.token.clone(),
+        app.guesses.clone(),
+        read_only_ui,
+        stop_rx.clone(),
+    );
     let router = dashboard::router(dash).merge(api);
     // Open requests (waits, mostly) end with the jobs; then connections get a few seconds to close.
     let server = tokio::spawn(http::serve(listener, router, stop_rx, Duration::from_secs(5)));
