@@ -16,9 +16,27 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import N, Postgres, stop_workers, timed, workers  # noqa: E402
+import subprocess  # noqa: E402
+
+from cluster import N, Postgres, stop_workers, workers  # noqa: E402
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
+# A run that has not ended by then is counted as hung (and killed), not waited for.
+HANG = float(os.environ.get("HANG", "180"))
+
+
+def timed(cmd):
+    """Seconds the command took, or None if it failed or hung."""
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=HANG)
+    except subprocess.TimeoutExpired:
+        print(f"HUNG (> {HANG:g} s): {' '.join(cmd)}", flush=True)
+        return None
+    if proc.returncode != 0:
+        print(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}", flush=True)
+        return None
+    return time.perf_counter() - started
 WORKERS = [int(w) for w in os.environ.get("WORKERS", "1,2").split(",")]
 
 
@@ -36,16 +54,25 @@ def main():
                   *chunk]
         rates = {(key, n): [] for key in binaries for n in WORKERS}
         loads = []
+        hung = {key: 0 for key in binaries}
         for r in range(ROUNDS):
             order = list(binaries) if r % 2 == 0 else list(reversed(binaries))
             for n in WORKERS:
                 for key in order:
                     procs = workers(binaries[key], urls[key], n)
                     time.sleep(1)
-                    rates[(key, n)].append(N / timed([binaries[key], "run", *script, "--cluster", urls[key]]))
+                    took = timed([binaries[key], "run", *script, "--cluster", urls[key]])
                     stop_workers(procs)
+                    if took is None:
+                        # A new database, so that the next round starts clean.
+                        hung[key] += 1
+                        db = f"bench_{key.lower()}_{r}_{n}"
+                        pg.psql(f"CREATE DATABASE {db}")
+                        urls[key] = pg.url(db)
+                    else:
+                        rates[(key, n)].append(N / took)
             loads.append(os.getloadavg()[0])
-            print(f"round {r + 1}: " + ", ".join(f"{k} {n}w {v[-1]:,.0f}/s" for (k, n), v in rates.items()),
+            print(f"round {r + 1}: " + ", ".join(f"{k} {n}w {v[-1]:,.0f}/s" for (k, n), v in rates.items() if v),
                   flush=True)
         print(f"\n{N:,} items of `return _`, {'chunk ' + chunk[1] if chunk else 'default chunk'}, "
               f"{ROUNDS} rounds, load average (1 min) {min(loads):.1f}–{max(loads):.1f} on {os.cpu_count()} CPUs")
@@ -54,8 +81,9 @@ def main():
         print("\n| workers | A items/s (median) | B items/s (median) | B / A |")
         print("|---:|---:|---:|---:|")
         for n in WORKERS:
-            a, b = statistics.median(rates[("A", n)]), statistics.median(rates[("B", n)])
-            print(f"| {n} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+            a, b = statistics.median(rates[("A", n)] or [0]), statistics.median(rates[("B", n)] or [0])
+            print(f"| {n} | {a:,.0f} | {b:,.0f} | {b / a if a else float('nan'):.2f} |")
+        print(f"\nruns that failed or hung: A {hung['A']}, B {hung['B']}")
     finally:
         pg.stop()
 

@@ -541,10 +541,38 @@ impl PgStore {
     }
 
     /// A cluster job's progress; `None` if unknown.
+    ///
+    /// A job left Running with no chunk open (its last completion did not
+    /// end it) is ended here, as that completion would have: whoever
+    /// watches the job sees it end, rather than wait forever.
     pub fn cluster_status(&self, name: &str) -> Result<Option<JobStatus>, StoreError> {
         let name = name.to_string();
         self.block(move |pool| async move {
             let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            let unended = c
+                .query_opt(
+                    "SELECT id FROM jobs WHERE name = $1 AND cluster AND state IN ('Queued', 'Running') \
+                     AND EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id) \
+                     AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id AND NOT done)",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+            if let Some(row) = unended {
+                let job_id: i64 = row.get(0);
+                let (lock, end) =
+                    futures_util::future::join(c.prepare_cached(LOCK_JOB), c.prepare_cached(END_JOB)).await;
+                let (lock, end) = (lock.map_err(|e| storage(&e))?, end.map_err(|e| storage(&e))?);
+                let job: [&(dyn ToSql + Sync); 1] = [&job_id];
+                let (begun, locked, ended, committed) = futures_util::future::join4(
+                    c.batch_execute("BEGIN"),
+                    c.execute(&lock, &job),
+                    c.execute(&end, &job),
+                    c.batch_execute("COMMIT"),
+                )
+                .await;
+                begun.and(locked).and(ended).and(committed.map(|_| 0)).map_err(|e| storage(&e))?;
+            }
             let row = c
                 .query_opt(
                     "SELECT state, CASE WHEN cluster THEN \
