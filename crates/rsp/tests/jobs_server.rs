@@ -264,3 +264,48 @@ fn test_runspace_job_manager_scenario_over_http() {
     let (_, long) = server.call("GET", "/v1/jobs/LongRunningJob", None);
     assert!(long["duration_s"].as_f64().unwrap() >= 0.5);
 }
+
+#[test]
+fn guessing_the_api_token_is_slowed_down_and_shares_the_login_form_s_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    // A request without a token is no guess: it never starts the back-off.
+    for _ in 0..20 {
+        assert_eq!(call(&server.base, None, "GET", "/v1/jobs", None).0, 401);
+    }
+    assert_eq!(server.call("GET", "/v1/jobs", None).0, 200);
+    // Forty guesses at once: five are checked, the rest wait, none slips through.
+    let base = server.base.as_str();
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let guesses: Vec<_> = (0..40)
+            .map(|i| s.spawn(move || call(base, Some(&format!("{i:064x}")), "GET", "/v1/jobs", None).0))
+            .collect();
+        guesses.into_iter().map(|g| g.join().unwrap()).collect()
+    });
+    let checked = statuses.iter().filter(|&&s| s == 401).count();
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!((checked, refused), (5, 35), "{statuses:?}");
+    // While it runs, the right token is not looked at either, and the
+    // answer says how long to wait, in Retry-After too.
+    let answer = jobs_common::agent()
+        .get(format!("{}/v1/jobs", server.base))
+        .header("Authorization", &format!("Bearer {}", server.token))
+        .call()
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 429);
+    let retry: u64 = answer.headers().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // The login form counts the same guesses: it waits too.
+    let form = jobs_common::agent()
+        .post(format!("{}/login", server.base))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("token={}", server.token))
+        .unwrap();
+    assert_eq!(form.status().as_u16(), 429);
+    // After it, the right token answers again; a right token does not
+    // clear the count, so the next wrong one starts a longer wait at once.
+    std::thread::sleep(Duration::from_secs(retry) + Duration::from_millis(200));
+    assert_eq!(server.call("GET", "/v1/jobs", None).0, 200);
+    assert_eq!(call(&server.base, Some("wrong"), "GET", "/v1/jobs", None).0, 401);
+    assert_eq!(server.call("GET", "/v1/jobs", None).0, 429);
+}

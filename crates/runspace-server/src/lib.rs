@@ -15,6 +15,7 @@
 mod api;
 pub mod client;
 mod dashboard;
+mod guessing;
 mod http;
 pub mod limits;
 mod private;

@@ -43,17 +43,28 @@ pub struct ServerConfig {
     pub grace: Duration,
     /// The web dashboard shows jobs but offers and accepts no action.
     pub read_only_ui: bool,
+    /// With a PostgreSQL store: how long after this server's last
+    /// heartbeat the other servers of the store may take it for dead and
+    /// mark its unfinished jobs Interrupted (it beats every third of it).
+    pub lease: Duration,
 }
 
-/// Starts `program` with `args` (a command that serves `paths`) in the
-/// background, its output going to the state directory's log, and waits
-/// (up to 10 s) until it has written its address.
-pub fn spawn_detached(paths: &StatePaths, program: &Path, args: &[OsString]) -> Result<(SocketAddr, u32), String> {
+/// Starts `program` with `args` (a command that serves `paths`) and the
+/// variables `env` in the background, its output going to the state
+/// directory's log, and waits (up to 10 s) until it has written its
+/// address. Secrets go in `env`: any user may read a process's arguments
+/// (`ps`, `/proc/PID/cmdline`), only its owner its environment.
+pub fn spawn_detached(
+    paths: &StatePaths,
+    program: &Path,
+    args: &[OsString],
+    env: &[(&str, &str)],
+) -> Result<(SocketAddr, u32), String> {
     state::create_state_dir(&paths.dir)?;
     let log = state::open_log(paths)?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let mut command = Command::new(program);
-    command.args(args);
+    command.args(args).envs(env.iter().copied());
     command.stdin(Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; it detaches the server from the
     // caller's terminal and process group, so Ctrl-C there does not reach it.
@@ -147,12 +158,15 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     state::create_state_dir(&paths.dir)?;
     let _lock = state::lock(paths)?;
     let token = state::token(paths)?;
+    let mut shared = None;
     let (store, interrupted, db): (Arc<dyn JobStore>, usize, String) = match &config.store_url {
-        // Shared with other servers: their running jobs are not ours to interrupt.
+        // Shared with other servers: only the jobs of those whose lease ran
+        // out are ours to interrupt (see `Heartbeat`).
         Some(url) => {
-            let store = PgStore::open(url)?;
+            let store = Arc::new(PgStore::open(url)?);
             let described = store.describe();
-            (Arc::new(store), 0, described)
+            shared = Some(store.clone());
+            (store, 0, described)
         }
         None => {
             let db = config.db.clone().unwrap_or_else(|| paths.dir.join("jobs.db"));
@@ -163,6 +177,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
     if interrupted > 0 {
         log(&format!("{interrupted} job(s) left unfinished by the previous server are now Interrupted"));
     }
+    let heartbeat = shared.map(|store| Heartbeat::start(store, config.lease)).transpose()?;
     let manager = JobManager::builder()
         .max_concurrent(config.max_jobs)
         // Items go to the store as they finish; memory must not grow with a job.
@@ -200,16 +215,59 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         token,
         shutdown: tokio::sync::Notify::new(),
         grace: config.grace,
+        guesses: Arc::default(),
     });
     let result = runtime.block_on(run_server(listener, app.clone(), config.read_only_ui, signals));
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(app);
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop();
+    }
     store.close();
     if paths.address().is_some_and(|(_, pid)| pid == std::process::id()) {
         let _ = fs::remove_file(&paths.address);
     }
     log("stopped");
     result
+}
+
+/// A server's lease on a shared store: registered at start, renewed every
+/// third of the lease by its own thread (which also interrupts the jobs of
+/// servers whose lease ran out), given up when the server stops.
+struct Heartbeat {
+    store: Arc<PgStore>,
+    stop: crossbeam_channel::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(store: Arc<PgStore>, lease: Duration) -> Result<Heartbeat, String> {
+        store.register_server(lease).map_err(|e| format!("cannot register with the store: {e}"))?;
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        let beating = store.clone();
+        let every = (lease / 3).max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("rsp-heartbeat".into())
+            .spawn(move || loop {
+                match beating.server_heartbeat() {
+                    Ok(0) => {}
+                    Ok(n) => log(&format!("{n} job(s) of servers that stopped answering are now Interrupted")),
+                    Err(e) => log(&format!("heartbeat: {e}")),
+                }
+                if !matches!(stopped.recv_timeout(every), Err(crossbeam_channel::RecvTimeoutError::Timeout)) {
+                    return;
+                }
+            })
+            .map_err(|e| format!("cannot start the heartbeat: {e}"))?;
+        Ok(Heartbeat { store, stop, thread })
+    }
+
+    /// Stops beating and gives the lease up (the server's jobs have ended).
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+        self.store.unregister_server();
+    }
 }
 
 fn write_address(paths: &StatePaths, addr: SocketAddr, db: &str) -> Result<(), String> {
@@ -228,7 +286,14 @@ async fn run_server(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The API under /v1, the dashboard beside it (its event streams end on the same stop).
     let api = api::router(app.clone());
-    let dash = Dashboard::new(app.store.clone(), api.clone(), app.token.clone(), read_only_ui, stop_rx.clone());
+    let dash = Dashboard::new(
+        app.store.clone(),
+        api.clone(),
+        app.token.clone(),
+        app.guesses.clone(),
+        read_only_ui,
+        stop_rx.clone(),
+    );
     let router = dashboard::router(dash).merge(api);
     // Open requests (waits, mostly) end with the jobs; then connections get a few seconds to close.
     let server = tokio::spawn(http::serve(listener, router, stop_rx, Duration::from_secs(5)));

@@ -75,6 +75,51 @@ fn claims_never_overlap_and_the_last_completion_ends_the_job() {
     assert_eq!(store.get("j").unwrap().unwrap()["output_count"], 10);
 }
 
+#[test]
+fn the_dashboard_sees_a_running_cluster_job_s_progress_and_failures_as_chunks_complete() {
+    let Some(store) = store("dash") else { return };
+    submit(&store, "live", 10, 4);
+    let first = store.claim("a", Duration::from_secs(60), &[]).unwrap().unwrap();
+    store.job_started(first.job_id).unwrap();
+    let mut recs = records(&first);
+    recs[1].1 = json!({"index": 1, "status": "Failed", "errors": ["no"]}).to_string();
+    recs[1].2 = false;
+    assert_eq!(store.complete("a", &first, recs).unwrap(), Completion::Recorded);
+    // Completions count on the chunks, not the job's row: the dashboard sums them.
+    let row = store.job_row("live").unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.done, row.total, row.failed), ("Running", 4, 10, 1));
+    assert_eq!(store.active_jobs(10).unwrap()[0].done, 4, "the jobs in flight too");
+    let failed = store.item_rows("live", Some("Failed"), runspace_server::store::Cursor::First, 10).unwrap().unwrap();
+    assert_eq!(failed.records.iter().map(|r| r.0).collect::<Vec<_>>(), [1]);
+    while let Some(l) = store.claim("a", Duration::from_secs(60), &[]).unwrap() {
+        store.complete("a", &l, records(&l)).unwrap();
+    }
+    let row = store.job_row("live").unwrap().unwrap();
+    assert_eq!((row.state.as_str(), row.done, row.failed), ("CompletedWithErrors", 10, 1));
+}
+
+#[test]
+fn a_job_left_running_with_every_chunk_done_is_ended_by_whoever_watches_it() {
+    let Some(url) = support::pg::fresh_database("unended") else { return };
+    let store = PgStore::open(&url).unwrap();
+    submit(&store, "stuck", 5, 5);
+    let lease = store.claim("a", Duration::from_secs(60), &[]).unwrap().unwrap();
+    store.job_started(lease.job_id).unwrap();
+    assert_eq!(store.complete("a", &lease, records(&lease)).unwrap(), Completion::Recorded);
+    // As a lost end would leave it: every chunk done, the job Running.
+    let db = url.rsplit('/').next().unwrap();
+    support::pg::shared().unwrap().psql(db, "UPDATE jobs SET state = 'Running', ended_at = NULL");
+    let status = store.cluster_status("stuck").unwrap().unwrap();
+    assert_eq!((status.state.as_str(), status.done), ("Completed", 5));
+    let states: Vec<String> = store.get("stuck").unwrap().unwrap()["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states.last().map(String::as_str), Some("Completed"));
+}
+
 /// The last two chunks completed at the same moment by two workers: each
 /// completion's transaction must see the other's chunk done, or neither
 /// ends the job and it stays Running forever with every chunk done (a

@@ -7,7 +7,9 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use runspace_server::store::{From, JobEnd, JobStore, NewJob, PgStore, SqliteStore, StoreError};
+use runspace_server::store::{
+    Cursor, From, ItemsPage, JobEnd, JobQuery, JobStore, NewJob, PgStore, SqliteStore, StoreError,
+};
 use serde_json::{json, Value};
 
 /// A backend: opens (and reopens) one store.
@@ -221,6 +223,142 @@ fn many_writers_at_once_lose_nothing(b: &dyn Backend) {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+// The dashboard's reads.
+
+/// A finished job "j" of 120 items, every third Failed, its script named Audit.luau.
+fn store_with_items(b: &dyn Backend) -> Arc<dyn JobStore> {
+    let store = b.open();
+    let mut new = job("j", true, 120);
+    new.request = json!({"script": "return _", "script_name": "Audit.luau"}).to_string();
+    store.insert(new).unwrap();
+    store.started("j", SystemTime::now());
+    for seq in 0..120u64 {
+        let status = if seq % 3 == 0 { "Failed" } else { "Completed" };
+        store.record_output("j", seq, item(seq, status), Some(seq + 1));
+    }
+    store.finished(end("j", "CompletedWithErrors", 120)).unwrap();
+    store
+}
+
+fn seqs(page: &ItemsPage) -> Vec<i64> {
+    page.records.iter().map(|(k, _)| *k).collect()
+}
+
+fn item_records_are_walked_by_key_both_ways_and_by_status(b: &dyn Backend) {
+    let store = store_with_items(b);
+    let first = store.item_rows("j", None, Cursor::First, 50).unwrap().unwrap();
+    assert_eq!(seqs(&first), (0..50).collect::<Vec<_>>());
+    assert_eq!((first.more_below, first.more_above), (false, true));
+    assert_eq!(first.records[7].1["result"], 14);
+    let second = store.item_rows("j", None, Cursor::Above(49), 50).unwrap().unwrap();
+    assert_eq!(seqs(&second), (50..100).collect::<Vec<_>>());
+    assert_eq!((second.more_below, second.more_above), (true, true));
+    let last = store.item_rows("j", None, Cursor::Above(99), 50).unwrap().unwrap();
+    assert_eq!(seqs(&last), (100..120).collect::<Vec<_>>());
+    assert_eq!((last.more_below, last.more_above), (true, false));
+    let back = store.item_rows("j", None, Cursor::Below(100), 50).unwrap().unwrap();
+    assert_eq!(seqs(&back), (50..100).collect::<Vec<_>>(), "in walk order after walking back");
+    let failed = store.item_rows("j", Some("Failed"), Cursor::First, 50).unwrap().unwrap();
+    assert_eq!(seqs(&failed), (0..120).step_by(3).collect::<Vec<_>>());
+    assert!(!failed.more_above);
+    let failed = store.item_rows("j", Some("Failed"), Cursor::First, 10).unwrap().unwrap();
+    assert_eq!(seqs(&failed), (0..30).step_by(3).collect::<Vec<_>>());
+    assert!(failed.more_above);
+    let next = store.item_rows("j", Some("Failed"), Cursor::Above(27), 10).unwrap().unwrap();
+    assert_eq!(seqs(&next), (30..60).step_by(3).collect::<Vec<_>>());
+    assert!(store.item_rows("nope", None, Cursor::First, 50).unwrap().is_none());
+    // The failed items were counted as they arrived.
+    let row = store.job_row("j").unwrap().unwrap();
+    assert_eq!((row.failed, row.done, row.total), (40, 120, 120));
+    assert_eq!(
+        (row.state.as_str(), row.script_name.as_str(), row.parallel),
+        ("CompletedWithErrors", "Audit.luau", true)
+    );
+    assert!(row.started.is_some() && row.ended.is_some());
+    assert!(store.job_row("nope").unwrap().is_none());
+}
+
+fn item_pages_are_bounded_in_bytes_but_never_empty(b: &dyn Backend) {
+    let max = runspace_server::limits::MAX_PAGE_BYTES;
+    let store = b.open();
+    store.insert(job("big", true, 5)).unwrap();
+    store.record_output("big", 0, json!({"result": "y".repeat(max)}).to_string(), Some(1));
+    for seq in 1..5 {
+        store.record_output("big", seq, json!({"result": "z".repeat(max / 4)}).to_string(), Some(seq + 1));
+    }
+    store.finished(end("big", "Completed", 5)).unwrap();
+    let first = store.item_rows("big", None, Cursor::First, 100).unwrap().unwrap();
+    assert_eq!(seqs(&first), [0]);
+    assert!(first.more_above, "the records cut off are further on");
+    let next = store.item_rows("big", None, Cursor::Above(0), 100).unwrap().unwrap();
+    assert!((1..4).contains(&next.records.len()), "{} records", next.records.len());
+}
+
+fn the_job_list_filters_by_state_and_searches_names_and_script_names(b: &dyn Backend) {
+    let store = store_with_items(b);
+    let query = |state: Option<&str>, search: Option<&str>| JobQuery {
+        state: state.map(String::from),
+        search: search.map(String::from),
+        cursor: Cursor::First,
+        limit: 10,
+    };
+    let names = |q: JobQuery| -> Vec<String> { store.job_rows(&q).unwrap().rows.into_iter().map(|r| r.name).collect() };
+    assert_eq!(names(query(None, Some("audit"))), vec!["j"], "script name, any case");
+    assert_eq!(names(query(None, Some("J"))), vec!["j"]);
+    assert_eq!(names(query(Some("Failed"), None)), Vec::<String>::new());
+    assert_eq!(names(query(Some("CompletedWithErrors"), Some("aud"))), vec!["j"]);
+    assert_eq!(names(query(None, Some("%"))), Vec::<String>::new(), "no pattern characters");
+    assert_eq!(names(query(None, Some("_"))), Vec::<String>::new(), "no pattern characters");
+    assert_eq!(store.state_counts().unwrap(), vec![("CompletedWithErrors".to_string(), 1)]);
+    assert!(store.active_jobs(10).unwrap().is_empty());
+}
+
+fn the_job_list_is_walked_newest_first_by_key_with_counts_and_jobs_in_flight(b: &dyn Backend) {
+    let store = b.open();
+    for i in 0..25 {
+        store.insert(job(&format!("n{i:02}"), false, 1)).unwrap();
+    }
+    for i in 0..10 {
+        let name = format!("n{i:02}");
+        store.started(&name, SystemTime::now());
+        store.finished(end(&name, "Completed", 1)).unwrap();
+    }
+    // Started is queued; the acknowledged end after it commits it.
+    store.started("n21", SystemTime::now());
+    store.started("n20", SystemTime::now());
+    store.finished(end("n20", "Failed", 0)).unwrap();
+    let page = |state: Option<&str>, cursor: Cursor| {
+        store.job_rows(&JobQuery { state: state.map(String::from), search: None, cursor, limit: 10 }).unwrap()
+    };
+    let names = |p: &runspace_server::store::JobsPage| p.rows.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+    let first = page(None, Cursor::First);
+    assert_eq!(names(&first), (15..25).rev().map(|i| format!("n{i:02}")).collect::<Vec<_>>());
+    assert_eq!((first.more_below, first.more_above), (true, false));
+    let second = page(None, Cursor::Below(first.rows.last().unwrap().key));
+    assert_eq!(names(&second), (5..15).rev().map(|i| format!("n{i:02}")).collect::<Vec<_>>());
+    assert_eq!((second.more_below, second.more_above), (true, true));
+    let third = page(None, Cursor::Below(second.rows.last().unwrap().key));
+    assert_eq!(names(&third), (0..5).rev().map(|i| format!("n{i:02}")).collect::<Vec<_>>());
+    assert_eq!((third.more_below, third.more_above), (false, true));
+    let back = page(None, Cursor::Above(third.rows[0].key));
+    assert_eq!(names(&back), names(&second), "back up, newest first");
+    let top = page(None, Cursor::Above(first.rows[3].key));
+    assert_eq!(names(&top), names(&first), "walking up into the newest shows a full first page");
+    assert!(!top.more_above);
+    let done = page(Some("Completed"), Cursor::First);
+    assert_eq!(names(&done), (0..10).rev().map(|i| format!("n{i:02}")).collect::<Vec<_>>());
+    assert_eq!((done.more_below, done.more_above), (false, false));
+    let mut counts = store.state_counts().unwrap();
+    counts.sort();
+    let expected = [("Completed", 10), ("Failed", 1), ("Queued", 13), ("Running", 1)];
+    assert_eq!(counts, expected.map(|(s, n)| (s.to_string(), n)));
+    let active: Vec<String> = store.active_jobs(5).unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(active, ["n10", "n11", "n12", "n13", "n14"], "oldest first, at most the limit");
+    let running = store.job_row("n21").unwrap().unwrap();
+    assert_eq!((running.state.as_str(), running.ended), ("Running", None));
+    assert_eq!(store.job_row("n20").unwrap().unwrap().state, "Failed");
+}
+
 /// Each check, once per backend (a test per pair, so a failure names both).
 macro_rules! suite {
     ($($check:ident),* $(,)?) => {
@@ -244,4 +382,8 @@ suite!(
     a_job_deleted_while_it_runs_ends_without_error,
     pages_are_bounded_in_bytes_but_never_empty,
     many_writers_at_once_lose_nothing,
+    item_records_are_walked_by_key_both_ways_and_by_status,
+    item_pages_are_bounded_in_bytes_but_never_empty,
+    the_job_list_filters_by_state_and_searches_names_and_script_names,
+    the_job_list_is_walked_newest_first_by_key_with_counts_and_jobs_in_flight,
 );

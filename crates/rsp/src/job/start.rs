@@ -241,7 +241,7 @@ fn connect_or_autostart(common: &Common, no_autostart: bool) -> Result<Client, C
     match Client::connect(&paths) {
         Ok(c) => Ok(c),
         Err(e) if e.server_down && !no_autostart => {
-            let (addr, pid) = crate::serve::spawn_detached(&paths, &[]).map_err(CliError::failure)?;
+            let (addr, pid) = crate::serve::spawn_detached(&paths, &[], None).map_err(CliError::failure)?;
             diag!(
                 "rsp job: started a job server in the background (pid {pid}, http://{addr}); stop it with: \
                  rsp serve stop (or kill {pid})"
@@ -255,10 +255,11 @@ fn connect_or_autostart(common: &Common, no_autostart: bool) -> Result<Client, C
 /// `rsp job start --store URL`: the job goes to the PostgreSQL store as a
 /// cluster job, for `rsp worker`s; with `--wait`, waits for its end.
 fn cluster_start(a: &StartArgs, url: &str, mut body: serde_json::Map<String, Value>) -> Result<u8, CliError> {
-    use runspace_server::store::{is_postgres_url, work::ClusterJob, PgStore};
+    use runspace_server::store::{is_postgres_url, redact_url, work::ClusterJob, PgStore};
     if !is_postgres_url(url) {
         return Err(CliError::usage(format!(
-            "--store: '{url}' is not a PostgreSQL URL (postgres://user@host:port/db)"
+            "--store: '{}' is not a PostgreSQL URL (postgres://user@host:port/db)",
+            redact_url(url)
         )));
     }
     let inputs: Vec<Value> = match (body.remove("inputs"), body.remove("range"), a.input.range) {

@@ -32,7 +32,8 @@ const STALL: Duration = Duration::from_secs(30);
 pub fn run(args: &RunArgs, url: &str) -> Result<u8, CliError> {
     if !is_postgres_url(url) {
         return Err(CliError::usage(format!(
-            "--cluster: '{url}' is not a PostgreSQL URL (postgres://user@host:port/db)"
+            "--cluster: '{}' is not a PostgreSQL URL (postgres://user@host:port/db)",
+            runspace_server::store::redact_url(url)
         )));
     }
     refuse_local_only(args)?;

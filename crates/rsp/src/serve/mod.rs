@@ -55,6 +55,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub read_only_ui: bool,
 
+    /// With a PostgreSQL store: how long after this server's last heartbeat (every third of it) the
+    /// other servers of the store take it for dead and mark its unfinished jobs Interrupted.
+    #[arg(long, default_value = "30s", value_parser = parse::duration, value_name = "DURATION")]
+    pub lease: Duration,
+
     /// Start the server in the background (output to STATE_DIR/server.log) and return once it answers.
     #[arg(long)]
     pub detach: bool,
@@ -78,15 +83,25 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
     if args.max_jobs == 0 {
         return Err(CliError::usage("--max-jobs must be at least 1"));
     }
+    if args.lease < Duration::from_secs(1) {
+        return Err(CliError::usage("--lease must be at least 1s (the heartbeat comes every third of it)"));
+    }
     let paths =
         StatePaths::new(args.state_dir.as_deref()).map_err(|e| CliError::usage(format!("{e} (--state-dir)")))?;
     if args.detach {
-        let (addr, pid) = spawn_detached(&paths, &child_args(&args)).map_err(CliError::failure)?;
+        let (addr, pid) =
+            spawn_detached(&paths, &child_args(&args), args.store.as_deref()).map_err(CliError::failure)?;
         diag!("rsp serve: started in the background (pid {pid}) on http://{addr}; log: {}", paths.log.display());
         return Ok(exit::OK);
     }
     let (db, store_url) = match &args.store {
         Some(url) if runspace_server::store::is_postgres_url(url) => (None, Some(url.clone())),
+        Some(url) if url.contains("://") => {
+            return Err(CliError::usage(format!(
+                "--store: '{}' is not a PostgreSQL URL (postgres://user@host:port/db), nor a SQLite file",
+                runspace_server::store::redact_url(url)
+            )))
+        }
         Some(path) => (Some(PathBuf::from(path)), None),
         None => (args.db.clone(), None),
     };
@@ -98,17 +113,21 @@ pub fn run(args: ServeArgs) -> Result<u8, CliError> {
         max_jobs: args.max_jobs,
         grace: args.grace,
         read_only_ui: args.read_only_ui,
+        lease: args.lease,
     };
     runspace_server::serve(&config).map_err(|e| CliError::failure(e.to_string()))?;
     Ok(exit::OK)
 }
 
-/// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits until it answers.
-pub fn spawn_detached(paths: &StatePaths, extra: &[String]) -> Result<(SocketAddr, u32), String> {
+/// Starts `rsp serve --state-dir DIR EXTRA…` in the background and waits
+/// until it answers. The store goes to it in `RSP_STORE`, never in its
+/// arguments: a URL may carry a password, and anyone may read arguments.
+pub fn spawn_detached(paths: &StatePaths, extra: &[String], store: Option<&str>) -> Result<(SocketAddr, u32), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the rsp program: {e}"))?;
     let mut args: Vec<OsString> = vec!["serve".into(), "--state-dir".into(), paths.dir.clone().into()];
     args.extend(extra.iter().map(OsString::from));
-    runspace_server::spawn_detached(paths, &exe, &args)
+    let env: Vec<(&str, &str)> = store.map(|s| ("RSP_STORE", s)).into_iter().collect();
+    runspace_server::spawn_detached(paths, &exe, &args, &env)
 }
 
 fn child_args(args: &ServeArgs) -> Vec<String> {
@@ -121,15 +140,14 @@ fn child_args(args: &ServeArgs) -> Vec<String> {
         args.max_jobs.to_string(),
         "--grace".into(),
         format!("{}ms", args.grace.as_millis()),
+        "--lease".into(),
+        format!("{}ms", args.lease.as_millis()),
     ];
     if args.read_only_ui {
         out.push("--read-only-ui".into());
     }
     if let Some(db) = &args.db {
         out.extend(["--db".to_string(), db.display().to_string()]);
-    }
-    if let Some(store) = &args.store {
-        out.extend(["--store".to_string(), store.clone()]);
     }
     out
 }

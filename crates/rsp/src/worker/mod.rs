@@ -77,7 +77,10 @@ pub struct ListArgs {
 fn store_url(store: &Option<String>) -> Result<String, String> {
     match store {
         Some(url) if is_postgres_url(url) => Ok(url.clone()),
-        Some(other) => Err(format!("--store: '{other}' is not a PostgreSQL URL (postgres://user@host:port/db)")),
+        Some(other) => Err(format!(
+            "--store: '{}' is not a PostgreSQL URL (postgres://user@host:port/db)",
+            runspace_server::store::redact_url(other)
+        )),
         None => Err("give the store with --store postgres://… (or RSP_STORE)".into()),
     }
 }

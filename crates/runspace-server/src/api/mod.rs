@@ -41,6 +41,8 @@ pub(crate) struct App {
     pub(crate) shutdown: tokio::sync::Notify,
     /// How long running jobs may finish when the server stops.
     pub(crate) grace: Duration,
+    /// Wrong tokens, for the back-off (shared with the dashboard's login form).
+    pub(crate) guesses: Arc<crate::guessing::Attempts>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -115,12 +117,25 @@ async fn auth(State(app): State<Arc<App>>, request: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(given.trim().as_bytes(), app.token.as_bytes()) {
-        let why = if given.is_empty() { "missing token" } else { "bad token" };
-        return ApiError(StatusCode::UNAUTHORIZED, format!("{why}: send 'Authorization: Bearer TOKEN'"))
+    let given = given.trim();
+    if given.is_empty() {
+        // Not a guess: nothing counts against the back-off.
+        return ApiError(StatusCode::UNAUTHORIZED, "missing token: send 'Authorization: Bearer TOKEN'".into())
             .into_response();
     }
-    next.run(request).await
+    match app.guesses.attempt(|| constant_time_eq(given.as_bytes(), app.token.as_bytes())) {
+        Ok(true) => next.run(request).await,
+        Ok(false) => {
+            ApiError(StatusCode::UNAUTHORIZED, "bad token: send 'Authorization: Bearer TOKEN'".into()).into_response()
+        }
+        Err(wait) => {
+            let secs = crate::guessing::retry_after(wait);
+            let message = format!("too many wrong tokens: try again in {secs} s");
+            let mut response = ApiError(StatusCode::TOO_MANY_REQUESTS, message).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+            response
+        }
+    }
 }
 
 /// Compares without an early exit, so timing does not leak the token.

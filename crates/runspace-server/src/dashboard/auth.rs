@@ -11,9 +11,8 @@
 //! made by the server at login, never taken from the request, so a cookie
 //! planted by someone else never becomes a session.
 //!
-//! Guessing the token at the form is slowed down for the whole server
-//! ([`Attempts`]): after a few wrong tokens, each further attempt waits
-//! out a back-off that doubles with every failure.
+//! Guessing the token at the form is slowed down for the whole server, by
+//! the back-off the API shares ([`crate::guessing`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -81,66 +80,6 @@ impl Sessions {
 
     fn close(&self, id: &str) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-    }
-}
-
-/// Wrong tokens allowed before the back-off starts.
-const FREE_FAILURES: u32 = 5;
-/// The longest back-off between two login attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// Failures this old are forgotten.
-const FORGET_FAILURES: Duration = Duration::from_secs(15 * 60);
-
-/// The failed logins of this server, for the back-off. Counted for the
-/// server, not per client address: the token is the server's, and an
-/// attacker has many addresses (the owner of the token still has the API
-/// and the CLI while the form waits).
-#[derive(Default)]
-pub(super) struct Attempts(Mutex<Failures>);
-
-#[derive(Default)]
-struct Failures {
-    count: u32,
-    last: Option<Instant>,
-}
-
-impl Failures {
-    /// How long until the next attempt may be checked (zero: now).
-    fn wait(&mut self, now: Instant) -> Duration {
-        let Some(last) = self.last else { return Duration::ZERO };
-        let since = now.saturating_duration_since(last);
-        if since >= FORGET_FAILURES {
-            *self = Failures::default();
-            return Duration::ZERO;
-        }
-        if self.count < FREE_FAILURES {
-            return Duration::ZERO;
-        }
-        let backoff = Duration::from_secs(1 << (self.count - FREE_FAILURES).min(6)).min(MAX_BACKOFF);
-        backoff.saturating_sub(since)
-    }
-}
-
-impl Attempts {
-    /// Checks a login with `right` (whether the token was right), unless
-    /// the back-off is running: then `Err` says how long is left, and the
-    /// token is not looked at (so even the right one is no answer). The
-    /// check happens under the lock, so parallel guesses queue behind it
-    /// rather than all slipping through before the first failure counts.
-    fn attempt(&self, right: impl FnOnce() -> bool) -> Result<bool, Duration> {
-        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let wait = failures.wait(now);
-        if !wait.is_zero() {
-            return Err(wait);
-        }
-        if right() {
-            *failures = Failures::default();
-            return Ok(true);
-        }
-        failures.count = failures.count.saturating_add(1);
-        failures.last = Some(now);
-        Ok(false)
     }
 }
 
@@ -260,13 +199,13 @@ pub(super) async fn login(State(dash): State<Arc<Dashboard>>, headers: HeaderMap
     if cross_site(&headers) {
         return (StatusCode::FORBIDDEN, "refused: the request comes from another site").into_response();
     }
-    match dash.logins.attempt(|| same(form.token.trim(), &dash.token)) {
+    match dash.logins.login(|| same(form.token.trim(), &dash.token)) {
         Ok(true) => {}
         Ok(false) => {
             return page_response(StatusCode::UNAUTHORIZED, &login_page(Some("That is not this server's token.")));
         }
         Err(wait) => {
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let secs = crate::guessing::retry_after(wait);
             let message = format!("Too many wrong tokens: try again in {secs} s.");
             let mut response = page_response(StatusCode::TOO_MANY_REQUESTS, &login_page(Some(&message)));
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -360,37 +299,6 @@ mod tests {
         assert!(cross_site(&headers));
         headers.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(cross_site(&headers));
-    }
-
-    #[test]
-    fn wrong_tokens_back_off_doubling_and_are_forgotten() {
-        let attempts = Attempts::default();
-        for _ in 0..FREE_FAILURES {
-            assert_eq!(attempts.attempt(|| false), Ok(false));
-        }
-        // Now every attempt waits, and the right token is not even looked at.
-        let wait = attempts.attempt(|| panic!("checked during the back-off")).unwrap_err();
-        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1), "{wait:?}");
-        let mut failures = Failures { count: FREE_FAILURES + 3, last: Some(Instant::now()) };
-        let wait = failures.wait(Instant::now());
-        assert!(wait > Duration::from_secs(7) && wait <= Duration::from_secs(8), "doubling: {wait:?}");
-        failures.count = 1000;
-        assert!(failures.wait(Instant::now()) <= MAX_BACKOFF, "bounded");
-        let later = Instant::now() + MAX_BACKOFF + Duration::from_secs(1);
-        assert_eq!(failures.wait(later), Duration::ZERO, "waited out");
-        assert_eq!(failures.count, 1000, "but not forgotten yet");
-        assert_eq!(failures.wait(Instant::now() + FORGET_FAILURES), Duration::ZERO);
-        assert_eq!(failures.count, 0, "forgotten after a quiet while");
-    }
-
-    #[test]
-    fn the_right_token_after_the_back_off_resets_the_count() {
-        let attempts = Attempts::default();
-        for _ in 0..3 {
-            attempts.attempt(|| false).unwrap();
-        }
-        assert_eq!(attempts.attempt(|| true), Ok(true));
-        assert_eq!(attempts.0.lock().unwrap().count, 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::{watch, Semaphore};
 
+use crate::guessing::Attempts;
 use crate::store::{JobStore, StoreError};
 
 mod actions;
@@ -36,8 +37,8 @@ pub(crate) struct Dashboard {
     api: Router,
     token: String,
     sessions: auth::Sessions,
-    /// Failed logins, for the back-off.
-    logins: auth::Attempts,
+    /// Wrong tokens, for the back-off (the API's count: one for both doors).
+    logins: Arc<Attempts>,
     read_only: bool,
     live: Arc<live::Live>,
     /// Turns true when the server stops: the event streams end.
@@ -54,12 +55,13 @@ impl Dashboard {
         store: Arc<dyn JobStore>,
         api: Router,
         token: String,
+        logins: Arc<Attempts>,
         read_only: bool,
         stop: watch::Receiver<bool>,
     ) -> Arc<Dashboard> {
         let live = live::Live::start(store.clone(), stop.clone());
         let sessions = auth::Sessions::default();
-        let (logins, reads) = (auth::Attempts::default(), Semaphore::new(STORE_READS));
+        let reads = Semaphore::new(STORE_READS);
         Arc::new(Dashboard { store, api, token, sessions, logins, read_only, live, stop, reads })
     }
 }

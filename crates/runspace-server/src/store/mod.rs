@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 pub use dashboard::{Cursor, ItemsPage, JobQuery, JobRow, JobsPage, WorkerRow};
-pub use postgres::{is_postgres_url, work, PgStore};
+pub use postgres::{is_postgres_url, redact_url, work, PgStore};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.

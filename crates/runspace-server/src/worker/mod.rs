@@ -186,8 +186,19 @@ pub fn run_worker(
 /// holding.
 type Held = Mutex<Option<(Instant, HashSet<(i64, i32)>)>>;
 
-/// The chunk (`(job, chunk, attempt)`) the work loop is running, if any.
-type Current = Mutex<Option<(i64, i32, i32)>>;
+/// The chunks (`(job, chunk, attempt)`) the worker holds: the one the
+/// work loop is running, and the one whose completion is being recorded.
+type Current = Mutex<Vec<(i64, i32, i32)>>;
+
+/// A chunk's key in [`Current`].
+fn key(lease: &Lease) -> (i64, i32, i32) {
+    (lease.job_id, lease.chunk, lease.attempt)
+}
+
+/// The worker no longer holds `lease`'s chunk (it ran or was given up).
+fn forget(current: &Current, lease: &Lease) {
+    current.lock().unwrap_or_else(|e| e.into_inner()).retain(|k| *k != key(lease));
+}
 
 /// The jobs this worker has prepared (a pool each), a few at most.
 struct PreparedJobs {
@@ -197,51 +208,145 @@ struct PreparedJobs {
 
 const PREPARED_JOBS: usize = 4;
 
+/// A chunk's records, `(index, record, completed)`, on their way to the store.
+type Records = Vec<(u64, String, bool)>;
+
+/// Claims, runs and completes chunks until `stop`. A chunk's completion
+/// is recorded by a second thread while the next chunk is claimed and
+/// run, so the pool does not wait on the database's commit (nor the
+/// database on the pool); at most one completion waits at a time.
 fn work_loop(
     config: &WorkerConfig,
     store: &PgStore,
     id: &str,
     stop: &AtomicBool,
-    events: &dyn Fn(WorkerEvent),
+    events: &(dyn Fn(WorkerEvent) + Sync),
     wake: &crossbeam_channel::Receiver<()>,
     (held, current): (&Held, &Current),
 ) -> WorkerSummary {
-    let mut summary = WorkerSummary::default();
-    let mut refused: Vec<i64> = Vec::new();
-    let mut prepared = PreparedJobs { jobs: HashMap::new(), order: Vec::new() };
-    while !stop.load(Ordering::Relaxed) {
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let Some(claimed) = retry(stop, events, || store.claim(id, config.lease, &refused).map_err(|e| e.to_string()))
-        else {
-            break;
-        };
-        let Some(lease) = claimed else {
-            let _ = wake.recv_timeout(config.poll);
-            continue;
-        };
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease.job_id, lease.chunk, lease.attempt));
-        // Taken once `current` is set: a heartbeat that began earlier may
-        // have read no chunk to extend (and so found none held), and must
-        // not be taken to mean this lease was lost.
-        let claimed_at = Instant::now();
-        if let Some(why) = &lease.malformed {
-            // Refused like a job beyond the grants: said on the job, given
-            // back unrun, never completed as a chunk of no items.
-            let reason = format!("chunk {} of the job cannot be run: {why}", lease.chunk);
-            events(WorkerEvent::Refused(lease.job.clone(), reason.clone()));
-            let _ = store.refuse(lease.job_id, &config.name, &reason);
-            let _ = store.release(id, &lease);
-            refused.push(lease.job_id);
-            continue;
+    let work = Work { config, store, id, stop, events, held, current, summary: Mutex::default() };
+    std::thread::scope(|scope| {
+        // A rendezvous: the hand-over waits until the previous completion is recorded.
+        let (to_record, recordings) = crossbeam_channel::bounded::<(Lease, Records)>(0);
+        scope.spawn(|| work.record(recordings));
+        work.claim_and_run(wake, &to_record);
+    });
+    work.summary.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the work loop's two threads share.
+struct Work<'a> {
+    config: &'a WorkerConfig,
+    store: &'a PgStore,
+    id: &'a str,
+    stop: &'a AtomicBool,
+    events: &'a (dyn Fn(WorkerEvent) + Sync),
+    held: &'a Held,
+    current: &'a Current,
+    summary: Mutex<WorkerSummary>,
+}
+
+impl Work<'_> {
+    fn count(&self, f: impl FnOnce(&mut WorkerSummary)) {
+        f(&mut self.summary.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Records each chunk handed over, through the fence.
+    fn record(&self, recordings: crossbeam_channel::Receiver<(Lease, Records)>) {
+        for (lease, records) in recordings {
+            let n = records.len() as u64;
+            let completed = retry(self.stop, self.events, || {
+                self.store.complete(self.id, &lease, records.clone()).map_err(|e| e.to_string())
+            });
+            forget(self.current, &lease);
+            match completed {
+                Some(Completion::Recorded) => self.count(|s| s.items += n),
+                Some(Completion::Rejected) => {
+                    self.count(|s| s.rejected += 1);
+                    (self.events)(WorkerEvent::Rejected(lease.job.clone(), lease.chunk));
+                }
+                None => {}
+            }
         }
-        let job = match prepared.jobs.get(&lease.job_id) {
-            Some(job) => job.clone(),
+    }
+
+    /// Claims a chunk, runs it, and hands its records to `to_record`; until `stop`.
+    fn claim_and_run(
+        &self,
+        wake: &crossbeam_channel::Receiver<()>,
+        to_record: &crossbeam_channel::Sender<(Lease, Records)>,
+    ) {
+        let mut refused: Vec<i64> = Vec::new();
+        let mut prepared = PreparedJobs { jobs: HashMap::new(), order: Vec::new() };
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(claimed) = retry(self.stop, self.events, || {
+                self.store.claim(self.id, self.config.lease, &refused).map_err(|e| e.to_string())
+            }) else {
+                break;
+            };
+            let Some(lease) = claimed else {
+                let _ = wake.recv_timeout(self.config.poll);
+                continue;
+            };
+            self.current.lock().unwrap_or_else(|e| e.into_inner()).push(key(&lease));
+            // Taken once `current` holds the chunk: a heartbeat that began
+            // earlier may have read no chunk to extend (and so found none
+            // held), and must not be taken to mean this lease was lost.
+            let claimed_at = Instant::now();
+            if let Some(why) = &lease.malformed {
+                // Refused like a job beyond the grants: said on the job, given
+                // back unrun, never completed as a chunk of no items.
+                let reason = format!("chunk {} of the job cannot be run: {why}", lease.chunk);
+                (self.events)(WorkerEvent::Refused(lease.job.clone(), reason.clone()));
+                let _ = self.store.refuse(lease.job_id, &self.config.name, &reason);
+                let _ = self.store.release(self.id, &lease);
+                forget(self.current, &lease);
+                refused.push(lease.job_id);
+                continue;
+            }
+            let Some(job) = self.job_of(&lease, &mut prepared, &mut refused) else {
+                forget(self.current, &lease);
+                continue;
+            };
+            match run_chunk(self.config, &job, &lease, self.stop, &|| still_held(self.held, &lease, claimed_at)) {
+                Ran::Whole(records) => {
+                    if let Err(crossbeam_channel::SendError((lease, _))) = to_record.send((lease, records)) {
+                        forget(self.current, &lease);
+                    }
+                }
+                Ran::LeaseLost => {
+                    forget(self.current, &lease);
+                    if let Ok(Completion::Rejected) = self.store.abandon(self.id, &lease) {
+                        self.count(|s| s.rejected += 1);
+                        (self.events)(WorkerEvent::Rejected(lease.job.clone(), lease.chunk));
+                    }
+                }
+                Ran::GivenUp => {
+                    forget(self.current, &lease);
+                    if self.store.release(self.id, &lease).is_ok() {
+                        self.count(|s| s.released += 1);
+                        (self.events)(WorkerEvent::Released(lease.job.clone(), lease.chunk));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The prepared job of `lease`'s chunk (prepared now if it is new
+    /// here); `None` if the job is gone, or refused here (then the chunk is
+    /// given back, the refusal recorded, and the job skipped from now on).
+    fn job_of(&self, lease: &Lease, prepared: &mut PreparedJobs, refused: &mut Vec<i64>) -> Option<Arc<Prepared>> {
+        match prepared.jobs.get(&lease.job_id) {
+            Some(job) => Some(job.clone()),
             None => {
-                let request = retry(stop, events, || store.job_request(lease.job_id).map_err(|e| e.to_string()));
-                let Some(request) = request.flatten() else { continue };
-                match prepare(&request, &config.allow_max, config.slots) {
+                let request =
+                    retry(self.stop, self.events, || self.store.job_request(lease.job_id).map_err(|e| e.to_string()));
+                let request = request.flatten()?;
+                match prepare(&request, &self.config.allow_max, self.config.slots) {
                     Ok(job) => {
-                        let _ = retry(stop, events, || store.job_started(lease.job_id).map_err(|e| e.to_string()));
+                        let _ = retry(self.stop, self.events, || {
+                            self.store.job_started(lease.job_id).map_err(|e| e.to_string())
+                        });
                         let job = Arc::new(job);
                         if prepared.order.len() >= PREPARED_JOBS {
                             let oldest = prepared.order.remove(0);
@@ -249,47 +354,19 @@ fn work_loop(
                         }
                         prepared.order.push(lease.job_id);
                         prepared.jobs.insert(lease.job_id, job.clone());
-                        job
+                        Some(job)
                     }
                     Err(refusal) => {
-                        events(WorkerEvent::Refused(lease.job.clone(), refusal.0.clone()));
-                        let _ = store.refuse(lease.job_id, &config.name, &refusal.0);
-                        let _ = store.release(id, &lease);
+                        (self.events)(WorkerEvent::Refused(lease.job.clone(), refusal.0.clone()));
+                        let _ = self.store.refuse(lease.job_id, &self.config.name, &refusal.0);
+                        let _ = self.store.release(self.id, lease);
                         refused.push(lease.job_id);
-                        continue;
+                        None
                     }
-                }
-            }
-        };
-        match run_chunk(config, &job, &lease, stop, &|| still_held(held, &lease, claimed_at)) {
-            Ran::Whole(records) => {
-                let n = records.len() as u64;
-                let completed =
-                    retry(stop, events, || store.complete(id, &lease, records.clone()).map_err(|e| e.to_string()));
-                match completed {
-                    Some(Completion::Recorded) => summary.items += n,
-                    Some(Completion::Rejected) => {
-                        summary.rejected += 1;
-                        events(WorkerEvent::Rejected(lease.job.clone(), lease.chunk));
-                    }
-                    None => {}
-                }
-            }
-            Ran::LeaseLost => {
-                if let Ok(Completion::Rejected) = store.abandon(id, &lease) {
-                    summary.rejected += 1;
-                    events(WorkerEvent::Rejected(lease.job.clone(), lease.chunk));
-                }
-            }
-            Ran::GivenUp => {
-                if store.release(id, &lease).is_ok() {
-                    summary.released += 1;
-                    events(WorkerEvent::Released(lease.job.clone(), lease.chunk));
                 }
             }
         }
     }
-    summary
 }
 
 /// Whether the worker still holds `lease`: only a heartbeat that began

@@ -141,6 +141,17 @@ impl PgServer {
         self.url(name)
     }
 
+    /// Makes role `role` (created with `password`) log in over TCP with
+    /// its password (scram-sha-256) instead of being trusted.
+    pub fn require_password(&self, role: &str, password: &str) {
+        self.psql("postgres", &format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'"));
+        let hba = self.dir.path().join("data/pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        let line = format!("host all {role} 127.0.0.1/32 scram-sha-256\nhost all {role} ::1/128 scram-sha-256\n");
+        std::fs::write(&hba, format!("{line}{old}")).expect("write pg_hba.conf");
+        self.psql("postgres", "SELECT pg_reload_conf()");
+    }
+
     /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
     pub fn stop(&self) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());

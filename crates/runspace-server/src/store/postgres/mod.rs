@@ -14,7 +14,7 @@
 //! SQLite store ([`writer`]).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -23,13 +23,17 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::{json, Map, Value};
 use tokio_postgres::NoTls;
 
+mod dashboard;
 mod schema;
+mod secret;
+mod servers;
 pub mod work;
 mod writer;
 
 use super::writes::{Failures, Msg, Op};
 use super::{
-    rfc3339, secs, From, JobEnd, JobStore, NewJob, Page, StoreError, StoreHealth, StoredRequest, WorkerRow, STREAM_TAIL,
+    rfc3339, secs, Cursor, From, ItemsPage, JobEnd, JobQuery, JobRow, JobStore, JobsPage, NewJob, Page, StoreError,
+    StoreHealth, StoredRequest, WorkerRow, STREAM_TAIL,
 };
 use crate::limits::{MAX_ITEMS, MAX_PAGE_BYTES};
 
@@ -52,6 +56,11 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     writer: Mutex<Option<(Sender<Msg>, JoinHandle<()>)>>,
     failures: Arc<Failures>,
+    /// The server this store is a server's, once registered: its jobs
+    /// name it ([`servers`]).
+    owner: Arc<OnceLock<String>>,
+    /// That server's lease.
+    lease: OnceLock<std::time::Duration>,
 }
 
 /// A driver error as one line: the server's message when it sent one.
@@ -74,6 +83,8 @@ fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(format!("database: {e}"))
 }
 
+pub use secret::redact as redact_url;
+
 /// Whether `spec` names a PostgreSQL database rather than a SQLite file.
 pub fn is_postgres_url(spec: &str) -> bool {
     spec.starts_with("postgres://") || spec.starts_with("postgresql://")
@@ -82,9 +93,12 @@ pub fn is_postgres_url(spec: &str) -> bool {
 impl PgStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or any libpq connection string) and brings its schema up to date.
+    /// A URL without a password takes it from `PGPASSWORD` or the password
+    /// file (`PGPASSFILE`, `~/.pgpass`), as libpq would.
     pub fn open(url: &str) -> Result<PgStore, String> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|e| format!("invalid database URL: {}", pg_error(&e)))?;
+        secret::fill_password(&mut config);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -107,7 +121,16 @@ impl PgStore {
         let (tx, rx) = bounded::<Msg>(QUEUE);
         let failures = Arc::new(Failures::default());
         let handle = runtime.handle().clone();
-        let mut store = PgStore { runtime: Some(runtime), handle, pool, config, writer: Mutex::new(None), failures };
+        let mut store = PgStore {
+            runtime: Some(runtime),
+            handle,
+            pool,
+            config,
+            writer: Mutex::new(None),
+            failures,
+            owner: Arc::default(),
+            lease: OnceLock::new(),
+        };
         store
             .block(|pool| async move {
                 let mut client = pool.get().await.map_err(|e| format!("cannot connect: {}", pool_error(&e)))?;
@@ -117,9 +140,10 @@ impl PgStore {
             .and_then(|r| r)
             .map_err(|e| format!("database {}: {e}", store.describe()))?;
         let (pool, handle, writer_failures) = (store.pool.clone(), store.handle.clone(), store.failures.clone());
+        let owner = store.owner.clone();
         let writer = std::thread::Builder::new()
             .name("rsp-pg-writer".into())
-            .spawn(move || writer::write_loop(&handle, &pool, &rx, &writer_failures))
+            .spawn(move || writer::write_loop(&handle, &pool, &rx, &writer_failures, &owner))
             .map_err(|e| format!("cannot start the database writer: {e}"))?;
         store.writer = Mutex::new(Some((tx, writer)));
         Ok(store)
@@ -202,6 +226,14 @@ impl PgStore {
             job["error"] = json!(message);
         }
         job
+    }
+
+    /// [`PgStore::overlay`] for a dashboard row.
+    fn overlay_row(&self, row: &mut JobRow) {
+        if let Some(message) = self.failures.message(&row.name) {
+            row.state = "Failed".into();
+            row.error = Some(message);
+        }
     }
 }
 
@@ -461,6 +493,39 @@ impl JobStore for PgStore {
                 })
                 .collect())
         })
+    }
+
+    fn state_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| async move { dashboard::state_counts(&c).await })
+    }
+
+    fn job_rows(&self, query: &JobQuery) -> Result<JobsPage, StoreError> {
+        let query = query.clone();
+        let mut page = self.read(move |c| async move { dashboard::job_rows(&c, &query).await })?;
+        page.rows.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(page)
+    }
+
+    fn job_row(&self, name: &str) -> Result<Option<JobRow>, StoreError> {
+        let name = name.to_string();
+        let mut row = self.read(move |c| async move { dashboard::one_job(&c, &name).await })?;
+        row.iter_mut().for_each(|row| self.overlay_row(row));
+        Ok(row)
+    }
+
+    fn active_jobs(&self, limit: u64) -> Result<Vec<JobRow>, StoreError> {
+        self.read(move |c| async move { dashboard::active_jobs(&c, limit).await })
+    }
+
+    fn item_rows(
+        &self,
+        name: &str,
+        status: Option<&str>,
+        cursor: Cursor,
+        limit: u64,
+    ) -> Result<Option<ItemsPage>, StoreError> {
+        let (name, status) = (name.to_string(), status.map(str::to_string));
+        self.read(move |c| async move { dashboard::item_rows(&c, &name, status.as_deref(), cursor, limit).await })
     }
 
     fn close(&self) {

@@ -11,10 +11,10 @@
 use deadpool_postgres::Client;
 
 /// Every migration, oldest first; the last one's version is the current schema.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The schema version this program writes.
-pub(super) const CURRENT: i32 = 2;
+pub(super) const CURRENT: i32 = 3;
 
 /// The advisory lock key that serialises migrations ("rsp" in ASCII).
 const MIGRATION_LOCK: i64 = 0x72_73_70;
@@ -97,6 +97,22 @@ CREATE TABLE workers (
     rejected BIGINT NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'running'
 );
+";
+
+/// Version 3: servers on leases (see `servers`). A server's row is kept
+/// alive by its heartbeat; the jobs it accepts name it, so that when its
+/// lease runs out another server can mark them Interrupted.
+const V3: &str = "
+CREATE TABLE servers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    lease_until TIMESTAMPTZ NOT NULL
+);
+ALTER TABLE jobs ADD COLUMN server_id TEXT;
+CREATE INDEX jobs_unfinished_by_server ON jobs (server_id) WHERE state IN ('Queued', 'Running');
 ";
 
 /// Brings the database to [`CURRENT`]; refuses one from a newer program.

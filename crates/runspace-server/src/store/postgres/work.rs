@@ -21,7 +21,9 @@
 
 use std::time::Duration;
 
+use futures_util::future::{join3, join5};
 use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
 
 use super::{pg_error, PgStore};
 use crate::store::{secs, StoreError};
@@ -102,6 +104,70 @@ pub struct JobStatus {
     /// Why workers refused it, one line per worker.
     pub refusals: Vec<String>,
 }
+
+/// The claim of the first open chunk: `$1` the worker, `$2` the jobs it
+/// refused, `$3` the lease in seconds. Returns the chunk and its job's name.
+const CLAIM: &str = "
+WITH open AS (
+    SELECT ch.job_id, ch.chunk FROM chunks ch JOIN jobs j ON j.id = ch.job_id
+    WHERE NOT ch.done AND j.state IN ('Queued', 'Running') AND NOT (ch.job_id = ANY($2))
+      AND (ch.lease_owner IS NULL OR ch.lease_until < now())
+    ORDER BY ch.job_id, ch.chunk LIMIT 1 FOR UPDATE OF ch SKIP LOCKED),
+claimed AS (
+    UPDATE chunks SET lease_owner = $1, attempt = chunks.attempt + 1, lease_until = now() + make_interval(secs => $3)
+    FROM open WHERE chunks.job_id = open.job_id AND chunks.chunk = open.chunk
+    RETURNING chunks.job_id, chunks.chunk, chunks.first, chunks.attempt, chunks.inputs)
+SELECT c.job_id, c.chunk, c.first, c.attempt, c.inputs, j.name FROM claimed c JOIN jobs j ON j.id = c.job_id";
+
+/// A completion's fence and records, as one statement: `$1` job, `$2`
+/// chunk, `$3` worker, `$4` attempt, `$5`/`$6` items recorded/failed,
+/// `$7`/`$8` the items' indices and records. The fence closes the chunk
+/// only if this worker still holds this attempt's lease and the job runs;
+/// the records go in only through an open fence, under the unique key
+/// (job, item) as the last guard (a record already there stays, and is
+/// not counted twice). A closed fence counts a rejection on the job and
+/// the worker instead. Returns whether the fence was open.
+const RECORD: &str = "
+WITH fence AS (
+    UPDATE chunks SET done = true, lease_until = NULL, recorded = $5, failed = $6
+    FROM jobs j WHERE j.id = chunks.job_id AND chunks.job_id = $1 AND chunks.chunk = $2
+      AND chunks.lease_owner = $3 AND chunks.attempt = $4 AND NOT chunks.done
+      AND j.state IN ('Queued', 'Running')
+    RETURNING 1),
+stored AS (
+    INSERT INTO outputs (job_id, seq, record)
+    SELECT $1, x.seq, x.record FROM unnest($7::bigint[], $8::text[]) AS x(seq, record)
+    WHERE EXISTS (SELECT 1 FROM fence)
+    ON CONFLICT (job_id, seq) DO NOTHING RETURNING 1),
+counted AS (
+    UPDATE workers SET items_done = items_done + (SELECT count(*) FROM stored), heartbeat_at = now(),
+      rejected = rejected + CASE WHEN EXISTS (SELECT 1 FROM fence) THEN 0 ELSE 1 END
+    WHERE id = $3 RETURNING 1),
+refused AS (
+    UPDATE jobs SET rejected = rejected + 1 WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM fence) RETURNING 1)
+SELECT EXISTS (SELECT 1 FROM fence), (SELECT count(*) FROM counted), (SELECT count(*) FROM refused)";
+
+/// Whether this was the last open chunk: two completions that both judge
+/// it before either commits each see the other's chunk not done, and
+/// neither ends the job (Running forever, every chunk done). So the
+/// judgement takes the job's row lock, held to the commit: the second to
+/// take it waits for the first to commit, and its statement (a fresh
+/// snapshot) sees that chunk done. NO KEY UPDATE, as the job's UPDATE
+/// takes: it does not conflict with the KEY SHARE locks that the outputs'
+/// foreign key took, so two completions never deadlock on them.
+const LOCK_JOB: &str = "SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE";
+
+/// Ends the job `$1` if no chunk of it is open.
+const END_JOB: &str = "
+WITH totals AS (SELECT coalesce(sum(recorded), 0)::bigint AS done,
+    coalesce(sum(failed), 0)::bigint AS failed FROM chunks WHERE job_id = $1),
+j AS (UPDATE jobs SET
+    state = CASE WHEN totals.failed > 0 THEN 'CompletedWithErrors' ELSE 'Completed' END,
+    ended_at = extract(epoch FROM now()), progress_done = totals.done, failed_items = totals.failed
+    FROM totals WHERE id = $1 AND state IN ('Queued', 'Running')
+      AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = $1 AND NOT done)
+    RETURNING id, state, ended_at)
+INSERT INTO history (job_id, state, at) SELECT id, state, ended_at FROM j";
 
 fn storage(e: &tokio_postgres::Error) -> StoreError {
     StoreError::Storage(format!("database: {}", pg_error(e)))
@@ -198,34 +264,30 @@ impl PgStore {
 
     /// Leases the first open chunk (free, or its lease expired) of a job
     /// not in `skip`, for `lease`; `None` when there is none.
+    ///
+    /// One round trip: the claim is one statement, sent with its
+    /// transaction in one pipeline. It commits without waiting for the
+    /// disk (`synchronous_commit = off`): a claim lost in a database crash
+    /// leaves the chunk unclaimed, to be claimed again, and the fence
+    /// rejects a completion under a claim the database no longer has.
     pub fn claim(&self, worker: &str, lease: Duration, skip: &[i64]) -> Result<Option<Lease>, StoreError> {
         let (worker, skip, secs) = (worker.to_string(), skip.to_vec(), interval(lease));
         self.block(move |pool| async move {
-            let mut c = pool.get().await.map_err(|e| pool_storage(&e))?;
-            let tx = c.transaction().await.map_err(|e| storage(&e))?;
-            let row = tx
-                .query_opt(
-                    "WITH open AS ( \
-                       SELECT ch.job_id, ch.chunk FROM chunks ch JOIN jobs j ON j.id = ch.job_id \
-                       WHERE NOT ch.done AND j.state IN ('Queued', 'Running') AND NOT (ch.job_id = ANY($2)) \
-                         AND (ch.lease_owner IS NULL OR ch.lease_until < now()) \
-                       ORDER BY ch.job_id, ch.chunk LIMIT 1 FOR UPDATE OF ch SKIP LOCKED) \
-                     UPDATE chunks SET lease_owner = $1, attempt = chunks.attempt + 1, \
-                       lease_until = now() + make_interval(secs => $3) \
-                     FROM open WHERE chunks.job_id = open.job_id AND chunks.chunk = open.chunk \
-                     RETURNING chunks.job_id, chunks.chunk, chunks.first, chunks.attempt, chunks.inputs",
-                    &[&worker, &skip, &secs],
-                )
-                .await
-                .map_err(|e| storage(&e))?;
-            let Some(row) = row else {
-                tx.commit().await.map_err(|e| storage(&e))?;
-                return Ok(None);
-            };
-            let job_id: i64 = row.get(0);
-            let name: String =
-                tx.query_one("SELECT name FROM jobs WHERE id = $1", &[&job_id]).await.map_err(|e| storage(&e))?.get(0);
-            tx.commit().await.map_err(|e| storage(&e))?;
+            let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            let claim = c.prepare_cached(CLAIM).await.map_err(|e| storage(&e))?;
+            // Sent in this order on the first poll (join3 polls in order),
+            // so the three go out as one pipeline.
+            let params: [&(dyn ToSql + Sync); 3] = [&worker, &skip, &secs];
+            let (begun, row, committed) = join3(
+                c.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+                c.query_opt(&claim, &params),
+                c.batch_execute("COMMIT"),
+            )
+            .await;
+            begun.map_err(|e| storage(&e))?;
+            let row = row.map_err(|e| storage(&e))?;
+            committed.map_err(|e| storage(&e))?;
+            let Some(row) = row else { return Ok(None) };
             // A column that is not an array must not read as "no items": the
             // chunk would complete empty and its items vanish from the job.
             let (inputs, malformed) = match serde_json::from_str::<Vec<Value>>(&row.get::<_, String>(4)) {
@@ -233,8 +295,8 @@ impl PgStore {
                 Err(e) => (Vec::new(), Some(format!("its inputs are not a JSON array: {e}"))),
             };
             Ok(Some(Lease {
-                job_id,
-                job: name,
+                job_id: row.get(0),
+                job: row.get(5),
                 chunk: row.get(1),
                 first: row.get::<_, i64>(2).max(0) as u64,
                 attempt: row.get(3),
@@ -303,6 +365,11 @@ impl PgStore {
     /// Records a chunk's items (`(index, record, completed)`) if `worker`
     /// still holds `lease`'s attempt, in one transaction with the fence;
     /// ends the job when it was its last open chunk.
+    ///
+    /// One round trip: the transaction's statements go in one pipeline
+    /// (each already prepared). A statement that fails aborts the
+    /// transaction, and the `COMMIT` at the end of the pipeline then rolls
+    /// it back, so nothing is recorded; the error is returned.
     pub fn complete(
         &self,
         worker: &str,
@@ -312,76 +379,32 @@ impl PgStore {
         let worker = worker.to_string();
         let (job_id, chunk, attempt) = (lease.job_id, lease.chunk, lease.attempt);
         self.block(move |pool| async move {
-            let mut c = pool.get().await.map_err(|e| pool_storage(&e))?;
-            let tx = c.transaction().await.map_err(|e| storage(&e))?;
+            let c = pool.get().await.map_err(|e| pool_storage(&e))?;
             let failed = records.iter().filter(|r| !r.2).count() as i32;
             let count = records.len() as i32;
-            let fenced = tx
-                .execute(
-                    "UPDATE chunks SET done = true, lease_until = NULL, recorded = $5, failed = $6 \
-                     FROM jobs j WHERE j.id = chunks.job_id AND chunks.job_id = $1 AND chunks.chunk = $2 \
-                       AND chunks.lease_owner = $3 AND chunks.attempt = $4 AND NOT chunks.done \
-                       AND j.state IN ('Queued', 'Running')",
-                    &[&job_id, &chunk, &worker, &attempt, &count, &failed],
-                )
-                .await
-                .map_err(|e| storage(&e))?;
-            if fenced == 0 {
-                tx.rollback().await.map_err(|e| storage(&e))?;
-                c.execute("UPDATE jobs SET rejected = rejected + 1 WHERE id = $1", &[&job_id])
-                    .await
-                    .map_err(|e| storage(&e))?;
-                c.execute("UPDATE workers SET rejected = rejected + 1 WHERE id = $1", &[&worker])
-                    .await
-                    .map_err(|e| storage(&e))?;
-                return Ok(Completion::Rejected);
-            }
             let seqs: Vec<i64> = records.iter().map(|r| r.0 as i64).collect();
             let texts: Vec<String> = records.into_iter().map(|r| r.1).collect();
-            // The unique key (job, item) is the last guard: a record already
-            // there stays, and is not counted twice.
-            let stored = tx
-                .execute(
-                    "INSERT INTO outputs (job_id, seq, record) SELECT $1, * FROM unnest($2::bigint[], $3::text[]) \
-                     ON CONFLICT (job_id, seq) DO NOTHING",
-                    &[&job_id, &seqs, &texts],
-                )
-                .await
-                .map_err(|e| storage(&e))? as i64;
-            tx.execute(
-                "UPDATE workers SET items_done = items_done + $2, heartbeat_at = now() WHERE id = $1",
-                &[&worker, &stored],
+            let (record, lock, end) =
+                join3(c.prepare_cached(RECORD), c.prepare_cached(LOCK_JOB), c.prepare_cached(END_JOB)).await;
+            let (record, lock, end) =
+                (record.map_err(|e| storage(&e))?, lock.map_err(|e| storage(&e))?, end.map_err(|e| storage(&e))?);
+            let params: [&(dyn ToSql + Sync); 8] = [&job_id, &chunk, &worker, &attempt, &count, &failed, &seqs, &texts];
+            let job: [&(dyn ToSql + Sync); 1] = [&job_id];
+            // In this order on the first poll (join5 polls in order): one pipeline.
+            let (begun, recorded, locked, ended, committed) = join5(
+                c.batch_execute("BEGIN"),
+                c.query_one(&record, &params),
+                c.execute(&lock, &job),
+                c.execute(&end, &job),
+                c.batch_execute("COMMIT"),
             )
-            .await
-            .map_err(|e| storage(&e))?;
-            // Whether this was the last open chunk: two completions that both
-            // judge it before either commits each see the other's chunk not
-            // done, and neither ends the job (Running forever, every chunk
-            // done). So the judgement takes the job's row lock, held to the
-            // commit: the second to take it waits for the first to commit,
-            // and its statement (a fresh snapshot) sees that chunk done. NO KEY
-            // UPDATE, as the job's UPDATE takes: it does not conflict with the
-            // KEY SHARE locks that the outputs' foreign key took, so two
-            // completions never deadlock on them.
-            tx.execute("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE", &[&job_id])
-                .await
-                .map_err(|e| storage(&e))?;
-            tx.execute(
-                "WITH totals AS (SELECT coalesce(sum(recorded), 0)::bigint AS done, \
-                   coalesce(sum(failed), 0)::bigint AS failed FROM chunks WHERE job_id = $1), \
-                 j AS (UPDATE jobs SET \
-                   state = CASE WHEN totals.failed > 0 THEN 'CompletedWithErrors' ELSE 'Completed' END, \
-                   ended_at = extract(epoch FROM now()), progress_done = totals.done, failed_items = totals.failed \
-                   FROM totals WHERE id = $1 AND state IN ('Queued', 'Running') \
-                     AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = $1 AND NOT done) \
-                   RETURNING id, state, ended_at) \
-                 INSERT INTO history (job_id, state, at) SELECT id, state, ended_at FROM j",
-                &[&job_id],
-            )
-            .await
-            .map_err(|e| storage(&e))?;
-            tx.commit().await.map_err(|e| storage(&e))?;
-            Ok(Completion::Recorded)
+            .await;
+            begun.map_err(|e| storage(&e))?;
+            let recorded = recorded.map_err(|e| storage(&e))?;
+            locked.map_err(|e| storage(&e))?;
+            ended.map_err(|e| storage(&e))?;
+            committed.map_err(|e| storage(&e))?;
+            Ok(if recorded.get::<_, bool>(0) { Completion::Recorded } else { Completion::Rejected })
         })?
     }
 
@@ -527,10 +550,38 @@ impl PgStore {
     }
 
     /// A cluster job's progress; `None` if unknown.
+    ///
+    /// A job left Running with no chunk open (its last completion did not
+    /// end it) is ended here, as that completion would have: whoever
+    /// watches the job sees it end, rather than wait forever.
     pub fn cluster_status(&self, name: &str) -> Result<Option<JobStatus>, StoreError> {
         let name = name.to_string();
         self.block(move |pool| async move {
             let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            let unended = c
+                .query_opt(
+                    "SELECT id FROM jobs WHERE name = $1 AND cluster AND state IN ('Queued', 'Running') \
+                     AND EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id) \
+                     AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id AND NOT done)",
+                    &[&name],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+            if let Some(row) = unended {
+                let job_id: i64 = row.get(0);
+                let (lock, end) =
+                    futures_util::future::join(c.prepare_cached(LOCK_JOB), c.prepare_cached(END_JOB)).await;
+                let (lock, end) = (lock.map_err(|e| storage(&e))?, end.map_err(|e| storage(&e))?);
+                let job: [&(dyn ToSql + Sync); 1] = [&job_id];
+                let (begun, locked, ended, committed) = futures_util::future::join4(
+                    c.batch_execute("BEGIN"),
+                    c.execute(&lock, &job),
+                    c.execute(&end, &job),
+                    c.batch_execute("COMMIT"),
+                )
+                .await;
+                begun.and(locked).and(ended).and(committed.map(|_| 0)).map_err(|e| storage(&e))?;
+            }
             let row = c
                 .query_opt(
                     "SELECT state, CASE WHEN cluster THEN \

@@ -7,6 +7,8 @@
 //! is gone (deleted while it ran), so one statement's failure means the
 //! database failed, and the whole batch is lost with it.
 
+use std::sync::OnceLock;
+
 use crossbeam_channel::Receiver;
 use deadpool_postgres::Pool;
 use tokio_postgres::Transaction;
@@ -21,7 +23,14 @@ const BATCH: usize = 1024;
 pub(super) const DUPLICATE: &str = "duplicate";
 
 /// Commits what arrives until every sender is gone.
-pub(super) fn write_loop(runtime: &tokio::runtime::Handle, pool: &Pool, rx: &Receiver<Msg>, failures: &Failures) {
+/// `owner` is the server whose jobs these are, once it registered (see `servers`).
+pub(super) fn write_loop(
+    runtime: &tokio::runtime::Handle,
+    pool: &Pool,
+    rx: &Receiver<Msg>,
+    failures: &Failures,
+    owner: &OnceLock<String>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -31,7 +40,7 @@ pub(super) fn write_loop(runtime: &tokio::runtime::Handle, pool: &Pool, rx: &Rec
             }
         }
         // This thread is the writer's own, never a runtime's: block_on is sound here.
-        let results = runtime.block_on(commit(pool, &batch, failures));
+        let results = runtime.block_on(commit(pool, &batch, failures, owner.get()));
         for (msg, result) in batch.into_iter().zip(results) {
             if let Some(ack) = msg.ack {
                 let _ = ack.send(result);
@@ -40,7 +49,7 @@ pub(super) fn write_loop(runtime: &tokio::runtime::Handle, pool: &Pool, rx: &Rec
     }
 }
 
-async fn commit(pool: &Pool, batch: &[Msg], failures: &Failures) -> Vec<Result<(), String>> {
+async fn commit(pool: &Pool, batch: &[Msg], failures: &Failures, owner: Option<&String>) -> Vec<Result<(), String>> {
     let fail_all = |why: String| {
         batch.iter().for_each(|m| failures.lost(&m.op, &why));
         failures.set_failing(Some(why.clone()));
@@ -56,7 +65,7 @@ async fn commit(pool: &Pool, batch: &[Msg], failures: &Failures) -> Vec<Result<(
     };
     let mut results = Vec::with_capacity(batch.len());
     for msg in batch {
-        match apply(&tx, &msg.op, failures).await {
+        match apply(&tx, &msg.op, failures, owner).await {
             Ok(result) => results.push(result),
             Err(e) => return fail_all(pg_error(&e)),
         }
@@ -76,14 +85,15 @@ async fn apply(
     tx: &Transaction<'_>,
     op: &Op,
     failures: &Failures,
+    owner: Option<&String>,
 ) -> Result<Result<(), String>, tokio_postgres::Error> {
     match op {
         Op::Insert { name, parallel, request, total, at, inputs } => {
             let row = tx
                 .query_opt(
-                    "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total, inputs) \
-                     VALUES ($1, 'Queued', $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING RETURNING id",
-                    &[name, parallel, request, at, &to_i64(*total), inputs],
+                    "INSERT INTO jobs (name, state, parallel, request, submitted_at, progress_total, inputs, server_id) \
+                     VALUES ($1, 'Queued', $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING RETURNING id",
+                    &[name, parallel, request, at, &to_i64(*total), inputs, &owner],
                 )
                 .await?;
             let Some(row) = row else {
@@ -94,7 +104,8 @@ async fn apply(
         }
         Op::Started { name, at } => {
             tx.execute(
-                "WITH j AS (UPDATE jobs SET state = 'Running', started_at = $2 WHERE name = $1 RETURNING id) \
+                "WITH j AS (UPDATE jobs SET state = 'Running', started_at = $2 WHERE name = $1 AND state = 'Queued' \
+                 RETURNING id) \
                  INSERT INTO history (job_id, state, at) SELECT id, 'Running', $2 FROM j",
                 &[name, at],
             )
@@ -103,12 +114,20 @@ async fn apply(
         Op::Output { name, seq, record, done } => {
             tx.execute(
                 "INSERT INTO outputs (job_id, seq, record) SELECT id, $2, $3 FROM jobs WHERE name = $1 \
-                 ON CONFLICT (job_id, seq) DO UPDATE SET record = excluded.record",
+                 AND state IN ('Queued', 'Running') ON CONFLICT (job_id, seq) DO UPDATE SET record = excluded.record",
                 &[name, &to_i64(*seq), record],
             )
             .await?;
             if let Some(done) = done {
-                tx.execute("UPDATE jobs SET progress_done = $2 WHERE name = $1", &[name, &to_i64(*done)]).await?;
+                // Failed items are counted as they arrive, as in the SQLite
+                // store, so the dashboard's list reads no job's records.
+                let failed = failed_status(record);
+                tx.execute(
+                    "UPDATE jobs SET progress_done = $2, failed_items = failed_items + $3 \
+                     WHERE name = $1 AND state IN ('Queued', 'Running')",
+                    &[name, &to_i64(*done), &i64::from(failed)],
+                )
+                .await?;
             }
         }
         Op::Stream { name, stream, seq, record } => {
@@ -128,7 +147,7 @@ async fn apply(
             tx.execute(
                 "WITH j AS (UPDATE jobs SET state = $2::text, ended_at = $3::float8, error = $4, progress_done = $5, \
                  started_at = coalesce(started_at, CASE WHEN $2::text = 'Stopped' THEN NULL ELSE $3::float8 END) \
-                 WHERE name = $1 RETURNING id) \
+                 WHERE name = $1 AND state IN ('Queued', 'Running') RETURNING id) \
                  INSERT INTO history (job_id, state, at) SELECT id, $2, $3 FROM j",
                 &[name, &state, at, &error, &to_i64(*done)],
             )
@@ -145,4 +164,14 @@ async fn apply(
         Op::Flush => {}
     }
     Ok(Ok(()))
+}
+
+/// Whether an item's record says it failed or timed out.
+fn failed_status(record: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Status<'a> {
+        #[serde(borrow)]
+        status: Option<&'a str>,
+    }
+    serde_json::from_str::<Status<'_>>(record).is_ok_and(|r| matches!(r.status, Some("Failed" | "TimedOut")))
 }
