@@ -99,6 +99,25 @@ fn the_dashboard_sees_a_running_cluster_job_s_progress_and_failures_as_chunks_co
 }
 
 #[test]
+fn a_job_left_running_with_every_chunk_done_is_ended_by_an_idle_worker_even_unwatched() {
+    let Some(url) = support::pg::fresh_database("unwatched") else { return };
+    let store = PgStore::open(&url).unwrap();
+    submit(&store, "stuck", 5, 5);
+    submit(&store, "busy", 5, 5);
+    let lease = store.claim("a", Duration::from_secs(60), &[]).unwrap().unwrap();
+    assert_eq!(lease.job, "stuck");
+    store.job_started(lease.job_id).unwrap();
+    assert_eq!(store.complete("a", &lease, records(&lease)).unwrap(), Completion::Recorded);
+    let db = url.rsplit('/').next().unwrap();
+    support::pg::shared().unwrap().psql(db, "UPDATE jobs SET state = 'Running', ended_at = NULL WHERE name = 'stuck'");
+    assert_eq!(store.end_unended().unwrap(), 1);
+    assert_eq!(store.job_row("stuck").unwrap().unwrap().state, "Completed");
+    // A job with a chunk still open is left alone.
+    assert_eq!(store.job_row("busy").unwrap().unwrap().state, "Queued");
+    assert_eq!(store.end_unended().unwrap(), 0, "nothing left to end");
+}
+
+#[test]
 fn a_job_left_running_with_every_chunk_done_is_ended_by_whoever_watches_it() {
     let Some(url) = support::pg::fresh_database("unended") else { return };
     let store = PgStore::open(&url).unwrap();

@@ -285,6 +285,11 @@ impl Work<'_> {
                 break;
             };
             let Some(lease) = claimed else {
+                // Idle: end any job whose last completion did not (seen
+                // rarely with two workers; cause not found), so it does not
+                // stay Running when nobody watches it. Best effort: the
+                // next idle poll tries again.
+                let _ = self.store.end_unended();
                 let _ = wake.recv_timeout(self.config.poll);
                 continue;
             };

@@ -169,6 +169,23 @@ j AS (UPDATE jobs SET
     RETURNING id, state, ended_at)
 INSERT INTO history (job_id, state, at) SELECT id, state, ended_at FROM j";
 
+/// Ends job `job_id` if no chunk of it is open, under the job's lock (as a
+/// completion would), in one pipelined transaction.
+async fn end_job(c: &deadpool_postgres::Object, job_id: i64) -> Result<(), StoreError> {
+    let (lock, end) = futures_util::future::join(c.prepare_cached(LOCK_JOB), c.prepare_cached(END_JOB)).await;
+    let (lock, end) = (lock.map_err(|e| storage(&e))?, end.map_err(|e| storage(&e))?);
+    let job: [&(dyn ToSql + Sync); 1] = [&job_id];
+    let (begun, locked, ended, committed) = futures_util::future::join4(
+        c.batch_execute("BEGIN"),
+        c.execute(&lock, &job),
+        c.execute(&end, &job),
+        c.batch_execute("COMMIT"),
+    )
+    .await;
+    begun.and(locked).and(ended).and(committed.map(|_| 0)).map_err(|e| storage(&e))?;
+    Ok(())
+}
+
 fn storage(e: &tokio_postgres::Error) -> StoreError {
     StoreError::Storage(format!("database: {}", pg_error(e)))
 }
@@ -568,19 +585,7 @@ impl PgStore {
                 .await
                 .map_err(|e| storage(&e))?;
             if let Some(row) = unended {
-                let job_id: i64 = row.get(0);
-                let (lock, end) =
-                    futures_util::future::join(c.prepare_cached(LOCK_JOB), c.prepare_cached(END_JOB)).await;
-                let (lock, end) = (lock.map_err(|e| storage(&e))?, end.map_err(|e| storage(&e))?);
-                let job: [&(dyn ToSql + Sync); 1] = [&job_id];
-                let (begun, locked, ended, committed) = futures_util::future::join4(
-                    c.batch_execute("BEGIN"),
-                    c.execute(&lock, &job),
-                    c.execute(&end, &job),
-                    c.batch_execute("COMMIT"),
-                )
-                .await;
-                begun.and(locked).and(ended).and(committed.map(|_| 0)).map_err(|e| storage(&e))?;
+                end_job(&c, row.get(0)).await?;
             }
             let row = c
                 .query_opt(
@@ -599,6 +604,30 @@ impl PgStore {
                 rejected: r.get::<_, i64>(3).max(0) as u64,
                 refusals: serde_json::from_str(&r.get::<_, String>(4)).unwrap_or_default(),
             }))
+        })?
+    }
+
+    /// Ends every cluster job left Queued or Running with all its chunks
+    /// done (its last completion did not end it), as [`Self::cluster_status`]
+    /// does for the one job it is asked about; returns how many it ended.
+    /// Workers call it while idle, so such a job ends even when nobody
+    /// watches it.
+    pub fn end_unended(&self) -> Result<u64, StoreError> {
+        self.block(move |pool| async move {
+            let c = pool.get().await.map_err(|e| pool_storage(&e))?;
+            let unended = c
+                .query(
+                    "SELECT id FROM jobs WHERE cluster AND state IN ('Queued', 'Running') \
+                     AND EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id) \
+                     AND NOT EXISTS (SELECT 1 FROM chunks WHERE job_id = jobs.id AND NOT done)",
+                    &[],
+                )
+                .await
+                .map_err(|e| storage(&e))?;
+            for row in &unended {
+                end_job(&c, row.get(0)).await?;
+            }
+            Ok(unended.len() as u64)
         })?
     }
 
