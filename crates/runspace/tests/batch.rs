@@ -171,8 +171,10 @@ fn halt_soon_fail_n_lets_running_items_finish() {
 
 #[test]
 fn halt_now_stops_running_items() {
-    // Item 0 fails at once; the others sleep long and are stopped.
-    let (items, halted) = halt_run("now,fail=1", "if _ == 0 then error('bad') end sleep(30)", 100);
+    // Item 0 fails once the other slot's item is surely asleep (failing at
+    // once could halt the run before any other item started, leaving none
+    // to stop); the others sleep long and are stopped.
+    let (items, halted) = halt_run("now,fail=1", "if _ == 0 then sleep(1) error('bad') end sleep(30)", 100);
     assert!(halted.is_some());
     assert!(items.len() < 100);
     assert!(items.iter().any(|r| r.status == Status::Stopped), "{items:?}");
