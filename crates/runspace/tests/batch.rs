@@ -202,7 +202,9 @@ fn halt_on_successes() {
     assert!(halted.is_some());
     let ok = items.iter().filter(|r| r.status == Status::Completed).count();
     assert!((5..100).contains(&ok), "{ok}");
-    let (items, halted) = halt_run("now,success=1", "if _ > 0 then sleep(30) end", 50);
+    // Item 0 succeeds once the other slot's item is surely asleep (see
+    // halt_now_stops_running_items).
+    let (items, halted) = halt_run("now,success=1", "if _ > 0 then sleep(30) else sleep(1) end", 50);
     assert!(halted.is_some());
     assert!(items.iter().any(|r| r.status == Status::Stopped));
 }
