@@ -40,7 +40,7 @@ mod streams;
 pub mod units;
 mod watchdog;
 
-pub use capability::{Capability, Grants};
+pub use capability::{resolve_on_disk, Capability, Grants};
 pub use error::{Error, Result};
 pub use invocation::{Invocation, InvocationHandle};
 pub use invocation_result::InvocationResult;

@@ -90,32 +90,12 @@ fn on_disk_grants(asked: &Grants, cwd: &Path) -> Result<Grants, Refusal> {
             if root.components().any(|c| c == Component::ParentDir) {
                 return Err(Refusal(format!("the job asks for '{cap}:{}', a path with '..'", root.display())));
             }
-            let on_disk = on_disk(&cwd.join(root)).map_err(|e| {
+            let on_disk = runspace::resolve_on_disk(&cwd.join(root)).map_err(|e| {
                 Refusal(format!("the job asks for '{cap}:{}', which cannot be resolved: {e}", root.display()))
             })?;
             resolved.grant_path(cap, on_disk);
         }
     }
-    Ok(resolved)
-}
-
-/// `path` with the longest part of it that exists canonicalized and the
-/// rest appended as written (it holds no `..`).
-fn on_disk(path: &Path) -> std::io::Result<PathBuf> {
-    let mut existing = path;
-    let mut rest = Vec::new();
-    // As `lstat` sees it: a dangling symbolic link exists, and fails below.
-    while std::fs::symlink_metadata(existing).is_err() {
-        match (existing.file_name(), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = existing.canonicalize()?;
-    resolved.extend(rest.iter().rev());
     Ok(resolved)
 }
 
@@ -136,7 +116,7 @@ fn within(asked: &Grants, max: &Grants) -> Result<(), Refusal> {
         }
         let roots = asked.roots(cap).unwrap_or_default();
         let max_on_disk: Vec<PathBuf> =
-            max_roots.iter().map(|m| on_disk(m).unwrap_or_else(|_| m.to_path_buf())).collect();
+            max_roots.iter().map(|m| runspace::resolve_on_disk(m).unwrap_or_else(|_| m.to_path_buf())).collect();
         let inside = |r: &Path| max_on_disk.iter().any(|m| r.starts_with(m));
         if roots.is_empty() || !roots.iter().all(|r| inside(r)) {
             let max: Vec<String> = max_roots.iter().map(|r| r.display().to_string()).collect();

@@ -29,6 +29,11 @@ mod measure;
 #[cfg(feature = "net")]
 mod net;
 mod paths;
+
+/// `path` as a grant of it reaches it on disk (see [`crate::resolve_on_disk`]).
+pub(crate) fn resolve_on_disk(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+    paths::resolve(path, paths::Last::Follow)
+}
 #[cfg(feature = "proc")]
 mod proc;
 mod unavailable;
