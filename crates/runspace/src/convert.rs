@@ -17,6 +17,8 @@
 //!   `"inf"` and `"-inf"`;
 //! - functions, threads and userdata become a descriptive string.
 
+use std::borrow::Cow;
+
 use mlua::{Lua, Value as LuaValue};
 use serde_json::{Map, Number, Value};
 
@@ -31,10 +33,12 @@ const MAX_DEPTH: usize = 128;
 /// Converts a JSON value into a Luau value.
 pub(crate) fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
     Ok(match value {
-        Value::Null => LuaValue::Nil,
-        Value::Bool(b) => LuaValue::Boolean(*b),
-        Value::Number(n) => number_to_lua(lua, n)?,
-        Value::String(s) => LuaValue::String(lua.create_string(s)?),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => match scalar(value) {
+            Some(Scalar::Nil) | None => LuaValue::Nil,
+            Some(Scalar::Boolean(b)) => LuaValue::Boolean(b),
+            Some(Scalar::Number(n)) => LuaValue::Number(n),
+            Some(Scalar::Text(text)) => LuaValue::String(lua.create_string(text.as_bytes())?),
+        },
         Value::Array(items) => {
             let table = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.iter().enumerate() {
@@ -66,18 +70,41 @@ pub(crate) fn to_lua(lua: &Lua, value: &Value) -> mlua::Result<LuaValue> {
     })
 }
 
-fn number_to_lua(lua: &Lua, n: &Number) -> mlua::Result<LuaValue> {
+/// A JSON scalar as Luau holds it. [`to_lua`] goes through this, and so
+/// does the item set-up that pushes an argument straight onto a thread's
+/// stack (`Runspace::start`): both must map a value the same way.
+pub(crate) enum Scalar<'a> {
+    Nil,
+    Boolean(bool),
+    Number(f64),
+    /// Bytes Luau copies in (so pushing them allocates): a string, or an
+    /// integer beyond ±2^53 as its digits.
+    Text(Cow<'a, str>),
+}
+
+/// `value` as a Luau scalar; `None` for arrays and objects.
+pub(crate) fn scalar(value: &Value) -> Option<Scalar<'_>> {
+    Some(match value {
+        Value::Null => Scalar::Nil,
+        Value::Bool(b) => Scalar::Boolean(*b),
+        Value::Number(n) => number_to_lua(n),
+        Value::String(s) => Scalar::Text(Cow::Borrowed(s)),
+        Value::Array(_) | Value::Object(_) => return None,
+    })
+}
+
+fn number_to_lua(n: &Number) -> Scalar<'static> {
     if let Some(i) = n.as_i64() {
         if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&i) {
-            return Ok(LuaValue::Number(i as f64));
+            return Scalar::Number(i as f64);
         }
-        return Ok(LuaValue::String(lua.create_string(i.to_string())?));
+        return Scalar::Text(Cow::Owned(i.to_string()));
     }
     if n.as_u64().is_some() {
         // Only reached above i64::MAX: certainly beyond 2^53.
-        return Ok(LuaValue::String(lua.create_string(n.to_string())?));
+        return Scalar::Text(Cow::Owned(n.to_string()));
     }
-    Ok(LuaValue::Number(n.as_f64().unwrap_or(f64::NAN)))
+    Scalar::Number(n.as_f64().unwrap_or(f64::NAN))
 }
 
 /// How much JSON a conversion may produce when the caller names no bound.

@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,11 +12,11 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
 use mlua::thread::AsyncThread;
-use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Thread, Value as LuaValue};
+use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, RegistryKey, StdLib, Table, Thread, Value as LuaValue};
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason, Switch};
-use crate::convert::{from_lua_within, to_lua};
+use crate::convert::{from_lua_within, scalar, to_lua, Scalar};
 use crate::error::{Error, Result};
 use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
 use crate::invocation_result::InvocationResult;
@@ -102,9 +103,10 @@ pub struct Runspace {
     collection_owed: Cell<bool>,
     /// When the last full collection for ended items ran.
     last_collection: Cell<Option<Instant>>,
-    /// The interned keys `_` and `_G`, kept to spare a string lookup per item.
+    /// The keys `_` and `_G`, held so they stay interned: setting them in
+    /// an item's table then never allocates (see [`ItemContext::begin`]).
     underscore: mlua::LuaString,
-    g_key: mlua::LuaString,
+    _g_key: mlua::LuaString,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
 }
@@ -123,11 +125,72 @@ struct ItemContext {
     /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
     /// here, reads fall through to the shared globals.
     env: Table,
-    /// The last script run here, bound to `env`: (script id, closure).
-    bound: Option<(u64, Function)>,
+    /// `env` in the registry, so [`ItemContext::begin`] pushes it with one
+    /// call instead of a trip through mlua.
+    env_key: RegistryKey,
+    /// The last script run here, bound to `env`: (script id, the closure
+    /// in the registry).
+    bound: Option<(u64, RegistryKey)>,
 }
 
 impl ItemContext {
+    /// Whether the thread can start a new function: it is not suspended
+    /// and not in an error (then, outside a resume, it has no call frames).
+    fn fresh(&self) -> bool {
+        // SAFETY: as in `yielded`.
+        unsafe { ffi::lua_status(self.state) == ffi::LUA_OK }
+    }
+
+    /// Sets the thread up to run the registry's function `closure`: its
+    /// stack becomes `[closure, arg]` (or `[closure]`), and the item's
+    /// table gets `_G` (itself) and `_` (`arg`).
+    ///
+    /// Done with the C API on the thread itself because this runs once per
+    /// item: through mlua (`Table::raw_set`, `Thread::reset`) the same
+    /// steps cost a trivial item about a fifth of its time, mostly in
+    /// copies of references between the VM's stacks.
+    ///
+    /// # Safety
+    ///
+    /// Nothing here may raise a Luau error: it would unwind through Rust
+    /// frames. So the thread must be [`fresh`](Self::fresh), `closure` must
+    /// be a function's registry slot, and `arg` may be `Scalar::Text` only
+    /// when the VM has no memory limit (see [`Runspace::raw_arg`]).
+    unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>) {
+        let state = self.state;
+        // SAFETY (of every call below): `state` is this context's thread,
+        // alive while the context is, and the runspace's thread is the only
+        // one that touches the VM. A fresh thread has at least LUA_MINSTACK
+        // free slots, and at most four values are pushed. The two rawgets
+        // read registry slots, which never raises. `lua_rawsetfield` finds
+        // "_G" and "_" already interned (the runspace holds both strings),
+        // and inserts at most two keys into a table made with room for four
+        // and only ever cleared since (clearing keeps its slots), so it
+        // allocates nothing. Pushing nil, a boolean or a number never
+        // allocates; pushing text does, but without a memory limit an
+        // allocation cannot fail (mlua aborts instead), so it cannot raise.
+        unsafe {
+            ffi::lua_settop(state, 0);
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.env_key.id() as ffi::lua_Integer);
+            ffi::lua_pushvalue(state, -1);
+            ffi::lua_rawsetfield(state, -2, c"_G".as_ptr());
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer);
+            if let Some(arg) = arg {
+                match arg {
+                    Scalar::Nil => ffi::lua_pushnil(state),
+                    Scalar::Boolean(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
+                    Scalar::Number(n) => ffi::lua_pushnumber(state, *n),
+                    Scalar::Text(text) => {
+                        ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
+                    }
+                }
+                ffi::lua_pushvalue(state, -1);
+                ffi::lua_rawsetfield(state, 1, c"_".as_ptr());
+            }
+            ffi::lua_remove(state, 1);
+        }
+    }
+
     /// Whether the thread is suspended in a `coroutine.yield`.
     fn yielded(&self) -> bool {
         // SAFETY: `state` is the state of `thread`, which this context
@@ -231,7 +294,7 @@ impl Runspace {
         let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
         Ok(Runspace {
             underscore: lua.create_string("_").map_err(vm)?,
-            g_key: lua.create_string("_G").map_err(vm)?,
+            _g_key: lua.create_string("_G").map_err(vm)?,
             lua,
             env_meta,
             spare: RefCell::new(Vec::new()),
@@ -419,26 +482,22 @@ impl Runspace {
             Some(context) => context,
             None => self.new_context()?,
         };
-        let env = &context.env;
-        env.raw_set(&self.g_key, env)?;
-        let function = match &context.bound {
-            Some((id, f)) if *id == e.script.id => f.clone(),
-            _ => {
-                // A closure of the script's prototype whose globals are the
-                // item's table (`Thread::sandbox` would not re-bind an
-                // already-loaded function). Luau resolves a chunk's imports
-                // (`string`, `math`...) once, at load, from the shared
-                // globals, which is right for them; the shared globals have
-                // no `_G` (see `open_with`), so `_G` is looked up when read,
-                // in the item's table.
-                let f = e.script.function.deep_clone()?;
-                f.set_environment(env.clone())?;
-                context.bound = Some((e.script.id, f.clone()));
-                f
-            }
+        let closure = self.bind(&mut context, e.script)?;
+        if !context.fresh() {
+            // `release` resets every thread it keeps: this is a safety net.
+            context.thread.reset(self.placeholder.clone())?;
+        }
+        let raw = match e.args {
+            [one] => self.raw_arg(one),
+            _ => None,
         };
+        // SAFETY: the thread is fresh, `closure` comes from `bind`, and
+        // `raw_arg` gives text only without a memory limit.
+        unsafe { context.begin(closure, raw.as_ref()) };
+        let env = &context.env;
         let args = match e.args {
             [] => Args::None,
+            [_] if raw.is_some() => Args::None,
             [one] => Args::One(to_lua(&self.lua, one)?),
             many => Args::Many(many.iter().map(|arg| to_lua(&self.lua, arg)).collect::<mlua::Result<_>>()?),
         };
@@ -453,20 +512,52 @@ impl Runspace {
         for (name, value) in e.params {
             env.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
         }
-        context.thread.reset(function)?;
         Ok((context, args))
     }
 
+    /// `arg` as a scalar [`ItemContext::begin`] may push itself: text only
+    /// when the VM has no memory limit, since copying it in allocates.
+    fn raw_arg<'v>(&self, arg: &'v Value) -> Option<Scalar<'v>> {
+        match scalar(arg)? {
+            Scalar::Text(_) if self.memory_limit.is_some() => None,
+            raw => Some(raw),
+        }
+    }
+
+    /// The registry slot of `script`'s closure bound to the context's
+    /// globals: made once per script and context.
+    fn bind(&self, context: &mut ItemContext, script: &Prepared) -> mlua::Result<c_int> {
+        if let Some((id, key)) = &context.bound {
+            if *id == script.id {
+                return Ok(key.id());
+            }
+        }
+        // A closure of the script's prototype whose globals are the
+        // item's table (`Thread::sandbox` would not re-bind an
+        // already-loaded function). Luau resolves a chunk's imports
+        // (`string`, `math`...) once, at load, from the shared globals,
+        // which is right for them; the shared globals have no `_G` (see
+        // `open_with`), so `_G` is looked up when read, in the item's table.
+        let f = script.function.deep_clone()?;
+        f.set_environment(context.env.clone())?;
+        let key = self.lua.create_registry_value(f)?;
+        let id = key.id();
+        context.bound = Some((script.id, key));
+        Ok(id)
+    }
+
     fn new_context(&self) -> mlua::Result<ItemContext> {
-        let env = self.lua.create_table()?;
+        // Room for `_G` and `_` (see `ItemContext::begin`).
+        let env = self.lua.create_table_with_capacity(0, 4)?;
         env.set_metatable(Some(self.env_meta.clone()))?;
         // "safeenv" lets Luau call builtins (math.floor...) directly, as
         // luaL_sandboxthread does for the table it makes.
         env.set_safeenv(true);
+        let env_key = self.lua.create_registry_value(&env)?;
         let thread = self.lua.create_thread(self.placeholder.clone())?;
         // A Luau thread object is its `lua_State` (see `lua_topointer`).
         let state = thread.to_pointer() as *mut ffi::lua_State;
-        Ok(ItemContext { thread, state, env, bound: None })
+        Ok(ItemContext { thread, state, env, env_key, bound: None })
     }
 
     /// Runs `f` (a resume of an item's thread) as the item: its switch is

@@ -111,6 +111,60 @@ fn items_never_see_each_others_globals() {
     }
 }
 
+/// Items set up straight on the thread's stack (a scalar argument) and
+/// through mlua (a table, or text under a memory limit) must look the same,
+/// and an item that tampers with its globals must not disturb the next
+/// item's set-up, in the same VM.
+#[test]
+fn every_argument_arrives_as_itself_after_items_that_tamper_with_their_globals() {
+    let inputs = vec![
+        json!(1),
+        json!("text"),
+        json!(null),
+        json!(true),
+        json!(2.5),
+        json!(9007199254740993u64),
+        json!(-9007199254740993i64),
+        json!([1, 2]),
+        json!({"k": "v"}),
+        json!(""),
+    ];
+    let probe = r#"
+        local before = rawget(_G, "leak")
+        local me = _
+        -- Tamper: freeze (refused), grow, overwrite _G and _ themselves.
+        pcall(table.freeze, _G)
+        for i = 1, 200 do rawset(_G, "k" .. i, i) end
+        rawset(_G, "leak", true)
+        local g_was_self = _G._ == me and rawget(_G, "_G") == _G
+        rawset(_G, "_G", 5)
+        _ = "overwritten"
+        return {arg = me, kind = type(me), before = before, g = g_was_self}
+    "#;
+    for session in [SessionState::new(), SessionState::new().memory_limit(32 << 20)] {
+        let pool = RunspacePool::builder().max(1).session(session).open().unwrap();
+        // Twice over, so every kind of set-up follows every kind of tampering.
+        let twice: Vec<Value> = inputs.iter().chain(inputs.iter()).cloned().collect();
+        let results: Vec<_> = pool.parallel(&script(probe)).ordered(true).run(twice.clone()).collect();
+        assert_eq!(results.len(), twice.len());
+        for (r, input) in results.iter().zip(&twice) {
+            assert_eq!(r.status, Status::Completed, "{input}: {:?}", r.errors);
+            let expected = match input {
+                // Beyond 2^53 integers travel as their digits.
+                Value::Number(n)
+                    if n.as_i64().is_some_and(|i| i.unsigned_abs() > 1 << 53) || n.is_u64() && n.as_i64().is_none() =>
+                {
+                    json!(n.to_string())
+                }
+                other => other.clone(),
+            };
+            assert_eq!(r.result.get("arg").unwrap_or(&Value::Null), &expected, "{input}");
+            assert_eq!(r.result["before"], Value::Null, "{input}: saw the last item's global");
+            assert_eq!(r.result["g"], json!(true), "{input}: _G was not the item's own table");
+        }
+    }
+}
+
 #[test]
 fn sandbox_escapes_are_refused() {
     let session = SessionState::new().variable("shared", json!({"list": [1, 2]})).unwrap();

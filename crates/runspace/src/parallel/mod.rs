@@ -416,6 +416,7 @@ impl Parallel {
             item_ns: AtomicU64::new(0),
             counters: Arc::new(Counters::default()),
             staging: Mutex::new(Vec::new()),
+            room: tokio::sync::Notify::new(),
             window: Window {
                 limit: if self.ordered { window as u64 } else { u64::MAX },
                 emitted: Mutex::new(0),
@@ -491,4 +492,7 @@ pub(crate) struct RunShared {
     window: Window,
     /// Results of the chunks running now that are not yet delivered.
     staging: Mutex<Vec<Arc<Staging>>>,
+    /// Told once per delivery the caller takes from the results channel:
+    /// wakes one lane whose results wait for room in it.
+    room: tokio::sync::Notify,
 }

@@ -239,7 +239,10 @@ impl Results {
             let deadline = *deadline.get_or_insert_with(|| timeout.map(|t| now + t));
             let poll = now + STEAL_AFTER;
             match self.receiver.recv_deadline(deadline.map_or(poll, |d| d.min(poll))) {
-                Ok(delivery) => self.accept(delivery),
+                Ok(delivery) => {
+                    self.control.shared.room.notify_one();
+                    self.accept(delivery)
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if self.steal() {
                         continue;

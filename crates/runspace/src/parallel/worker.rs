@@ -30,8 +30,10 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 const CLOCK_EVERY: usize = 64;
 /// How often a back-off wait looks at the run's stop flags.
 const BACKOFF_TICK: Duration = Duration::from_millis(10);
-/// How often a lane whose results wait for room in a full channel looks again.
-const ROOM_TICK: Duration = Duration::from_millis(1);
+/// How often a lane whose results wait for room in a full channel looks
+/// again without being told: the caller wakes it when it takes a delivery
+/// ([`RunShared::room`]), so this is only a fallback.
+const ROOM_TICK: Duration = Duration::from_millis(5);
 
 /// Results of consecutive inputs of one chunk, on their way to the caller.
 ///
@@ -382,14 +384,14 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
             last_flush = Instant::now();
             ran_since_flush = Duration::ZERO;
             if let Some(delivery) = staging.take() {
-                if !deliver(&lane, delivery).await {
+                if !deliver(&lane, &run, delivery).await {
                     return;
                 }
             }
         }
     }
     if let Some(delivery) = finish_chunk(&run, &staging, total, ran, started.elapsed()) {
-        if !deliver(&lane, delivery).await {
+        if !deliver(&lane, &run, delivery).await {
             return;
         }
     }
@@ -406,10 +408,10 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
 /// items, their timers and timeouts, run on meanwhile. The delivery waits
 /// in the held chunk, where the watchdog finds it if it takes the chunk
 /// over. A caller that is gone (the channel closed) drops it.
-async fn deliver(lane: &Lane, delivery: Delivery) -> bool {
+async fn deliver(lane: &Lane, run: &RunShared, delivery: Delivery) -> bool {
     let mut delivery = Some(delivery);
-    loop {
-        let sent = lane.slot.with(lane.id, |chunk: &mut ChunkTask| {
+    let mut try_send = || {
+        lane.slot.with(lane.id, |chunk: &mut ChunkTask| {
             let Some(next) = chunk.unsent.take().or_else(|| delivery.take()) else { return true };
             match chunk.results.try_send(next) {
                 Err(TrySendError::Full(back)) => {
@@ -418,13 +420,26 @@ async fn deliver(lane: &Lane, delivery: Delivery) -> bool {
                 }
                 Ok(()) | Err(TrySendError::Disconnected(_)) => true,
             }
-        });
-        match sent {
+        })
+    };
+    loop {
+        match try_send() {
             None => return false,
             Some(true) => return true,
-            // Boxed: a timer is large, and every lane (10,000 of them with
-            // waiting items) would carry one in its future, unused.
-            Some(false) => Box::pin(tokio::time::sleep(ROOM_TICK)).await,
+            Some(false) => {}
+        }
+        // Boxed: a timer is large, and every lane (10,000 of them with
+        // waiting items) would carry one in its future, unused.
+        let mut room = Box::pin(run.room.notified());
+        // Registered before the second look, so a delivery the caller takes
+        // between the two looks still wakes this lane.
+        room.as_mut().enable();
+        match try_send() {
+            None => return false,
+            Some(true) => return true,
+            Some(false) => {
+                let _ = Box::pin(tokio::time::timeout(ROOM_TICK, room)).await;
+            }
         }
     }
 }
