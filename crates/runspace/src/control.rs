@@ -123,8 +123,34 @@ impl Switch {
     }
 
     /// Sleeps for `duration` unless the item is stopped or times out first.
+    ///
+    /// One timer for both the wake-up and the deadline (through [`guard`]
+    /// it took two): every sleeping item holds this future.
+    ///
+    /// [`guard`]: Switch::guard
     pub(crate) async fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
-        self.guard(tokio::time::sleep(duration)).await
+        let stopped = self.wake.notified();
+        tokio::pin!(stopped);
+        // Registered before the check, so a stop between the two still wakes us.
+        stopped.as_mut().enable();
+        self.check()?;
+        // Clamped (to a year) so that the sum cannot overflow.
+        let wake = Instant::now() + duration.min(crate::units::MAX_DURATION);
+        let (until, times_out) = match self.deadline() {
+            Some(deadline) if deadline < wake => (deadline, true),
+            _ => (wake, false),
+        };
+        tokio::select! {
+            biased;
+            _ = stopped => Err(self.reason().unwrap_or(StopReason::Stopped)),
+            _ = tokio::time::sleep_until(until.into()) => {
+                if times_out {
+                    self.stop(StopReason::TimedOut);
+                    return Err(self.reason().unwrap_or(StopReason::TimedOut));
+                }
+                Ok(())
+            }
+        }
     }
 }
 

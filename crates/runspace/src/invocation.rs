@@ -239,7 +239,7 @@ impl Pending {
             Ok(script) => {
                 let (args, params) = (&self.args, &self.params);
                 let owner = 0;
-                rs.execute(Execution {
+                rs.execute(&Execution {
                     script: &script,
                     args,
                     params,

@@ -164,7 +164,7 @@ impl ItemContext {
         // free slots, and at most four values are pushed. The two rawgets
         // read registry slots, which never raises. `lua_rawsetfield` finds
         // "_G" and "_" already interned (the runspace holds both strings),
-        // and inserts at most two keys into a table made with room for four
+        // and inserts at most two keys into a table made with room for two
         // and only ever cleared since (clearing keeps its slots), so it
         // allocates nothing. Pushing nil, a boolean or a number never
         // allocates; pushing text does, but without a memory limit an
@@ -334,7 +334,7 @@ impl Runspace {
         let switch = Arc::new(Switch::new(None));
         let execution =
             Execution { script: &prepared, args, params, generation, owner: 0, lane: 0, switch: &switch, abort: None };
-        let result = runtime.block_on(self.execute(execution));
+        let result = runtime.block_on(self.execute(&execution));
         // One item at a time here: nothing to wait for before collecting.
         self.collect_if_owed(Duration::ZERO);
         // The request's connection task, woken by the drop, closes the
@@ -378,22 +378,40 @@ impl Runspace {
     /// Runs one item to its end as a Luau thread of its own. The future is
     /// pending while the item waits in a host call; other items of the
     /// runspace run meanwhile.
-    pub(crate) async fn execute(&self, e: Execution<'_>) -> InvocationResult {
+    pub(crate) async fn execute(&self, e: &Execution<'_>) -> InvocationResult {
+        // Only what the item needs while it waits lives across the await:
+        // every waiting item holds this future's state (10,000 of them in a
+        // VM), so set-up and wrap-up are plain functions.
         let started = Instant::now();
+        let mut capture = Capture::default();
+        let (context, args) = match self.admit(e) {
+            Ok(admitted) => admitted,
+            Err(err) => return self.conclude(e, None, Err(err), capture, started),
+        };
+        let outcome = self.run(&context, args, e, &mut capture).await;
+        self.conclude(e, Some(context), outcome, capture, started)
+    }
+
+    /// Registers the item with the switchboard and sets its thread up.
+    fn admit(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, Args)> {
         self.control.admit(e.generation, e.owner, e.switch.clone());
         // Whoever sets `abort` then stops the items in flight (SeqCst on
         // both sides): either it sees this item, or this sees the flag.
         if e.abort.is_some_and(|a| a.load(Ordering::SeqCst)) {
             e.switch.stop(StopReason::Stopped);
         }
-        let mut capture = Capture::default();
-        let (context, outcome) = match self.start(&e) {
-            Ok((context, args)) => {
-                let outcome = self.run(&context, args, &e, &mut capture).await;
-                (Some(context), outcome)
-            }
-            Err(err) => (None, Err(err)),
-        };
+        self.start(e)
+    }
+
+    /// Ends the item: its result, and its context kept for the next one.
+    fn conclude(
+        &self,
+        e: &Execution<'_>,
+        context: Option<ItemContext>,
+        outcome: mlua::Result<MultiValue>,
+        capture: Capture,
+        started: Instant,
+    ) -> InvocationResult {
         self.control.dismiss(e.generation);
         let result = self.finish(outcome, capture, e.switch.reason(), started.elapsed());
         let abnormal = !matches!(result.status(), Status::Completed | Status::CompletedWithErrors);
@@ -548,7 +566,7 @@ impl Runspace {
 
     fn new_context(&self) -> mlua::Result<ItemContext> {
         // Room for `_G` and `_` (see `ItemContext::begin`).
-        let env = self.lua.create_table_with_capacity(0, 4)?;
+        let env = self.lua.create_table_with_capacity(0, 2)?;
         env.set_metatable(Some(self.env_meta.clone()))?;
         // "safeenv" lets Luau call builtins (math.floor...) directly, as
         // luaL_sandboxthread does for the table it makes.
@@ -597,7 +615,8 @@ impl Runspace {
             }),
             Err(e) => Err(e),
         };
-        let Capture { mut output, mut streams, exceeded, .. } = capture;
+        let exceeded = capture.exceeded;
+        let (mut output, mut streams) = capture.take();
         if exceeded {
             // What ran away is dropped rather than handed on: the host's
             // memory stays bounded by the items running, not the records

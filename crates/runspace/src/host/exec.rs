@@ -68,7 +68,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     exec.raw_set(
         "run",
-        lua.create_async_function(move |lua, (program, args, opts): (String, Option<Table>, Option<LuaValue>)| {
+        super::waiting_function(lua, move |lua, (program, args, opts): (String, Option<Table>, Option<LuaValue>)| {
             let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "exec"));
             async move {
                 here?;
@@ -80,7 +80,8 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     meta.raw_set(
         "__call",
-        lua.create_async_function(
+        super::waiting_function(
+            lua,
             move |lua, (_exec, program, args, opts): (Table, String, Option<Table>, Option<LuaValue>)| {
                 let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "exec"));
                 async move {

@@ -67,7 +67,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "get",
-        lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
+        super::waiting_function(lua, move |lua, (url, opts): (String, Option<Table>)| {
             let started = start(&lua, &c, &a, "http.get()", || {
                 request("http.get", "GET", url, opts, &["headers", "timeout", "max_bytes"])
             });
@@ -81,7 +81,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "request",
-        lua.create_async_function(move |lua, spec: Table| {
+        super::waiting_function(lua, move |lua, spec: Table| {
             let started = start(&lua, &c, &a, "http.request()", || {
                 let method: Option<String> = spec.get("method")?;
                 let url: String = spec
@@ -101,7 +101,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let (c, a) = (ctx.clone(), client.clone());
     http.raw_set(
         "get_json",
-        lua.create_async_function(move |lua, (url, opts): (String, Option<Table>)| {
+        super::waiting_function(lua, move |lua, (url, opts): (String, Option<Table>)| {
             let what = "http.get_json";
             let started = start(&lua, &c, &a, "http.get_json()", || {
                 let mut req = request(what, "GET", url, opts, &["headers", "timeout", "max_bytes"])?;
@@ -119,7 +119,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let (c, a) = (ctx.clone(), client);
     http.raw_set(
         "post_json",
-        lua.create_async_function(move |lua, (url, value, opts): (String, LuaValue, Option<Table>)| {
+        super::waiting_function(lua, move |lua, (url, value, opts): (String, LuaValue, Option<Table>)| {
             let what = "http.post_json";
             let started = start(&lua, &c, &a, "http.post_json()", || {
                 let mut req = request(what, "POST", url, opts, &["headers", "timeout", "max_bytes"])?;

@@ -44,7 +44,9 @@ pub(crate) use env::Surroundings;
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
     pub(crate) output: Vec<Value>,
-    pub(crate) streams: Streams,
+    /// Made on the first record: most items write none, and a capture is
+    /// part of every waiting item's state and moved twice per resume.
+    streams: Option<Box<Streams>>,
     /// Bytes of output and stream records so far (as JSON, roughly).
     pub(crate) bytes: usize,
     /// The output limit was reached: the invocation fails however it ends.
@@ -52,6 +54,16 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
+    /// The stream records, made on first use.
+    pub(crate) fn streams(&mut self) -> &mut Streams {
+        self.streams.get_or_insert_with(Box::default)
+    }
+
+    /// The output values and the stream records, taken.
+    pub(crate) fn take(&mut self) -> (Vec<Value>, Streams) {
+        (std::mem::take(&mut self.output), self.streams.take().map(|s| *s).unwrap_or_default())
+    }
+
     /// Counts `bytes` more against `limit`; past it, refuses them (and
     /// everything after: a `pcall` that catches the error gets nothing more
     /// through).
@@ -63,6 +75,22 @@ impl Capture {
         }
         Ok(())
     }
+}
+
+/// Makes a host function that waits: [`Lua::create_async_function`] with
+/// each call's future boxed. mlua wraps that future in a boxed `async`
+/// block that holds it twice (as a capture and as the value it awaits), so
+/// unboxed it costs twice its size for as long as the call waits: a waiting
+/// `sleep` took 1,136 bytes, as much as the rest of its item. Boxed, the
+/// wrapper holds two pointers.
+pub(crate) fn waiting_function<A, F, FR, R>(lua: &Lua, f: F) -> mlua::Result<mlua::Function>
+where
+    F: Fn(Lua, A) -> FR + 'static,
+    A: mlua::FromLuaMulti,
+    FR: std::future::Future<Output = mlua::Result<R>> + 'static,
+    R: mlua::IntoLuaMulti,
+{
+    lua.create_async_function(move |lua, args: A| Box::pin(f(lua, args)))
 }
 
 /// The error of an invocation that produced more than `limit` bytes.
@@ -198,7 +226,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
                 let text = join(&values);
                 let mut capture = c.capture();
                 capture.charge(text.len() + 3, limit)?;
-                pick(&mut capture.streams).push(text);
+                pick(capture.streams()).push(text);
                 Ok(())
             })?,
         )?;
@@ -210,7 +238,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
             let text = join(&values);
             let mut capture = c.capture();
             capture.charge(text.len() + 3, limit)?;
-            capture.streams.information.push(text);
+            capture.streams().information.push(text);
             Ok(())
         })?,
     )?;
@@ -230,7 +258,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
             let size = record.activity.len() + record.status.as_ref().map_or(0, String::len) + 48;
             let mut capture = c.capture();
             capture.charge(size, limit)?;
-            capture.streams.progress.push(record);
+            capture.streams().progress.push(record);
             Ok(())
         })?,
     )?;
@@ -238,7 +266,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     globals.raw_set(
         "sleep",
-        lua.create_async_function(move |lua, seconds: f64| {
+        waiting_function(lua, move |lua, seconds: f64| {
             let here = c.waits_here(&lua, "sleep");
             let switch = c.switch();
             async move {

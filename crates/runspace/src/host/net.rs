@@ -52,7 +52,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     net.raw_set(
         "probe",
-        lua.create_async_function(move |lua, (host, port, opts): (String, u16, Option<LuaValue>)| {
+        super::waiting_function(lua, move |lua, (host, port, opts): (String, u16, Option<LuaValue>)| {
             let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "net.probe"));
             async move {
                 here?;
@@ -72,7 +72,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
     let c = ctx.clone();
     net.raw_set(
         "resolve",
-        lua.create_async_function(move |lua, (name, opts): (String, Option<LuaValue>)| {
+        super::waiting_function(lua, move |lua, (name, opts): (String, Option<LuaValue>)| {
             let (c, switch, here) = (c.clone(), c.switch(), c.waits_here(&lua, "net.resolve"));
             async move {
                 here?;

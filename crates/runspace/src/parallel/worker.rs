@@ -55,7 +55,11 @@ pub(crate) struct Staging(Mutex<(u64, Vec<ItemResult>)>);
 
 impl Staging {
     fn new(first_seq: u64, capacity: usize) -> Staging {
-        Staging(Mutex::new((first_seq, Vec::with_capacity(capacity))))
+        // A chunk of one (every chunk, when items wait) allocates on its
+        // push: reserved up front, the slot would sit empty while its item
+        // waits, 10,000 times over.
+        let reserved = if capacity > 1 { capacity } else { 0 };
+        Staging(Mutex::new((first_seq, Vec::with_capacity(reserved))))
     }
 
     fn push(&self, item: ItemResult) {
@@ -134,7 +138,7 @@ impl Chunk {
 
 impl Task for Chunk {
     fn run(self: Box<Self>, lane: Lane) -> LocalFuture {
-        Box::pin(run_chunk(lane, *self))
+        run_chunk(lane, *self)
     }
 
     fn fail(self: Box<Self>, message: &str) {
@@ -280,7 +284,7 @@ impl Task for Takeover {
         // Empty by now: `prepare` delivered them before the runspace opened.
         self.deliver();
         match self.rest.take() {
-            Some(rest) => Box::pin(run_chunk(lane, rest)),
+            Some(rest) => run_chunk(lane, rest),
             None => Box::pin(async {}),
         }
     }
@@ -301,12 +305,16 @@ impl Task for Takeover {
 }
 
 /// Runs a chunk on a lane of a worker's runspace, its items one after another.
-async fn run_chunk(lane: Lane, chunk: Chunk) {
+/// Set up before the future is made, and the future built from what it
+/// needs only: an `async fn` keeps a second copy of its arguments in its
+/// state, and every waiting item holds that state.
+fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
     let prepared = match lane.runspace.prepare(&chunk.run.script) {
         Ok(prepared) => prepared,
         Err(failed) => {
             let message = failed.error().unwrap_or("cannot load script").to_string();
-            return chunk.fail_all(&message);
+            chunk.fail_all(&message);
+            return Box::pin(async {});
         }
     };
     let Chunk { run, results, first_seq, batch, position, mut items } = chunk;
@@ -329,6 +337,18 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
         unsent: None,
     };
     lane.slot.hold(lane.id, Box::new(held));
+    Box::pin(run_items(lane, prepared, run, staging, batch, total))
+}
+
+/// Runs the items of a chunk set up by [`run_chunk`], one after another.
+async fn run_items(
+    lane: Lane,
+    prepared: Prepared,
+    run: Arc<RunShared>,
+    staging: Arc<Staging>,
+    batch: Option<u64>,
+    total: usize,
+) {
     let started = Instant::now();
     let mut last_flush = started;
     // The items' own time since the last hand-over.
@@ -339,45 +359,55 @@ async fn run_chunk(lane: Lane, chunk: Chunk) {
         if run.cancelled.load(Ordering::Relaxed) {
             break;
         }
-        let took = lane.slot.with(lane.id, |chunk: &mut ChunkTask| {
-            let item = chunk.rest.pop()?;
-            let at = chunk.position;
-            chunk.position += 1;
-            Some((item, at))
-        });
-        let ((index, input), at) = match took {
-            None => return, // abandoned: the watchdog handed the chunk on
-            Some(None) => break,
-            Some(Some(next)) => next,
-        };
-        // `input` stays in place (it is moved only after `current` is
-        // cleared), so the watchdog may read it through the pointer.
-        if let Input::Value(value) = &input {
-            let current = Current { index, position: at, input: value };
-            if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = Some(current)).is_none() {
+        // A block of its own, so the item's locals are not part of this
+        // future's state while a delivery waits below: every waiting item
+        // holds that state (10,000 of them in a VM).
+        let took = {
+            let next = |chunk: &mut ChunkTask| {
+                let item = chunk.rest.pop()?;
+                let at = chunk.position;
+                chunk.position += 1;
+                Some((item, at))
+            };
+            let ((index, input), at) = match lane.slot.with(lane.id, next) {
+                None => return, // abandoned: the watchdog handed the chunk on
+                Some(None) => break,
+                Some(Some(next)) => next,
+            };
+            // `input` stays in place (it is moved only after `current` is
+            // cleared), so the watchdog may read it through the pointer.
+            if let Input::Value(value) = &input {
+                let current = Current { index, position: at, input: value };
+                if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = Some(current)).is_none() {
+                    return;
+                }
+            }
+            let mut item = match &input {
+                Input::Value(value) => run_item(&lane, &prepared, &run, index, value, &mut spare).await,
+                Input::Invalid { text, error } => ItemResult::ended(
+                    index,
+                    Value::String(text.clone()),
+                    Status::Failed,
+                    format!("invalid input: {error}"),
+                ),
+            };
+            // Abandoned meanwhile: the item was reported or handed on.
+            if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = None).is_none() {
                 return;
             }
-        }
-        let mut item = match &input {
-            Input::Value(value) => run_item(&lane, &prepared, &run, index, value, &mut spare).await,
-            Input::Invalid { text, error } => {
-                ItemResult::ended(index, Value::String(text.clone()), Status::Failed, format!("invalid input: {error}"))
+            if let Input::Value(value) = input {
+                item.input = value;
             }
+            if batch.is_some() {
+                item.batch = batch;
+                item.batch_index = Some(at);
+            }
+            let took = Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
+            staging.push(item);
+            took
         };
-        // Abandoned meanwhile: the item was reported or handed on.
-        if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = None).is_none() {
-            return;
-        }
-        if let Input::Value(value) = input {
-            item.input = value;
-        }
-        if batch.is_some() {
-            item.batch = batch;
-            item.batch_index = Some(at);
-        }
         ran += 1;
-        ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
-        staging.push(item);
+        ran_since_flush += took;
         let due =
             ran_since_flush >= FLUSH_EVERY || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
         if total > 1 && due {
@@ -479,7 +509,7 @@ async fn run_item(
         let generation = runspace.next_generation();
         let switch = fresh_switch(spare, run.timeout.map(|t| Instant::now() + t));
         let r = runspace
-            .execute(Execution {
+            .execute(&Execution {
                 script,
                 args: std::slice::from_ref(value),
                 params: &run.params,
