@@ -391,3 +391,45 @@ fn fast_results_are_not_held_back_by_a_slow_item_in_the_same_chunk() {
     results.control().stop();
     assert!(results.any(|r| r.status == Status::Stopped));
 }
+
+/// Lending results (`next_ref_timeout`) and taking them (`next_timeout`,
+/// `next`) may be mixed: every item comes out once, ordered runs in order.
+#[test]
+fn lent_and_taken_results_each_come_out_once() {
+    use runspace::Next;
+    let pool = pool(2);
+    for ordered in [false, true] {
+        let mut results = pool.parallel(&script("return _ * 2")).ordered(ordered).run((0..20_000).map(|n| json!(n)));
+        let mut seen = Vec::new();
+        let mut turn = 0u32;
+        loop {
+            turn += 1;
+            let index = match turn % 3 {
+                0 => match results.next_timeout(PROMPT) {
+                    Next::Item(item) => item.index,
+                    Next::Idle => panic!("no result within {PROMPT:?}"),
+                    Next::Done => break,
+                },
+                1 => match results.next_ref_timeout(PROMPT) {
+                    Next::Item(item) => {
+                        assert_eq!(item.result, json!(item.index * 2));
+                        item.index
+                    }
+                    Next::Idle => panic!("no result within {PROMPT:?}"),
+                    Next::Done => break,
+                },
+                _ => match results.next() {
+                    Some(item) => item.index,
+                    None => break,
+                },
+            };
+            seen.push(index);
+        }
+        if ordered {
+            assert_eq!(seen, (0..20_000).collect::<Vec<u64>>());
+        } else {
+            seen.sort_unstable();
+            assert_eq!(seen, (0..20_000).collect::<Vec<u64>>(), "lost or repeated results");
+        }
+    }
+}

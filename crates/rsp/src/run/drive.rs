@@ -52,9 +52,9 @@ impl<W: Write> Outputs<'_, W> {
         let mut buffered = 0;
         self.sink.format(|p| p.begin());
         loop {
-            match results.next_timeout(FLUSH_EVERY) {
+            match results.next_ref_timeout(FLUSH_EVERY) {
                 Next::Item(item) => {
-                    self.item(&item);
+                    self.item(item);
                     buffered += 1;
                     let full = self.sink.printer.out().len() >= FLUSH_BYTES
                         || (self.joblog.is_some() && buffered >= self.max_unlogged);

@@ -1,7 +1,7 @@
 //! The caller's side of a run: the [`Results`] iterator, its
 //! [`RunControl`], progress snapshots and halt rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -70,7 +70,16 @@ pub(super) struct Extras {
 pub struct Results {
     control: RunControl,
     receiver: Receiver<Delivery>,
-    current: std::vec::IntoIter<ItemResult>,
+    /// Results received and not yet handed out, the next first (ordered
+    /// mode: the next in order, moved here from `pending`).
+    current: VecDeque<ItemResult>,
+    /// The front of `current` was lent out ([`Results::next_ref_timeout`]):
+    /// drop it before looking for the next.
+    lent: bool,
+    /// Items handed out and not yet subtracted from the shared in-memory
+    /// count: unordered, it is updated once per delivery, not per item; the
+    /// lag (one delivery at most) only ever makes the feeder wait early.
+    handed: u64,
     ordered: bool,
     /// Ordered mode: results waiting for their turn, by position.
     pending: BTreeMap<u64, ItemResult>,
@@ -101,7 +110,9 @@ impl Results {
         Results {
             control,
             receiver,
-            current: Vec::new().into_iter(),
+            current: VecDeque::new(),
+            lent: false,
+            handed: 0,
             ordered,
             pending: BTreeMap::new(),
             next_seq: 0,
@@ -149,9 +160,11 @@ impl Results {
         self.halted
     }
 
+    /// Counts the item about to be handed out, and applies the halt rule.
     #[inline]
-    fn hand_out(&mut self, item: ItemResult) -> ItemResult {
-        self.counters.in_memory.fetch_sub(1, Ordering::Relaxed);
+    fn hand_out(&mut self) {
+        let Some(item) = self.current.front() else { return };
+        self.handed += 1;
         self.tally.count(item.status, item.attempts);
         if let Some(last) = item.progress.last() {
             self.tally.activity = Some(last.clone());
@@ -165,7 +178,14 @@ impl Results {
                 }
             }
         }
-        item
+    }
+
+    /// Subtracts the items handed out since the last call from the shared
+    /// in-memory count.
+    fn settle(&mut self) {
+        if self.handed > 0 {
+            self.counters.in_memory.fetch_sub(std::mem::take(&mut self.handed), Ordering::Relaxed);
+        }
     }
 
     /// Calls the progress callback if it is due (or `last`).
@@ -187,9 +207,9 @@ impl Results {
 // Boxing the item would cost an allocation per item on the hot path.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Next {
+pub enum Next<T = ItemResult> {
     /// The next result.
-    Item(ItemResult),
+    Item(T),
     /// Nothing arrived in time; the run goes on.
     Idle,
     /// The run is over: every result has been handed out.
@@ -202,11 +222,31 @@ impl Results {
     /// slow items run.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next {
         // Clamped: `Duration::MAX` (wait for ever) must not overflow `Instant`.
-        self.next_within(Some(timeout.min(crate::units::MAX_DURATION)))
+        match self.next_within(Some(timeout.min(crate::units::MAX_DURATION))) {
+            Next::Item(()) => self.current.pop_front().map_or(Next::Done, Next::Item),
+            Next::Idle => Next::Idle,
+            Next::Done => Next::Done,
+        }
+    }
+
+    /// Like [`next_timeout`](Self::next_timeout), but lends the result
+    /// instead of moving it out: it stays in the run's buffer until the next
+    /// call. A caller that only reads results (a writer) is spared copying
+    /// each record, which is several times larger than a trivial item's
+    /// output, out of the buffer and through the call.
+    pub fn next_ref_timeout(&mut self, timeout: Duration) -> Next<&ItemResult> {
+        match self.next_within(Some(timeout.min(crate::units::MAX_DURATION))) {
+            Next::Item(()) => {
+                self.lent = true;
+                self.current.front().map_or(Next::Done, Next::Item)
+            }
+            Next::Idle => Next::Idle,
+            Next::Done => Next::Done,
+        }
     }
 
     /// The run is over: sends the final progress event, once.
-    fn done(&mut self) -> Next {
+    fn done(&mut self) -> Next<()> {
         self.finished = true;
         if self.on_progress.is_some() {
             self.emit_progress(true);
@@ -215,9 +255,14 @@ impl Results {
         Next::Done
     }
 
-    /// The next result, waiting at most `timeout` (measured from the
-    /// first wait: a result at hand costs no look at the clock).
-    fn next_within(&mut self, timeout: Option<Duration>) -> Next {
+    /// Finds the next result, waiting at most `timeout` (measured from
+    /// the first wait: a result at hand costs no look at the clock), and
+    /// puts it at the front of `current`.
+    fn next_within(&mut self, timeout: Option<Duration>) -> Next<()> {
+        if std::mem::take(&mut self.lent) {
+            // Dropped in place, not moved out first.
+            self.current.drain(..1.min(self.current.len()));
+        }
         let mut deadline = None;
         loop {
             if self.ordered {
@@ -226,11 +271,18 @@ impl Results {
                     let window = &self.control.shared.window;
                     *window.emitted.lock().unwrap_or_else(|e| e.into_inner()) = self.next_seq;
                     window.room.notify_one();
-                    return Next::Item(self.hand_out(item));
+                    self.current.push_front(item);
+                    self.hand_out();
+                    // Ordered runs hand out from `pending`, one at a time:
+                    // count each at once, or the lag would grow with the window.
+                    self.settle();
+                    return Next::Item(());
                 }
-            } else if let Some(item) = self.current.next() {
-                return Next::Item(self.hand_out(item));
+            } else if !self.current.is_empty() {
+                self.hand_out();
+                return Next::Item(());
             }
+            self.settle();
             // Wake up at least every STEAL_AFTER to take results a slow item
             // holds back in its chunk. Once stopping, nothing new is read:
             // when nothing is left in flight the run is over, even if the
@@ -269,8 +321,11 @@ impl Results {
         if self.ordered {
             let first = delivery.first_seq;
             self.pending.extend(delivery.items.into_iter().enumerate().map(|(i, r)| (first + i as u64, r)));
+        } else if self.current.is_empty() {
+            // Takes the delivery's buffer as it is, without moving the items.
+            self.current = VecDeque::from(delivery.items);
         } else {
-            self.current = delivery.items.into_iter();
+            self.current.extend(delivery.items);
         }
         self.emit_progress(false);
     }
@@ -283,15 +338,8 @@ impl Results {
         for staging in staged {
             if let Some(delivery) = staging.take() {
                 stole = true;
-                if self.ordered {
-                    self.accept(delivery);
-                } else {
-                    // Unordered: queue behind what is being handed out now.
-                    let mut items: Vec<_> = std::mem::take(&mut self.current).collect();
-                    items.extend(delivery.items);
-                    self.current = items.into_iter();
-                    self.emit_progress(false);
-                }
+                // Unordered, it queues behind what is being handed out now.
+                self.accept(delivery);
             }
         }
         stole
@@ -315,7 +363,7 @@ impl Iterator for Results {
 
     fn next(&mut self) -> Option<ItemResult> {
         match self.next_within(None) {
-            Next::Item(item) => Some(item),
+            Next::Item(()) => self.current.pop_front(),
             Next::Idle | Next::Done => None,
         }
     }
