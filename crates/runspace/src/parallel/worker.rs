@@ -174,12 +174,12 @@ struct ChunkTask {
     unsent: Option<Delivery>,
 }
 
-/// The item a lane is running: its index, position and input.
+/// The item a lane is running (or about to run): its index, position and input.
 struct Current {
     index: u64,
     position: u64,
-    /// Points at the lane's own copy of the input, which it keeps in
-    /// place, and only reads, while this is set.
+    /// Points at the lane's own copy of the input (in its pinned future),
+    /// which it keeps in place, and only reads, while this is set.
     input: *const Value,
 }
 
@@ -189,6 +189,46 @@ struct Current {
 unsafe impl Send for ChunkTask {}
 
 impl ChunkTask {
+    /// The lane's one step between items, under the slot's lock: stages
+    /// the result of the item that just ended (with its input, taken back
+    /// from `running`), then makes the next input the running one. False
+    /// when there is none, or the run was cancelled.
+    ///
+    /// One lock per item: a lock, a lookup and a downcast each time, the
+    /// three it took before cost a trivial item about 5% of its time.
+    fn step(
+        &mut self,
+        finished: &mut Option<ItemResult>,
+        running: &mut Option<(u64, u64, Input)>,
+        cancelled: bool,
+    ) -> bool {
+        // Cleared before `running` changes: see `Current::input`.
+        self.current = None;
+        let ended = running.take();
+        if let Some(mut item) = finished.take() {
+            if let Some((_, at, input)) = ended {
+                if let Input::Value(value) = input {
+                    item.input = value;
+                }
+                if self.batch.is_some() {
+                    item.batch = self.batch;
+                    item.batch_index = Some(at);
+                }
+            }
+            self.staging.push(item);
+        }
+        if cancelled {
+            return false;
+        }
+        let Some((index, input)) = self.rest.pop() else { return false };
+        let at = self.position;
+        self.position += 1;
+        if let (_, _, Input::Value(value)) = running.insert((index, at, input)) {
+            self.current = Some(Current { index, position: at, input: value });
+        }
+        true
+    }
+
     /// Stops staging the chunk; returns what was not delivered yet.
     fn unstage(&mut self) -> Vec<Delivery> {
         self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
@@ -337,88 +377,61 @@ fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
         unsent: None,
     };
     lane.slot.hold(lane.id, Box::new(held));
-    Box::pin(run_items(lane, prepared, run, staging, batch, total))
+    Box::pin(run_items(lane, prepared, run, staging, total))
 }
 
 /// Runs the items of a chunk set up by [`run_chunk`], one after another.
-async fn run_items(
-    lane: Lane,
-    prepared: Prepared,
-    run: Arc<RunShared>,
-    staging: Arc<Staging>,
-    batch: Option<u64>,
-    total: usize,
-) {
+async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, total: usize) {
     let started = Instant::now();
     let mut last_flush = started;
     // The items' own time since the last hand-over.
     let mut ran_since_flush = Duration::ZERO;
     let mut ran = 0usize;
     let mut spare = None;
+    // The input of the item running now (with its index and position),
+    // kept here until its result is staged: the watchdog reads it through
+    // `ChunkTask::current`. And that item's result, once it has one.
+    let mut running: Option<(u64, u64, Input)> = None;
+    let mut finished: Option<ItemResult> = None;
     loop {
-        if run.cancelled.load(Ordering::Relaxed) {
-            break;
+        let cancelled = run.cancelled.load(Ordering::Relaxed);
+        let step = |chunk: &mut ChunkTask| chunk.step(&mut finished, &mut running, cancelled);
+        match lane.slot.with(lane.id, step) {
+            None => return, // abandoned: the watchdog handed the chunk on
+            Some(false) => break,
+            Some(true) => {}
         }
-        // A block of its own, so the item's locals are not part of this
-        // future's state while a delivery waits below: every waiting item
-        // holds that state (10,000 of them in a VM).
-        let took = {
-            let next = |chunk: &mut ChunkTask| {
-                let item = chunk.rest.pop()?;
-                let at = chunk.position;
-                chunk.position += 1;
-                Some((item, at))
-            };
-            let ((index, input), at) = match lane.slot.with(lane.id, next) {
-                None => return, // abandoned: the watchdog handed the chunk on
-                Some(None) => break,
-                Some(Some(next)) => next,
-            };
-            // `input` stays in place (it is moved only after `current` is
-            // cleared), so the watchdog may read it through the pointer.
-            if let Input::Value(value) = &input {
-                let current = Current { index, position: at, input: value };
-                if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = Some(current)).is_none() {
-                    return;
+        if total > 1 && ran > 0 {
+            let due = ran_since_flush >= FLUSH_EVERY
+                || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
+            if due {
+                last_flush = Instant::now();
+                ran_since_flush = Duration::ZERO;
+                if let Some(delivery) = staging.take() {
+                    if !deliver(&lane, &run, delivery).await {
+                        return;
+                    }
                 }
             }
-            let mut item = match &input {
-                Input::Value(value) => run_item(&lane, &prepared, &run, index, value, &mut spare).await,
+        }
+        // A block of its own, so the item's locals are not part of this
+        // future's state while a delivery waits above: every waiting item
+        // holds that state (10,000 of them in a VM).
+        let item = {
+            let Some((index, _, input)) = &running else { break };
+            match input {
+                Input::Value(value) => run_item(&lane, &prepared, &run, *index, value, &mut spare).await,
                 Input::Invalid { text, error } => ItemResult::ended(
-                    index,
+                    *index,
                     Value::String(text.clone()),
                     Status::Failed,
                     format!("invalid input: {error}"),
                 ),
-            };
-            // Abandoned meanwhile: the item was reported or handed on.
-            if lane.slot.with(lane.id, |chunk: &mut ChunkTask| chunk.current = None).is_none() {
-                return;
             }
-            if let Input::Value(value) = input {
-                item.input = value;
-            }
-            if batch.is_some() {
-                item.batch = batch;
-                item.batch_index = Some(at);
-            }
-            let took = Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
-            staging.push(item);
-            took
         };
         ran += 1;
-        ran_since_flush += took;
-        let due =
-            ran_since_flush >= FLUSH_EVERY || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
-        if total > 1 && due {
-            last_flush = Instant::now();
-            ran_since_flush = Duration::ZERO;
-            if let Some(delivery) = staging.take() {
-                if !deliver(&lane, &run, delivery).await {
-                    return;
-                }
-            }
-        }
+        ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
+        finished = Some(item);
     }
     if let Some(delivery) = finish_chunk(&run, &staging, total, ran, started.elapsed()) {
         if !deliver(&lane, &run, delivery).await {
