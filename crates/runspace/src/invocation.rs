@@ -248,6 +248,7 @@ impl Pending {
                     lane: lane.id,
                     switch: &switch,
                     abort: None,
+                    started: Instant::now(),
                 })
                 .await
             }
