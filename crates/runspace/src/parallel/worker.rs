@@ -81,13 +81,26 @@ impl Staging {
         staged.0 + staged.1.len() as u64
     }
 
-    /// Everything staged, as one delivery; `None` when nothing is.
+    /// Everything staged, as one delivery; `None` when nothing is. More
+    /// results will follow: the next get a buffer as large as this one
+    /// (left empty, it would grow, and copy its records, eight times over
+    /// a chunk).
     pub(crate) fn take(&self) -> Option<Delivery> {
+        self.take_with(|taken| Vec::with_capacity(taken))
+    }
+
+    /// Everything staged, as the chunk's last delivery.
+    fn take_last(&self) -> Option<Delivery> {
+        self.take_with(|_| Vec::new())
+    }
+
+    fn take_with(&self, next: impl FnOnce(usize) -> Vec<ItemResult>) -> Option<Delivery> {
         let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if staged.1.is_empty() {
             return None;
         }
-        let items = std::mem::take(&mut staged.1);
+        let room = staged.1.len();
+        let items = std::mem::replace(&mut staged.1, next(room));
         let first_seq = staged.0;
         staged.0 += items.len() as u64;
         Some(Delivery { first_seq, items })
@@ -232,7 +245,7 @@ impl ChunkTask {
     /// Stops staging the chunk; returns what was not delivered yet.
     fn unstage(&mut self) -> Vec<Delivery> {
         self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
-        self.unsent.take().into_iter().chain(self.staging.take()).collect()
+        self.unsent.take().into_iter().chain(self.staging.take_last()).collect()
     }
 
     /// What a fresh worker must finish: `deliveries`, then the items not
@@ -508,7 +521,7 @@ fn finish_chunk(run: &RunShared, staging: &Arc<Staging>, total: usize, ran: usiz
     if total > 1 {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, staging));
     }
-    staging.take()
+    staging.take_last()
 }
 
 /// Runs one input, and again after a back-off while it fails or times out
