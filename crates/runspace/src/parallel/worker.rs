@@ -86,7 +86,7 @@ impl Staging {
     /// (left empty, it would grow, and copy its records, eight times over
     /// a chunk).
     pub(crate) fn take(&self) -> Option<Delivery> {
-        self.take_with(|taken| Vec::with_capacity(taken))
+        self.take_with(Vec::with_capacity)
     }
 
     /// Everything staged, as the chunk's last delivery.
