@@ -92,6 +92,10 @@ impl InvocationResult {
         self.duration
     }
 
+    pub(crate) fn set_duration(&mut self, duration: Duration) {
+        self.duration = duration;
+    }
+
     pub(crate) fn into_parts(self) -> (Vec<Value>, Streams, Status, Duration) {
         (self.output, self.streams, self.status, self.duration)
     }

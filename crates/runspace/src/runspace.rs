@@ -53,6 +53,9 @@ const TOP_LEVEL_YIELD: &str = "cannot yield from the top level of an item (yield
 /// long-lived pool fed many distinct scripts must not grow without bound.
 const MAX_CACHED_SCRIPTS: usize = 64;
 
+/// The longest text argument [`ItemContext::begin`] pushes itself.
+const RAW_TEXT_MAX: usize = 1 << 20;
+
 /// Spare item contexts (a Luau thread and a global table) kept for the next
 /// items; more than this are let go when a burst of concurrent items ends.
 const MAX_SPARE_CONTEXTS: usize = 256;
@@ -104,9 +107,9 @@ pub struct Runspace {
     /// When the last full collection for ended items ran.
     last_collection: Cell<Option<Instant>>,
     /// The keys `_` and `_G`, held so they stay interned: setting them in
-    /// an item's table then never allocates (see [`ItemContext::begin`]).
+    /// an item's table then never makes a string (see [`ItemContext::begin`]).
     underscore: mlua::LuaString,
-    _g_key: mlua::LuaString,
+    g_key: mlua::LuaString,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
 }
@@ -128,9 +131,17 @@ struct ItemContext {
     /// `env` in the registry, so [`ItemContext::begin`] pushes it with one
     /// call instead of a trip through mlua.
     env_key: RegistryKey,
-    /// The last script run here, bound to `env`: (script id, the closure
-    /// in the registry).
-    bound: Option<(u64, RegistryKey)>,
+    /// The last script run here, bound to `env`.
+    bound: Option<Bound>,
+}
+
+/// A script's closure bound to an item's globals.
+struct Bound {
+    /// The script's id.
+    script: u64,
+    closure: Function,
+    /// `closure` in the registry, for [`ItemContext::begin`].
+    key: RegistryKey,
 }
 
 impl ItemContext {
@@ -154,8 +165,9 @@ impl ItemContext {
     ///
     /// Nothing here may raise a Luau error: it would unwind through Rust
     /// frames. So the thread must be [`fresh`](Self::fresh), `closure` must
-    /// be a function's registry slot, and `arg` may be `Scalar::Text` only
-    /// when the VM has no memory limit (see [`Runspace::raw_arg`]).
+    /// be a function's registry slot, the VM must have no memory limit (an
+    /// allocation then cannot fail: mlua aborts instead), and `arg` text
+    /// must be short (see [`Runspace::raw_arg`]).
     unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>) {
         let state = self.state;
         // SAFETY (of every call below): `state` is this context's thread,
@@ -163,12 +175,13 @@ impl ItemContext {
         // one that touches the VM. A fresh thread has at least LUA_MINSTACK
         // free slots, and at most four values are pushed. The two rawgets
         // read registry slots, which never raises. `lua_rawsetfield` finds
-        // "_G" and "_" already interned (the runspace holds both strings),
-        // and inserts at most two keys into a table made with room for two
-        // and only ever cleared since (clearing keeps its slots), so it
-        // allocates nothing. Pushing nil, a boolean or a number never
-        // allocates; pushing text does, but without a memory limit an
-        // allocation cannot fail (mlua aborts instead), so it cannot raise.
+        // "_G" and "_" already interned (the runspace holds both strings);
+        // it may have to grow the table (an item can shrink it: `_G[1] = 0`
+        // after emptying it rehashes it smaller), and pushing text
+        // allocates, but without a memory limit an allocation cannot fail,
+        // and text under RAW_TEXT_MAX is far from Luau's 1 GiB cap, so
+        // neither raises. A GC step these allocations may run reaches the
+        // interrupt only as a collector step, which never raises.
         unsafe {
             ffi::lua_settop(state, 0);
             ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.env_key.id() as ffi::lua_Integer);
@@ -298,7 +311,7 @@ impl Runspace {
         let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
         Ok(Runspace {
             underscore: lua.create_string("_").map_err(vm)?,
-            _g_key: lua.create_string("_G").map_err(vm)?,
+            g_key: lua.create_string("_G").map_err(vm)?,
             lua,
             env_meta,
             spare: RefCell::new(Vec::new()),
@@ -426,9 +439,12 @@ impl Runspace {
         started: Instant,
     ) -> InvocationResult {
         self.control.dismiss(e.generation);
-        let result = self.finish(outcome, capture, e.switch.reason(), started.elapsed());
+        let mut result = self.finish(outcome, capture, e.switch.reason(), Duration::ZERO);
         let abnormal = !matches!(result.status(), Status::Completed | Status::CompletedWithErrors);
         self.release(context, abnormal, e.switch.reason().is_some());
+        // Read after the wrap-up (its output's conversion, a collection
+        // after an abnormal end): the next item on the lane starts now.
+        result.set_duration(started.elapsed());
         result
     }
 
@@ -513,19 +529,34 @@ impl Runspace {
             Some(context) => context,
             None => self.new_context()?,
         };
-        let closure = self.bind(&mut context, e.script)?;
-        if !context.fresh() {
-            // `release` resets every thread it keeps: this is a safety net.
-            context.thread.reset(self.placeholder.clone())?;
-        }
+        self.bind(&mut context, e.script)?;
         let raw = match e.args {
             [one] => self.raw_arg(one),
             _ => None,
         };
-        // SAFETY: the thread is fresh, `closure` comes from `bind`, and
-        // `raw_arg` gives text only without a memory limit.
-        unsafe { context.begin(closure, raw.as_ref()) };
+        match &context.bound {
+            Some(bound) if self.memory_limit.is_none() => {
+                if !context.fresh() {
+                    // `release` resets every thread it keeps: a safety net.
+                    context.thread.reset(self.placeholder.clone())?;
+                }
+                // SAFETY: the thread is fresh, the slot is `bind`'s
+                // closure, the VM has no memory limit, and `raw_arg` keeps
+                // text short.
+                unsafe { context.begin(bound.key.id(), raw.as_ref()) };
+            }
+            // Under a memory limit every step goes through mlua, each one
+            // protected: an allocation can fail there (a table an item
+            // shrank has to grow back, say), and the error must come back
+            // as a value.
+            Some(bound) => {
+                context.thread.reset(bound.closure.clone())?;
+                context.env.raw_set(&self.g_key, &context.env)?;
+            }
+            None => return Err(mlua::Error::runtime("the item's closure is missing")),
+        }
         let env = &context.env;
+        let raw = raw.filter(|_| self.memory_limit.is_none());
         let args = match e.args {
             [] => Args::None,
             [_] if raw.is_some() => Args::None,
@@ -547,21 +578,19 @@ impl Runspace {
     }
 
     /// `arg` as a scalar [`ItemContext::begin`] may push itself: text only
-    /// when the VM has no memory limit, since copying it in allocates.
+    /// when short (Luau raises past 1 GiB; long text gains nothing here).
     fn raw_arg<'v>(&self, arg: &'v Value) -> Option<Scalar<'v>> {
         match scalar(arg)? {
-            Scalar::Text(_) if self.memory_limit.is_some() => None,
+            Scalar::Text(text) if text.len() > RAW_TEXT_MAX => None,
             raw => Some(raw),
         }
     }
 
-    /// The registry slot of `script`'s closure bound to the context's
+    /// Makes sure the context's closure is `script`'s, bound to its
     /// globals: made once per script and context.
-    fn bind(&self, context: &mut ItemContext, script: &Prepared) -> mlua::Result<c_int> {
-        if let Some((id, key)) = &context.bound {
-            if *id == script.id {
-                return Ok(key.id());
-            }
+    fn bind(&self, context: &mut ItemContext, script: &Prepared) -> mlua::Result<()> {
+        if context.bound.as_ref().is_some_and(|bound| bound.script == script.id) {
+            return Ok(());
         }
         // A closure of the script's prototype whose globals are the
         // item's table (`Thread::sandbox` would not re-bind an
@@ -569,12 +598,11 @@ impl Runspace {
         // (`string`, `math`...) once, at load, from the shared globals,
         // which is right for them; the shared globals have no `_G` (see
         // `open_with`), so `_G` is looked up when read, in the item's table.
-        let f = script.function.deep_clone()?;
-        f.set_environment(context.env.clone())?;
-        let key = self.lua.create_registry_value(f)?;
-        let id = key.id();
-        context.bound = Some((script.id, key));
-        Ok(id)
+        let closure = script.function.deep_clone()?;
+        closure.set_environment(context.env.clone())?;
+        let key = self.lua.create_registry_value(&closure)?;
+        context.bound = Some(Bound { script: script.id, closure, key });
+        Ok(())
     }
 
     fn new_context(&self) -> mlua::Result<ItemContext> {

@@ -192,8 +192,10 @@ struct Current {
     index: u64,
     position: u64,
     /// Points at the lane's own copy of the input (in its pinned future),
-    /// which it keeps in place, and only reads, while this is set.
-    input: *const Value,
+    /// which it keeps in place, and only reads, while this is set. Invalid
+    /// inputs too: a lane waiting to deliver holds its next input here,
+    /// and a worker abandoned meanwhile must hand that input on.
+    input: *const Input,
 }
 
 // SAFETY: `Current::input` is only dereferenced under the slot's lock
@@ -236,9 +238,8 @@ impl ChunkTask {
         let Some((index, input)) = self.rest.pop() else { return false };
         let at = self.position;
         self.position += 1;
-        if let (_, _, Input::Value(value)) = running.insert((index, at, input)) {
-            self.current = Some(Current { index, position: at, input: value });
-        }
+        let (_, _, input) = running.insert((index, at, input));
+        self.current = Some(Current { index, position: at, input });
         true
     }
 
@@ -277,7 +278,7 @@ impl Held for ChunkTask {
         if let Some(current) = self.current.take() {
             // SAFETY: see `Current::input`; the watchdog holds the slot's lock.
             let input = unsafe { (*current.input).clone() };
-            let mut item = ItemResult::ended(current.index, input, status, abandoned_message(reason));
+            let mut item = ItemResult::ended(current.index, input_value(input), status, abandoned_message(reason));
             item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
             item.batch = self.batch;
             item.batch_index = self.batch.map(|_| current.position);
@@ -296,7 +297,7 @@ impl Held for ChunkTask {
         if let Some(current) = self.current.take() {
             // SAFETY: see `Current::input`; the watchdog holds the slot's lock.
             let input = unsafe { (*current.input).clone() };
-            self.rest.push((current.index, Input::Value(input)));
+            self.rest.push((current.index, input));
             position = current.position;
         }
         Some(self.hand_on(deliveries, position))
