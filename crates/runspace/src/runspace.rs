@@ -408,14 +408,13 @@ impl Runspace {
         // Only what the item needs while it waits lives across the await:
         // every waiting item holds this future's state (10,000 of them in a
         // VM), so set-up and wrap-up are plain functions.
-        let started = e.started;
         let mut capture = Capture::default();
         let (context, args) = match self.admit(e) {
             Ok(admitted) => admitted,
-            Err(err) => return self.conclude(e, None, Err(err), capture, started),
+            Err(err) => return self.conclude(e, None, Err(err), capture),
         };
         let outcome = self.run(&context, args, e, &mut capture).await;
-        self.conclude(e, Some(context), outcome, capture, started)
+        self.conclude(e, Some(context), outcome, capture)
     }
 
     /// Registers the item with the switchboard and sets its thread up.
@@ -436,7 +435,6 @@ impl Runspace {
         context: Option<ItemContext>,
         outcome: mlua::Result<MultiValue>,
         capture: Capture,
-        started: Instant,
     ) -> InvocationResult {
         self.control.dismiss(e.generation);
         let mut result = self.finish(outcome, capture, e.switch.reason(), Duration::ZERO);
@@ -444,7 +442,7 @@ impl Runspace {
         self.release(context, abnormal, e.switch.reason().is_some());
         // Read after the wrap-up (its output's conversion, a collection
         // after an abnormal end): the next item on the lane starts now.
-        result.set_duration(started.elapsed());
+        result.set_duration(e.started.elapsed());
         result
     }
 
@@ -530,12 +528,13 @@ impl Runspace {
             None => self.new_context()?,
         };
         self.bind(&mut context, e.script)?;
+        let unprotected = self.memory_limit.is_none();
         let raw = match e.args {
-            [one] => self.raw_arg(one),
+            [one] if unprotected => self.raw_arg(one),
             _ => None,
         };
         match &context.bound {
-            Some(bound) if self.memory_limit.is_none() => {
+            Some(bound) if unprotected => {
                 if !context.fresh() {
                     // `release` resets every thread it keeps: a safety net.
                     context.thread.reset(self.placeholder.clone())?;
@@ -556,7 +555,6 @@ impl Runspace {
             None => return Err(mlua::Error::runtime("the item's closure is missing")),
         }
         let env = &context.env;
-        let raw = raw.filter(|_| self.memory_limit.is_none());
         let args = match e.args {
             [] => Args::None,
             [_] if raw.is_some() => Args::None,

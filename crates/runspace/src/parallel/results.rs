@@ -221,8 +221,7 @@ impl Results {
     /// [`Next::Idle`], so a caller can flush output or redraw progress while
     /// slow items run.
     pub fn next_timeout(&mut self, timeout: Duration) -> Next {
-        // Clamped: `Duration::MAX` (wait for ever) must not overflow `Instant`.
-        match self.next_within(Some(timeout.min(crate::units::MAX_DURATION))) {
+        match self.next_within_at_most(timeout) {
             Next::Item(()) => self.current.pop_front().map_or(Next::Done, Next::Item),
             Next::Idle => Next::Idle,
             Next::Done => Next::Done,
@@ -235,7 +234,7 @@ impl Results {
     /// each record, which is several times larger than a trivial item's
     /// output, out of the buffer and through the call.
     pub fn next_ref_timeout(&mut self, timeout: Duration) -> Next<&ItemResult> {
-        match self.next_within(Some(timeout.min(crate::units::MAX_DURATION))) {
+        match self.next_within_at_most(timeout) {
             Next::Item(()) => {
                 self.lent = true;
                 self.current.front().map_or(Next::Done, Next::Item)
@@ -243,6 +242,11 @@ impl Results {
             Next::Idle => Next::Idle,
             Next::Done => Next::Done,
         }
+    }
+
+    fn next_within_at_most(&mut self, timeout: Duration) -> Next<()> {
+        // Clamped: `Duration::MAX` (wait for ever) must not overflow `Instant`.
+        self.next_within(Some(timeout.min(crate::units::MAX_DURATION)))
     }
 
     /// The run is over: sends the final progress event, once.
