@@ -21,6 +21,66 @@ pub enum Cursor {
     Above(i64),
 }
 
+/// How a keyset walk from a [`Cursor`] reads, whatever the store's SQL
+/// dialect: the comparison and key that bound it, and its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seek {
+    /// `("<", k)` or `(">", k)`; none from the start.
+    pub(crate) bound: Option<(&'static str, i64)>,
+    /// Newest first.
+    pub(crate) descending: bool,
+}
+
+impl Cursor {
+    /// The walk from here, for a list that starts `descending` or not.
+    pub(crate) fn seek(self, descending: bool) -> Seek {
+        let (bound, descending) = match self {
+            Cursor::First => (None, descending),
+            Cursor::Below(k) => (Some(("<", k)), true),
+            Cursor::Above(k) => (Some((">", k)), false),
+        };
+        Seek { bound, descending }
+    }
+}
+
+impl Seek {
+    /// `ORDER BY key …`.
+    pub(crate) fn order(&self) -> &'static str {
+        if self.descending {
+            "DESC"
+        } else {
+            "ASC"
+        }
+    }
+
+    /// The rows read, back in the order of a list that starts
+    /// `descending` or not, and whether there are more below and above.
+    /// `more_on_the_way`: rows beyond the page in the reading direction;
+    /// `behind`: rows on the side the walk came from.
+    pub(crate) fn page<T>(
+        &self,
+        mut rows: Vec<T>,
+        descending: bool,
+        more_on_the_way: bool,
+        behind: bool,
+    ) -> (Vec<T>, bool, bool) {
+        if self.descending != descending {
+            rows.reverse();
+        }
+        if self.descending {
+            (rows, more_on_the_way, behind)
+        } else {
+            (rows, behind, more_on_the_way)
+        }
+    }
+
+    /// The comparison and key that find a row on the side the walk came
+    /// from (is there a page behind this one?); none from the start.
+    pub(crate) fn back(&self) -> Option<(&'static str, i64)> {
+        self.bound.map(|(op, k)| (if op == "<" { ">=" } else { "<=" }, k))
+    }
+}
+
 /// Which jobs a page of the dashboard's list holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobQuery {

@@ -86,18 +86,14 @@ impl Walk<'_> {
         limit: u64,
         mut read: impl FnMut(&Row) -> T,
     ) -> Result<(Vec<T>, bool, bool), tokio_postgres::Error> {
-        let (bound, down) = match cursor {
-            Cursor::First => (None, self.descending),
-            Cursor::Below(k) => (Some(("<", k)), true),
-            Cursor::Above(k) => (Some((">", k)), false),
-        };
+        let seek = cursor.seek(self.descending);
         let mut args = self.args.clone();
         let mut filter = self.filter.clone();
-        if let Some((op, k)) = bound {
+        if let Some((op, k)) = seek.bound {
             args.push(Arg::Int(k));
             filter.push_str(&format!(" AND {} {op} ${}", self.key, args.len()));
         }
-        let order = if down { "DESC" } else { "ASC" };
+        let order = seek.order();
         args.push(Arg::Int(to_i64(limit.saturating_add(1))));
         let sql = format!(
             "SELECT {} FROM {} WHERE {filter} ORDER BY {} {order} LIMIT ${}",
@@ -108,12 +104,11 @@ impl Walk<'_> {
         );
         let rows = c.query(&sql, &bind(&args)).await?;
         let more_on_the_way = rows.len() as u64 > limit;
-        let mut out: Vec<T> = rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)).map(&mut read).collect();
+        let out: Vec<T> = rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)).map(&mut read).collect();
         // Is there anything on the side the walk came from?
-        let behind = match bound {
+        let behind = match seek.back() {
             None => false,
-            Some((op, k)) => {
-                let back = if op == "<" { ">=" } else { "<=" };
+            Some((back, k)) => {
                 let mut args = self.args.clone();
                 args.push(Arg::Int(k));
                 let sql = format!(
@@ -126,12 +121,7 @@ impl Walk<'_> {
                 c.query_opt(&sql, &bind(&args)).await?.is_some()
             }
         };
-        // Back into walk order.
-        if down != self.descending {
-            out.reverse();
-        }
-        let (more_below, more_above) = if down { (more_on_the_way, behind) } else { (behind, more_on_the_way) };
-        Ok((out, more_below, more_above))
+        Ok(seek.page(out, self.descending, more_on_the_way, behind))
     }
 }
 

@@ -52,18 +52,14 @@ impl Walk<'_> {
         limit: u64,
         read: impl Fn(&Row<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<(Vec<T>, bool, bool)> {
-        let (bound, down) = match cursor {
-            Cursor::First => (None, self.descending),
-            Cursor::Below(k) => (Some(("<", k)), true),
-            Cursor::Above(k) => (Some((">", k)), false),
-        };
+        let seek = cursor.seek(self.descending);
         let mut args = self.args.clone();
         let mut filter = self.filter.clone();
-        if let Some((op, k)) = bound {
+        if let Some((op, k)) = seek.bound {
             filter.push_str(&format!(" AND {} {op} ?", self.key));
             args.push(Sql::Integer(k));
         }
-        let order = if down { "DESC" } else { "ASC" };
+        let order = seek.order();
         let sql =
             format!("SELECT {} FROM {} WHERE {filter} ORDER BY {} {order} LIMIT ?", self.columns, self.table, self.key);
         args.push(Sql::Integer(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX)));
@@ -79,10 +75,9 @@ impl Walk<'_> {
             out.push(read(row)?);
         }
         // Is there anything on the side the walk came from?
-        let behind = match bound {
+        let behind = match seek.back() {
             None => false,
-            Some((op, k)) => {
-                let back = if op == "<" { ">=" } else { "<=" };
+            Some((back, k)) => {
                 let sql =
                     format!("SELECT 1 FROM {} WHERE {} AND {} {back} ? LIMIT 1", self.table, self.filter, self.key);
                 let mut args = self.args.clone();
@@ -90,12 +85,7 @@ impl Walk<'_> {
                 c.prepare_cached(&sql)?.query_row(params_from_iter(args.iter()), |_| Ok(())).optional()?.is_some()
             }
         };
-        // Back into walk order.
-        if down != self.descending {
-            out.reverse();
-        }
-        let (more_below, more_above) = if down { (more_on_the_way, behind) } else { (behind, more_on_the_way) };
-        Ok((out, more_below, more_above))
+        Ok(seek.page(out, self.descending, more_on_the_way, behind))
     }
 }
 
