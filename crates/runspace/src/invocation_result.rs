@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::control::StopReason;
-use crate::streams::{Status, Streams};
+use crate::streams::{Status, Streams, NO_STREAMS};
 
 /// What one invocation produced: its output, its streams, how it ended.
 ///
@@ -23,8 +23,10 @@ use crate::streams::{Status, Streams};
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct InvocationResult {
-    output: Vec<Value>,
-    streams: Streams,
+    output: Output,
+    /// Boxed, and only when there are records: most invocations have none,
+    /// and a small result moves without a call to `memcpy`.
+    streams: Option<Box<Streams>>,
     status: Status,
     error: Option<String>,
     duration: Duration,
@@ -32,8 +34,8 @@ pub struct InvocationResult {
 
 impl InvocationResult {
     pub(crate) fn new(
-        output: Vec<Value>,
-        streams: Streams,
+        output: Output,
+        streams: Option<Box<Streams>>,
         status: Status,
         error: Option<String>,
         duration: Duration,
@@ -47,18 +49,18 @@ impl InvocationResult {
 
     pub(crate) fn ended(status: Status, message: String, duration: Duration) -> InvocationResult {
         let streams = Streams { error: vec![message.clone()], ..Streams::default() };
-        InvocationResult::new(Vec::new(), streams, status, Some(message), duration)
+        InvocationResult::new(Output::default(), Some(Box::new(streams)), status, Some(message), duration)
     }
 
     /// Every output value: each `emit(v)`, then the script's return values.
     pub fn output(&self) -> &[Value] {
-        &self.output
+        self.output.as_slice()
     }
 
     /// The output as one value: `null` when there was none, the value when
     /// there was one, an array when there were several.
     pub fn result(&self) -> Value {
-        match self.output.as_slice() {
+        match self.output() {
             [] => Value::Null,
             [one] => one.clone(),
             many => Value::Array(many.to_vec()),
@@ -67,13 +69,13 @@ impl InvocationResult {
 
     /// Like [`result`](Self::result), without cloning.
     pub fn into_result(self) -> Value {
-        collapse(self.output)
+        self.output.into_value()
     }
 
     /// The error, warning, verbose, debug, information and progress streams.
     /// A terminating error is the last record of the error stream.
     pub fn streams(&self) -> &Streams {
-        &self.streams
+        self.streams.as_deref().unwrap_or(&NO_STREAMS)
     }
 
     /// How the invocation ended.
@@ -96,8 +98,61 @@ impl InvocationResult {
         self.duration = duration;
     }
 
-    pub(crate) fn into_parts(self) -> (Vec<Value>, Streams, Status, Duration) {
+    pub(crate) fn into_parts(self) -> (Output, Option<Box<Streams>>, Status, Duration) {
         (self.output, self.streams, self.status, self.duration)
+    }
+}
+
+/// An invocation's output values. Most items have exactly one, and that
+/// one is kept without a vector: no allocation per item.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Output {
+    One(Value),
+    Many(Vec<Value>),
+}
+
+impl Default for Output {
+    fn default() -> Output {
+        Output::Many(Vec::new())
+    }
+}
+
+impl Output {
+    pub(crate) fn push(&mut self, value: Value) {
+        match self {
+            Output::Many(values) if values.is_empty() => *self = Output::One(value),
+            Output::Many(values) => values.push(value),
+            Output::One(first) => {
+                let first = std::mem::take(first);
+                *self = Output::Many(vec![first, value]);
+            }
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Value] {
+        match self {
+            Output::One(value) => std::slice::from_ref(value),
+            Output::Many(values) => values,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// Null for none, the value for one, an array for several.
+    pub(crate) fn into_value(self) -> Value {
+        match self {
+            Output::One(value) => value,
+            Output::Many(values) => collapse(values),
+        }
+    }
+
+    pub(crate) fn into_vec(self) -> Vec<Value> {
+        match self {
+            Output::One(value) => vec![value],
+            Output::Many(values) => values,
+        }
     }
 }
 

@@ -16,14 +16,14 @@ use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, RegistryKey, StdLib, Tabl
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason, Switch};
-use crate::convert::{from_lua_within, scalar, to_lua, Scalar};
+use crate::convert::{scalar, to_lua, Scalar};
 use crate::error::{Error, Result};
-use crate::host::{self, output_limit_message, value_size, Capture, HostContext};
-use crate::invocation_result::InvocationResult;
+use crate::host::{self, output_limit_message, Capture, HostContext};
+use crate::invocation_result::{InvocationResult, Output};
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::stdlib;
-use crate::streams::{Status, Streams};
+use crate::streams::Status;
 
 /// The standard libraries a script gets: pure computation only. `io`, `os`
 /// and `debug` are never loaded; files, processes and the network come
@@ -110,6 +110,8 @@ pub struct Runspace {
     /// an item's table then never makes a string (see [`ItemContext::begin`]).
     underscore: mlua::LuaString,
     g_key: mlua::LuaString,
+    /// The same two keys in the registry, for [`ItemContext::begin`].
+    names: Names,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
 }
@@ -168,26 +170,31 @@ impl ItemContext {
     /// be a function's registry slot, the VM must have no memory limit (an
     /// allocation then cannot fail: mlua aborts instead), and `arg` text
     /// must be short (see [`Runspace::raw_arg`]).
-    unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>) {
+    unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>, names: &Names) {
         let state = self.state;
+        let slot = |key: &RegistryKey| key.id() as ffi::lua_Integer;
         // SAFETY (of every call below): `state` is this context's thread,
         // alive while the context is, and the runspace's thread is the only
         // one that touches the VM. A fresh thread has at least LUA_MINSTACK
-        // free slots, and at most four values are pushed. The two rawgets
-        // read registry slots, which never raises. `lua_rawsetfield` finds
-        // "_G" and "_" already interned (the runspace holds both strings);
-        // it may have to grow the table (an item can shrink it: `_G[1] = 0`
-        // after emptying it rehashes it smaller), and pushing text
-        // allocates, but without a memory limit an allocation cannot fail,
-        // and text under RAW_TEXT_MAX is far from Luau's 1 GiB cap, so
-        // neither raises. A GC step these allocations may run reaches the
-        // interrupt only as a collector step, which never raises.
+        // free slots, and at most five values are pushed. The rawgets read
+        // registry slots, which never raises. The keys "_G" and "_" are
+        // pushed from the registry, already interned, so setting them
+        // hashes no text. `lua_rawset` raises only on a read-only table, and
+        // the item's table cannot be frozen: its metatable is protected,
+        // which `table.freeze` refuses. It may have to grow the table (an
+        // item can shrink it: `_G[1] = 0` after emptying it rehashes it
+        // smaller), and pushing text allocates, but without a memory limit
+        // an allocation cannot fail, and text under RAW_TEXT_MAX is far
+        // from Luau's 1 GiB cap, so neither raises. A GC step these
+        // allocations may run reaches the interrupt only as a collector
+        // step, which never raises.
         unsafe {
             ffi::lua_settop(state, 0);
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, self.env_key.id() as ffi::lua_Integer);
-            ffi::lua_pushvalue(state, -1);
-            ffi::lua_rawsetfield(state, -2, c"_G".as_ptr());
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer);
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&self.env_key)); // env
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.g)); // env "_G"
+            ffi::lua_pushvalue(state, 1); // env "_G" env
+            ffi::lua_rawset(state, 1); // env
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer); // env f
             if let Some(arg) = arg {
                 match arg {
                     Scalar::Nil => ffi::lua_pushnil(state),
@@ -196,11 +203,12 @@ impl ItemContext {
                     Scalar::Text(text) => {
                         ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
                     }
-                }
-                ffi::lua_pushvalue(state, -1);
-                ffi::lua_rawsetfield(state, 1, c"_".as_ptr());
+                } // env f a
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.underscore)); // env f a "_"
+                ffi::lua_pushvalue(state, 3); // env f a "_" a
+                ffi::lua_rawset(state, 1); // env f a
             }
-            ffi::lua_remove(state, 1);
+            ffi::lua_remove(state, 1); // f [a]
         }
     }
 
@@ -219,6 +227,12 @@ impl ItemContext {
         // SAFETY: as in `yielded`; `lua_gettop` only reads the stack bounds.
         unsafe { ffi::lua_status(self.state) == ffi::LUA_OK && ffi::lua_gettop(self.state) == 0 }
     }
+}
+
+/// The names every item's table is given, as registry slots.
+struct Names {
+    underscore: RegistryKey,
+    g: RegistryKey,
 }
 
 /// An item's positional arguments, as Luau values.
@@ -309,9 +323,16 @@ impl Runspace {
 
         lua.sandbox(true).map_err(vm)?;
         let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
+        let underscore = lua.create_string("_").map_err(vm)?;
+        let g_key = lua.create_string("_G").map_err(vm)?;
+        let names = Names {
+            underscore: lua.create_registry_value(&underscore).map_err(vm)?,
+            g: lua.create_registry_value(&g_key).map_err(vm)?,
+        };
         Ok(Runspace {
-            underscore: lua.create_string("_").map_err(vm)?,
-            g_key: lua.create_string("_G").map_err(vm)?,
+            underscore,
+            g_key,
+            names,
             lua,
             env_meta,
             spare: RefCell::new(Vec::new()),
@@ -542,7 +563,7 @@ impl Runspace {
                 // SAFETY: the thread is fresh, the slot is `bind`'s
                 // closure, the VM has no memory limit, and `raw_arg` keeps
                 // text short.
-                unsafe { context.begin(bound.key.id(), raw.as_ref()) };
+                unsafe { context.begin(bound.key.id(), raw.as_ref(), &self.names) };
             }
             // Under a memory limit every step goes through mlua, each one
             // protected: an allocation can fail there (a table an item
@@ -646,12 +667,7 @@ impl Runspace {
     ) -> InvocationResult {
         let mut capture = capture;
         let failure = match outcome {
-            Ok(values) => values.iter().try_for_each(|v| {
-                let value = from_lua_within(v, self.max_output, || output_limit_message(self.max_output))?;
-                capture.charge(value_size(&value), self.max_output)?;
-                capture.output.push(value);
-                Ok(())
-            }),
+            Ok(values) => values.iter().try_for_each(|v| capture.emit(v, self.max_output)),
             Err(e) => Err(e),
         };
         let exceeded = capture.exceeded;
@@ -660,14 +676,14 @@ impl Runspace {
             // What ran away is dropped rather than handed on: the host's
             // memory stays bounded by the items running, not the records
             // waiting to be printed.
-            output = Vec::new();
-            streams = Streams::default();
+            output = Output::default();
+            streams = None;
         }
         let (status, failure) = match failure {
             // However it ended (a `pcall` may have caught the error), an
             // invocation past the output limit failed.
             _ if exceeded && stop.is_none() => (Status::Failed, Some(output_limit_message(self.max_output))),
-            Ok(()) if streams.error.is_empty() => (Status::Completed, None),
+            Ok(()) if streams.as_ref().is_none_or(|s| s.error.is_empty()) => (Status::Completed, None),
             Ok(()) => (Status::CompletedWithErrors, None),
             Err(e) => match stop {
                 Some(StopReason::TimedOut) => (Status::TimedOut, Some("timed out".to_string())),
@@ -676,7 +692,7 @@ impl Runspace {
             },
         };
         if let Some(message) = &failure {
-            streams.error.push(message.clone());
+            streams.get_or_insert_with(Box::default).error.push(message.clone());
         }
         InvocationResult::new(output, streams, status, failure, elapsed)
     }

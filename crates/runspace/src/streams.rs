@@ -97,6 +97,16 @@ pub struct Streams {
     pub progress: Vec<ProgressRecord>,
 }
 
+/// No records: lent by whatever keeps its streams only when it has some.
+pub(crate) static NO_STREAMS: Streams = Streams {
+    error: Vec::new(),
+    warning: Vec::new(),
+    verbose: Vec::new(),
+    debug: Vec::new(),
+    information: Vec::new(),
+    progress: Vec::new(),
+};
+
 impl Streams {
     /// True when no stream has a record.
     pub fn is_empty(&self) -> bool {

@@ -56,10 +56,10 @@ fn items_queued_behind_a_neighbour_stuck_in_a_c_call_are_not_lost_when_its_vm_is
     let items = by_index(items);
     assert_eq!(items.keys().copied().collect::<Vec<_>>(), (0..6).collect::<Vec<_>>(), "items were lost");
     let stuck = &items[&0];
-    assert_eq!(stuck.status, Status::TimedOut, "{:?}", stuck.errors);
+    assert_eq!(stuck.status, Status::TimedOut, "{:?}", stuck.errors());
     for n in 1..6 {
         let item = &items[&n];
-        assert_eq!((item.status, &item.result), (Status::Completed, &json!(n)), "item {n}: {:?}", item.errors);
+        assert_eq!((item.status, &item.result), (Status::Completed, &json!(n)), "item {n}: {:?}", item.errors());
     }
 }
 
@@ -127,9 +127,11 @@ fn errors_of_every_kind_end_only_their_own_item() {
                 matches!(item.status, Status::Failed | Status::TimedOut),
                 "item {n}: {:?} {:?}",
                 item.status,
-                item.errors
+                item.errors()
             ),
-            _ => assert_eq!((item.status, &item.result), (Status::Completed, &json!(n)), "item {n}: {:?}", item.errors),
+            _ => {
+                assert_eq!((item.status, &item.result), (Status::Completed, &json!(n)), "item {n}: {:?}", item.errors())
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ fn batches_carry_ids_and_run_in_order_on_one_runspace() {
     let mut by_batch: BTreeMap<u64, Vec<&ItemResult>> = BTreeMap::new();
     for r in &results {
         assert_eq!(r.status, Status::Completed);
-        let (batch, pos) = (r.batch.unwrap(), r.batch_index.unwrap());
+        let (batch, pos) = (r.batch().unwrap(), r.batch_index().unwrap());
         assert_eq!(batch, r.index / 10, "item {} in the wrong batch", r.index);
         assert_eq!(pos, r.index % 10, "item {} at the wrong place in its batch", r.index);
         by_batch.entry(batch).or_default().push(r);
@@ -34,12 +34,12 @@ fn batches_carry_ids_and_run_in_order_on_one_runspace() {
     assert_eq!(by_batch[&9].len(), 5, "the last batch is the remainder");
     for items in by_batch.values() {
         // Results of one batch arrive in the batch's order.
-        let positions: Vec<u64> = items.iter().map(|r| r.batch_index.unwrap()).collect();
+        let positions: Vec<u64> = items.iter().map(|r| r.batch_index().unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
     }
     // Without batch mode, no batch fields.
     let plain = pool.parallel(&script("return _")).run(vec![json!(1)]).next().unwrap();
-    assert_eq!((plain.batch, plain.batch_index), (None, None));
+    assert_eq!((plain.batch(), plain.batch_index()), (None, None));
     assert!(!serde_json::to_string(&plain).unwrap().contains("batch"));
 }
 

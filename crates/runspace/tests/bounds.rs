@@ -171,7 +171,7 @@ fn the_watchdog_abandons_a_runspace_stuck_in_c_and_the_throttle_holds() {
     let stuck = seen.iter().find(|r| r.index == 0).unwrap();
     assert_eq!(stuck.status, Status::TimedOut);
     assert_eq!(stuck.input, json!(0));
-    assert!(stuck.errors[0].contains("runspace was replaced"), "{:?}", stuck.errors);
+    assert!(stuck.errors()[0].contains("runspace was replaced"), "{:?}", stuck.errors());
     assert!(seen.iter().filter(|r| r.index != 0).all(|r| r.status == Status::Completed && r.result == json!(r.index)));
     assert!(pool.abandoned_runspaces() <= 1);
     assert_eq!(pool.open_runspaces(), 2);

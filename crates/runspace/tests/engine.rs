@@ -34,7 +34,7 @@ fn seed_squares_example_throttle_10() {
         assert_eq!(r.input, json!(n));
         assert_eq!(r.result, json!(n * n));
         assert_eq!(r.status, Status::Completed);
-        assert!(r.errors.is_empty());
+        assert!(r.errors().is_empty());
     }
 }
 
@@ -148,7 +148,7 @@ fn every_argument_arrives_as_itself_after_items_that_tamper_with_their_globals()
         let results: Vec<_> = pool.parallel(&script(probe)).ordered(true).run(twice.clone()).collect();
         assert_eq!(results.len(), twice.len());
         for (r, input) in results.iter().zip(&twice) {
-            assert_eq!(r.status, Status::Completed, "{input}: {:?}", r.errors);
+            assert_eq!(r.status, Status::Completed, "{input}: {:?}", r.errors());
             let expected = match input {
                 // Beyond 2^53 integers travel as their digits.
                 Value::Number(n)
@@ -256,7 +256,7 @@ fn a_memory_bomb_fails_only_its_own_item() {
     for r in &results {
         if r.input == json!(3) {
             assert_eq!(r.status, Status::Failed);
-            assert!(r.errors[0].contains("memory limit of 32 MB exceeded"), "{:?}", r.errors);
+            assert!(r.errors()[0].contains("memory limit of 32 MB exceeded"), "{:?}", r.errors());
         } else {
             assert_eq!(r.status, Status::Completed, "{r:?}");
         }
@@ -285,7 +285,7 @@ fn invalid_inputs_fail_their_item_only() {
     assert_eq!(results[0].status, Status::Completed);
     assert_eq!(results[1].status, Status::Failed);
     assert_eq!(results[1].input, json!("{nope"));
-    assert!(results[1].errors[0].contains("malformed JSON"));
+    assert!(results[1].errors()[0].contains("malformed JSON"));
     assert_eq!(results[2].result, json!(3));
 }
 

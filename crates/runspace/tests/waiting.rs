@@ -30,7 +30,7 @@ fn ten_thousand_sleeping_items_share_two_runspaces_and_never_see_each_other() {
     let started = Instant::now();
     let mut seen = HashSet::new();
     for item in pool.parallel(&script).run((0..10_000).map(|n| json!(n))) {
-        assert_eq!(item.status, Status::Completed, "{:?}", item.errors);
+        assert_eq!(item.status, Status::Completed, "{:?}", item.errors());
         assert_eq!(item.result, json!([item.index, 1]));
         assert!(seen.insert(item.index), "item {} came twice", item.index);
     }
@@ -80,7 +80,7 @@ fn stopping_one_item_of_a_run_does_not_stop_the_others() {
     assert_eq!(items.len(), 100);
     for item in items {
         let expected = if item.index % 10 == 0 { Status::TimedOut } else { Status::Completed };
-        assert_eq!(item.status, expected, "item {}: {:?}", item.index, item.errors);
+        assert_eq!(item.status, expected, "item {}: {:?}", item.index, item.errors());
     }
 }
 
@@ -204,7 +204,7 @@ fn a_hundred_thousand_mixed_items_are_neither_lost_nor_duplicated() {
             2 => (Status::Failed, Value::Null),
             _ => (Status::CompletedWithErrors, json!(-(n as i64))),
         };
-        assert_eq!((item.status, item.result), (status, result), "item {n}: {:?}", item.errors);
+        assert_eq!((item.status, &item.result), (status, &result), "item {n}: {:?}", item.errors());
         count += 1;
     }
     assert_eq!(count, 100_000);
@@ -234,7 +234,7 @@ fn a_caller_that_stops_reading_does_not_stall_the_items_of_a_runspace() {
     }
     assert_eq!(seen.len(), 20_000);
     let slow = slow.expect("item 0 came back");
-    assert_eq!(slow.status, Status::TimedOut, "{:?}", slow.errors);
+    assert_eq!(slow.status, Status::TimedOut, "{:?}", slow.errors());
     // Its deadline came 1 s in, while the caller was not reading; a worker
     // blocked on the full channel would only have ended it 4 s in.
     assert!(slow.duration_ms < 3000.0, "item 0 ended after {} ms", slow.duration_ms);

@@ -135,7 +135,7 @@ impl<W: Write> Printer<W> {
                     }
                     self.out.write_all(b"\n")?;
                 }
-                for error in &item.errors {
+                for error in item.errors() {
                     diag!("rsp: item {}: {}", item.index, error);
                 }
                 self.streams(item);
@@ -201,7 +201,7 @@ impl<W: Write> Printer<W> {
             None => row.push(bare(&item.result)),
         }
         row.push(item.status.as_str().to_string());
-        row.push(item.errors.join("; "));
+        row.push(item.errors().join("; "));
         row.push(format!("{:.3}", item.duration_ms));
         self.csv_row(&row.iter().map(String::as_str).collect::<Vec<_>>())
     }
@@ -212,7 +212,7 @@ impl<W: Write> Printer<W> {
         let status = format!("{:<19}", item.status.as_str());
         let status = if self.colour { paint(item.status, &status) } else { status };
         let input = fit(&escape_controls(&bare(&item.input)), layout.input);
-        let failed = item.errors.last().filter(|_| !item.status.is_success());
+        let failed = item.errors().last().filter(|_| !item.status.is_success());
         let cells = match (&columns, &layout.cells, failed) {
             (Some(c), Some(widths), None) => c.cells(&item.result).map(|cells| {
                 let texts: Vec<String> =
@@ -239,7 +239,8 @@ impl<W: Write> Printer<W> {
         if !self.show_streams {
             return;
         }
-        let shown = [("", &item.information), ("WARNING: ", &item.warning), ("VERBOSE: ", &item.verbose)];
+        let records = item.streams();
+        let shown = [("", &records.information), ("WARNING: ", &records.warning), ("VERBOSE: ", &records.verbose)];
         if shown.iter().all(|(_, records)| records.is_empty()) {
             return;
         }

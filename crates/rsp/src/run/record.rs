@@ -29,15 +29,16 @@ pub fn write_item<W: Write + ?Sized>(out: &mut W, item: &ItemResult) -> io::Resu
     }
     out.write_all(b",\"status\":\"")?;
     out.write_all(item.status.as_str().as_bytes())?;
+    let streams = item.streams();
     out.write_all(b"\",\"errors\":")?;
-    write_strings(out, &item.errors)?;
+    write_strings(out, &streams.error)?;
     out.write_all(b",\"duration_ms\":")?;
     write_f64(out, item.duration_ms)?;
-    if let Some(batch) = item.batch {
+    if let Some(batch) = item.batch() {
         out.write_all(b",\"batch\":")?;
         CompactFormatter.write_u64(out, batch)?;
     }
-    if let Some(index) = item.batch_index {
+    if let Some(index) = item.batch_index() {
         out.write_all(b",\"batch_index\":")?;
         CompactFormatter.write_u64(out, index)?;
     }
@@ -46,19 +47,19 @@ pub fn write_item<W: Write + ?Sized>(out: &mut W, item: &ItemResult) -> io::Resu
         CompactFormatter.write_u32(out, item.attempts)?;
     }
     for (key, records) in [
-        (&b",\"warning\":"[..], &item.warning),
-        (b",\"verbose\":", &item.verbose),
-        (b",\"debug\":", &item.debug),
-        (b",\"information\":", &item.information),
+        (&b",\"warning\":"[..], &streams.warning),
+        (b",\"verbose\":", &streams.verbose),
+        (b",\"debug\":", &streams.debug),
+        (b",\"information\":", &streams.information),
     ] {
         if !records.is_empty() {
             out.write_all(key)?;
             write_strings(out, records)?;
         }
     }
-    if !item.progress.is_empty() {
+    if !streams.progress.is_empty() {
         out.write_all(b",\"progress\":")?;
-        serde_json::to_writer(&mut *out, &item.progress)?;
+        serde_json::to_writer(&mut *out, &streams.progress)?;
     }
     out.write_all(b"}")
 }
@@ -115,7 +116,7 @@ fn write_f64<W: Write + ?Sized>(out: &mut W, v: f64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runspace::{ProgressRecord, Status};
+    use runspace::{ProgressRecord, Status, Streams};
     use serde_json::json;
 
     fn both(item: &ItemResult) -> (String, String) {
@@ -124,20 +125,15 @@ mod tests {
         (String::from_utf8(ours).unwrap(), serde_json::to_string(item).unwrap())
     }
 
-    /// Every field set: a new field in `ItemResult` breaks this literal, and
+    /// Every field set: a new stream in `Streams` breaks this literal, and
     /// so reminds whoever adds it to write it here too.
     fn full(input: Value, result: Value, status: Status, duration_ms: f64) -> ItemResult {
-        ItemResult {
-            index: u64::MAX,
-            input,
-            result,
-            outputs: 2,
-            status,
-            errors: vec!["boom \"quoted\"\n\ttab \u{1} \\ é 😀 </script>".into(), String::new()],
-            duration_ms,
-            batch: Some(7),
-            batch_index: Some(0),
-            attempts: 3,
+        let mut item = minimal(u64::MAX, input, result, status, duration_ms);
+        item.outputs = 2;
+        item.attempts = 3;
+        item.set_batch(7, 0);
+        item.set_streams(Streams {
+            error: vec!["boom \"quoted\"\n\ttab \u{1} \\ é 😀 </script>".into(), String::new()],
             warning: vec!["w".into()],
             verbose: vec!["v\u{7f}".into()],
             debug: vec!["d".into(), "e".into()],
@@ -146,7 +142,16 @@ mod tests {
                 ProgressRecord { activity: "copy".into(), status: Some("a\"b".into()), percent: Some(50.0) },
                 ProgressRecord { activity: "x".into(), status: None, percent: None },
             ],
-        }
+        });
+        item
+    }
+
+    /// No optional field: what most items are.
+    fn minimal(index: u64, input: Value, result: Value, status: Status, duration_ms: f64) -> ItemResult {
+        let mut item = ItemResult::new(index, input, status);
+        item.result = result;
+        item.duration_ms = duration_ms;
+        item
     }
 
     #[test]
@@ -181,25 +186,32 @@ mod tests {
             let (ours, theirs) = both(&full(value.clone(), values[values.len() - 1 - i].clone(), status, duration));
             assert_eq!(ours, theirs);
             // The common, minimal record: no optional fields.
-            let minimal = ItemResult {
-                outputs: i as u32 % 2,
-                batch: None,
-                batch_index: None,
-                attempts: 1,
-                warning: Vec::new(),
-                verbose: Vec::new(),
-                debug: Vec::new(),
-                information: Vec::new(),
-                progress: Vec::new(),
-                errors: Vec::new(),
-                ..full(json!(i), value.clone(), status, duration)
-            };
+            let mut minimal = minimal(u64::MAX, json!(i), value.clone(), status, duration);
+            minimal.outputs = i as u32 % 2;
             let (ours, theirs) = both(&minimal);
             assert_eq!(ours, theirs);
         }
         for d in durations {
             let (ours, theirs) = both(&full(json!(1), json!(2), Status::Completed, d));
             assert_eq!(ours, theirs, "duration {d}");
+        }
+    }
+
+    #[test]
+    fn records_read_back_as_they_were_written() {
+        for item in [
+            full(json!({"a": [1, 2]}), json!("r"), Status::Failed, 2.5),
+            minimal(3, json!(1), json!(1), Status::Completed, 0.25),
+        ] {
+            // `outputs` is written only past one: 0 and 1 read back as 1.
+            let mut item = item;
+            item.outputs = item.outputs.max(1);
+            let mut text = Vec::new();
+            write_item(&mut text, &item).unwrap();
+            let back: ItemResult = serde_json::from_slice(&text).unwrap();
+            assert_eq!(back, item);
+            assert_eq!(back.streams(), item.streams());
+            assert_eq!((back.batch(), back.batch_index()), (item.batch(), item.batch_index()));
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::capability::Grants;
 use crate::control::{StopReason, Switch};
 use crate::convert::{display, from_lua, from_lua_within, to_lua};
+use crate::invocation_result::Output;
 use crate::streams::{ProgressRecord, Streams};
 
 mod beneath;
@@ -43,7 +44,7 @@ pub(crate) use env::Surroundings;
 /// What one invocation has produced so far.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
-    pub(crate) output: Vec<Value>,
+    output: Output,
     /// Made on the first record: most items write none, and a capture is
     /// part of every waiting item's state and moved twice per resume.
     streams: Option<Box<Streams>>,
@@ -60,8 +61,16 @@ impl Capture {
     }
 
     /// The output values and the stream records, taken.
-    pub(crate) fn take(&mut self) -> (Vec<Value>, Streams) {
-        (std::mem::take(&mut self.output), self.streams.take().map(|s| *s).unwrap_or_default())
+    /// Adds an output value, converted and counted against `limit`.
+    pub(crate) fn emit(&mut self, value: &LuaValue, limit: usize) -> mlua::Result<()> {
+        let value = from_lua_within(value, limit, || output_limit_message(limit))?;
+        self.charge(value_size(&value), limit)?;
+        self.output.push(value);
+        Ok(())
+    }
+
+    pub(crate) fn take(&mut self) -> (Output, Option<Box<Streams>>) {
+        (std::mem::take(&mut self.output), self.streams.take())
     }
 
     /// Counts `bytes` more against `limit`; past it, refuses them (and
@@ -201,12 +210,7 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         "emit",
         lua.create_function(move |_, values: MultiValue| {
             let mut capture = c.capture();
-            for v in values.iter() {
-                let value = from_lua_within(v, limit, || output_limit_message(limit))?;
-                capture.charge(value_size(&value), limit)?;
-                capture.output.push(value);
-            }
-            Ok(())
+            values.iter().try_for_each(|v| capture.emit(v, limit))
         })?,
     )?;
 

@@ -144,6 +144,7 @@ fn run_single(shared: &Shared, job: &Job, spec: JobSpec) -> Outcome {
     };
     let error = result.error().map(str::to_string);
     let (output, streams, _, _) = result.into_parts();
+    let (output, streams) = (output.into_vec(), streams.map(|s| *s).unwrap_or_default());
     Outcome { state, output, streams, error }
 }
 
@@ -263,13 +264,14 @@ fn merge_item(streams: &mut Streams, item: &ItemResult, cap: usize) {
         let room = cap.saturating_sub(into.len());
         into.extend(records.iter().take(room).map(|r| format!("item {}: {r}", item.index)));
     };
-    tag(&item.errors, &mut streams.error);
-    tag(&item.warning, &mut streams.warning);
-    tag(&item.verbose, &mut streams.verbose);
-    tag(&item.debug, &mut streams.debug);
-    tag(&item.information, &mut streams.information);
+    let records = item.streams();
+    tag(&records.error, &mut streams.error);
+    tag(&records.warning, &mut streams.warning);
+    tag(&records.verbose, &mut streams.verbose);
+    tag(&records.debug, &mut streams.debug);
+    tag(&records.information, &mut streams.information);
     let room = cap.saturating_sub(streams.progress.len());
-    streams.progress.extend(item.progress.iter().take(room).cloned());
+    streams.progress.extend(records.progress.iter().take(room).cloned());
 }
 
 /// Ends a job that never started (stopped while queued, or the manager

@@ -31,7 +31,7 @@ use crate::error::Result;
 use crate::pool::RunspacePool;
 use crate::script::Script;
 use crate::session::check_name;
-use crate::streams::{ProgressRecord, Status};
+use crate::streams::{ProgressRecord, Status, Streams, NO_STREAMS};
 
 pub use policy::{Halt, HaltRule, HaltWhen, Retry, RunProgress};
 pub use results::{Next, Results, RunControl};
@@ -77,7 +77,13 @@ impl From<Value> for Input {
 /// assert_eq!((item.index, item.result, item.status), (0, json!(2), Status::Completed));
 /// assert_eq!(item.attempts, 1);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Most items have no stream records and no batch: those live behind one
+/// pointer, allocated only when an item has them. That keeps the record
+/// small enough (104 bytes) to move without a call to `memcpy`, and a
+/// trivial item's record moves four times on its way out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "Record")]
 pub struct ItemResult {
     /// Position of the input, from 0 (or the index given to [`Parallel::run_indexed`]).
     pub index: u64,
@@ -90,39 +96,150 @@ pub struct ItemResult {
     /// than one, `result` is the array of them, so a record tells several
     /// values from one array. Serialized only when more than one; see
     /// [`ItemResult::output`].
-    #[serde(default = "one", skip_serializing_if = "at_most_one")]
     pub outputs: u32,
     /// How the item ended.
     pub status: Status,
-    /// `write_error` records, then the terminating error if there was one.
-    pub errors: Vec<String>,
     /// Wall time of the item's last attempt, in milliseconds.
     pub duration_ms: f64,
-    /// The batch the item ran in (batch mode only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<u64>,
-    /// The item's position within its batch (batch mode only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_index: Option<u64>,
     /// How many times the item ran: 1, or more when [`Parallel::retries`]
     /// re-ran it (serialized only when more than 1).
-    #[serde(default = "one", skip_serializing_if = "is_one")]
     pub attempts: u32,
-    /// `write_warning` records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warning: Vec<String>,
-    /// `write_verbose` records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub verbose: Vec<String>,
-    /// `write_debug` records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub debug: Vec<String>,
-    /// `write_information` and `print` records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub information: Vec<String>,
-    /// `write_progress` records.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub progress: Vec<ProgressRecord>,
+    /// The streams and the batch, when the item has any.
+    extra: Option<Box<Extra>>,
+}
+
+/// What few items have: stream records, a place in a batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Extra {
+    streams: Streams,
+    /// The batch, and the item's position within it.
+    batch: Option<(u64, u64)>,
+}
+
+impl PartialEq for ItemResult {
+    fn eq(&self, other: &ItemResult) -> bool {
+        self.index == other.index
+            && self.input == other.input
+            && self.result == other.result
+            && self.outputs == other.outputs
+            && self.status == other.status
+            && self.duration_ms == other.duration_ms
+            && self.attempts == other.attempts
+            && self.streams() == other.streams()
+            && self.batch_position() == other.batch_position()
+    }
+}
+
+/// An [`ItemResult`] as it is read: one flat record, the streams' fields
+/// beside the others (`errors` always, the rest only when they have records).
+#[derive(Deserialize)]
+struct Record {
+    index: u64,
+    input: Value,
+    result: Value,
+    #[serde(default = "one")]
+    outputs: u32,
+    status: Status,
+    errors: Vec<String>,
+    duration_ms: f64,
+    #[serde(default)]
+    batch: Option<u64>,
+    #[serde(default)]
+    batch_index: Option<u64>,
+    #[serde(default = "one")]
+    attempts: u32,
+    #[serde(default)]
+    warning: Vec<String>,
+    #[serde(default)]
+    verbose: Vec<String>,
+    #[serde(default)]
+    debug: Vec<String>,
+    #[serde(default)]
+    information: Vec<String>,
+    #[serde(default)]
+    progress: Vec<ProgressRecord>,
+}
+
+impl From<Record> for ItemResult {
+    fn from(r: Record) -> ItemResult {
+        let streams = Streams {
+            error: r.errors,
+            warning: r.warning,
+            verbose: r.verbose,
+            debug: r.debug,
+            information: r.information,
+            progress: r.progress,
+        };
+        let mut item = ItemResult {
+            index: r.index,
+            input: r.input,
+            result: r.result,
+            outputs: r.outputs,
+            status: r.status,
+            duration_ms: r.duration_ms,
+            attempts: r.attempts,
+            extra: None,
+        };
+        item.set_streams(streams);
+        // A batch index without its batch (or the reverse) is no batch.
+        if let (Some(batch), Some(index)) = (r.batch, r.batch_index) {
+            item.set_batch(batch, index);
+        }
+        item
+    }
+}
+
+/// What [`ItemResult`] serializes as: a [`Record`], borrowed.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    index: u64,
+    input: &'a Value,
+    result: &'a Value,
+    #[serde(skip_serializing_if = "at_most_one")]
+    outputs: u32,
+    status: Status,
+    errors: &'a [String],
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_index: Option<u64>,
+    #[serde(skip_serializing_if = "is_one")]
+    attempts: u32,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    warning: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    verbose: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    debug: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    information: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    progress: &'a [ProgressRecord],
+}
+
+impl Serialize for ItemResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let streams = self.streams();
+        RecordRef {
+            index: self.index,
+            input: &self.input,
+            result: &self.result,
+            outputs: self.outputs,
+            status: self.status,
+            errors: &streams.error,
+            duration_ms: self.duration_ms,
+            batch: self.batch(),
+            batch_index: self.batch_index(),
+            attempts: self.attempts,
+            warning: &streams.warning,
+            verbose: &streams.verbose,
+            debug: &streams.debug,
+            information: &streams.information,
+            progress: &streams.progress,
+        }
+        .serialize(serializer)
+    }
 }
 
 fn one() -> u32 {
@@ -163,24 +280,68 @@ impl ItemResult {
         }
     }
 
+    /// A record of item `index`: no output, no streams, one attempt, no
+    /// time. The engine makes the records of a run; this is for callers
+    /// that make their own (a test, a record read from elsewhere).
+    pub fn new(index: u64, input: Value, status: Status) -> ItemResult {
+        ItemResult { index, input, result: Value::Null, outputs: 0, status, duration_ms: 0.0, attempts: 1, extra: None }
+    }
+
     fn ended(index: u64, input: Value, status: Status, error: String) -> ItemResult {
-        ItemResult {
-            index,
-            input,
-            result: Value::Null,
-            outputs: 0,
-            status,
-            errors: vec![error],
-            duration_ms: 0.0,
-            batch: None,
-            batch_index: None,
-            attempts: 1,
-            warning: Vec::new(),
-            verbose: Vec::new(),
-            debug: Vec::new(),
-            information: Vec::new(),
-            progress: Vec::new(),
+        let mut item = ItemResult::new(index, input, status);
+        item.streams_mut().error.push(error);
+        item
+    }
+
+    /// `write_error` records, then the terminating error if there was one.
+    pub fn errors(&self) -> &[String] {
+        &self.streams().error
+    }
+
+    /// The item's stream records: errors, warnings, verbose, debug,
+    /// information and progress.
+    pub fn streams(&self) -> &Streams {
+        self.extra.as_ref().map_or(&NO_STREAMS, |extra| &extra.streams)
+    }
+
+    /// The item's stream records, to change.
+    pub fn streams_mut(&mut self) -> &mut Streams {
+        &mut self.extra.get_or_insert_with(Box::default).streams
+    }
+
+    /// Replaces the item's stream records.
+    pub fn set_streams(&mut self, streams: Streams) {
+        match &mut self.extra {
+            Some(extra) => extra.streams = streams,
+            None if streams.is_empty() => {}
+            None => self.extra = Some(Box::new(Extra { streams, batch: None })),
         }
+    }
+
+    /// The same, from an invocation's boxed records.
+    pub(crate) fn set_boxed_streams(&mut self, streams: Option<Box<Streams>>) {
+        if let Some(streams) = streams {
+            self.set_streams(*streams);
+        }
+    }
+
+    /// The batch the item ran in (batch mode only).
+    pub fn batch(&self) -> Option<u64> {
+        self.batch_position().map(|(batch, _)| batch)
+    }
+
+    /// The item's position within its batch (batch mode only).
+    pub fn batch_index(&self) -> Option<u64> {
+        self.batch_position().map(|(_, index)| index)
+    }
+
+    /// Places the item in batch `batch`, at position `index` within it.
+    pub fn set_batch(&mut self, batch: u64, index: u64) {
+        self.extra.get_or_insert_with(Box::default).batch = Some((batch, index));
+    }
+
+    fn batch_position(&self) -> Option<(u64, u64)> {
+        self.extra.as_ref().and_then(|extra| extra.batch)
     }
 }
 
@@ -271,8 +432,8 @@ impl Parallel {
     ///     .run((0..7).map(|n| json!(n)))
     ///     .collect();
     /// items.sort_by_key(|r| r.index);
-    /// assert_eq!((items[4].batch, items[4].batch_index), (Some(1), Some(1)));
-    /// assert_eq!(items[6].batch, Some(2));
+    /// assert_eq!((items[4].batch(), items[4].batch_index()), (Some(1), Some(1)));
+    /// assert_eq!(items[6].batch(), Some(2));
     /// ```
     pub fn batch_size(mut self, size: usize) -> Self {
         self.batch_size = Some(size.max(1));

@@ -166,7 +166,7 @@ impl Results {
         let Some(item) = self.current.front() else { return };
         self.handed += 1;
         self.tally.count(item.status, item.attempts);
-        if let Some(last) = item.progress.last() {
+        if let Some(last) = item.streams().progress.last() {
             self.tally.activity = Some(last.clone());
         }
         if let Some(halt) = self.halt {

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Input, ItemResult, RunShared};
 use crate::control::{StopReason, Switch};
-use crate::invocation_result::{abandoned_message, collapse, ran_for};
+use crate::invocation_result::{abandoned_message, ran_for};
 use crate::pool::{Lane, LocalFuture, Task, TaskSender};
 use crate::runspace::{Execution, Prepared};
 use crate::streams::Status;
@@ -135,8 +135,9 @@ impl Chunk {
             .enumerate()
             .map(|(position, (index, input))| {
                 let mut item = ItemResult::ended(index, input_value(input), Status::Failed, message.to_string());
-                item.batch = batch;
-                item.batch_index = batch.map(|_| self.position + position as u64);
+                if let Some(batch) = batch {
+                    item.set_batch(batch, self.position + position as u64);
+                }
                 item
             })
             .collect();
@@ -225,9 +226,8 @@ impl ChunkTask {
                 if let Input::Value(value) = input {
                     item.input = value;
                 }
-                if self.batch.is_some() {
-                    item.batch = self.batch;
-                    item.batch_index = Some(at);
+                if let Some(batch) = self.batch {
+                    item.set_batch(batch, at);
                 }
             }
             self.staging.push(item);
@@ -280,8 +280,9 @@ impl Held for ChunkTask {
             let input = unsafe { (*current.input).clone() };
             let mut item = ItemResult::ended(current.index, input_value(input), status, abandoned_message(reason));
             item.duration_ms = ran_for(deadline, self.run.timeout).as_secs_f64() * 1e3;
-            item.batch = self.batch;
-            item.batch_index = self.batch.map(|_| current.position);
+            if let Some(batch) = self.batch {
+                item.set_batch(batch, current.position);
+            }
             let seq = self.staging.skip_one();
             deliveries.push(Delivery { first_seq: seq, items: vec![item] });
         }
@@ -573,23 +574,13 @@ async fn run_item(
         }
         // The caller moves the input in: it stays where the watchdog can
         // read it until then.
-        return ItemResult {
-            index,
-            input: Value::Null,
-            outputs: u32::try_from(output.len()).unwrap_or(u32::MAX),
-            result: collapse(output),
-            status,
-            errors: streams.error,
-            duration_ms: (duration.as_micros() as f64) / 1e3,
-            batch: None,
-            batch_index: None,
-            attempts,
-            warning: streams.warning,
-            verbose: streams.verbose,
-            debug: streams.debug,
-            information: streams.information,
-            progress: streams.progress,
-        };
+        let mut item = ItemResult::new(index, Value::Null, status);
+        item.outputs = u32::try_from(output.len()).unwrap_or(u32::MAX);
+        item.result = output.into_value();
+        item.duration_ms = (duration.as_micros() as f64) / 1e3;
+        item.attempts = attempts;
+        item.set_boxed_streams(streams);
+        return item;
     }
 }
 

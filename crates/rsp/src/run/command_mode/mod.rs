@@ -302,7 +302,7 @@ impl CommandMode {
             write_tagged(&mut err, &output_bytes(&item.result, "stderr"), tag.as_deref())?;
         }
         if !item.status.is_success() {
-            if let Some(error) = item.errors.last() {
+            if let Some(error) = item.errors().last() {
                 writeln!(err, "rsp: item {} ({}): {error}", item.index, command_text(&item.result))?;
             }
         }
