@@ -193,7 +193,7 @@ fn from_lua_depth(value: &LuaValue, depth: usize, left: &mut usize) -> Result<Va
     })
 }
 
-fn float_to_json(f: f64) -> Value {
+pub(crate) fn float_to_json(f: f64) -> Value {
     if f.is_finite() {
         if f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64 {
             Value::Number((f as i64).into())

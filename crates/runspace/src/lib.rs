@@ -26,6 +26,7 @@ mod host;
 pub mod inputs;
 mod invocation;
 mod invocation_result;
+mod item_thread;
 pub mod joblog;
 mod jobs;
 pub mod json;

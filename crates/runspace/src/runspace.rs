@@ -2,7 +2,6 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
-use std::ffi::c_int;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
 use mlua::thread::AsyncThread;
-use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, RegistryKey, StdLib, Table, Thread, Value as LuaValue};
+use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason, Switch};
@@ -20,6 +19,7 @@ use crate::convert::{scalar, to_lua, Scalar};
 use crate::error::{Error, Result};
 use crate::host::{self, output_limit_message, Capture, HostContext};
 use crate::invocation_result::{InvocationResult, Output};
+use crate::item_thread::{Bound, ItemContext, Names, Resumed, Returned};
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::stdlib;
@@ -114,125 +114,6 @@ pub struct Runspace {
     names: Names,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
-}
-
-/// Where one item runs: a Luau thread and the item's own global table.
-///
-/// Running in a thread, not a call from C on the main thread, is what makes
-/// an item Luau code like any other: `coroutine.isyieldable()` is true,
-/// `pcall` recurses as deep as Luau allows (~10,000 levels) instead of
-/// nesting on the C stack (~200), and a host call that waits can yield it.
-struct ItemContext {
-    thread: Thread,
-    /// `thread`'s own state, to read its status without a round trip
-    /// through mlua (which looks at its call frames too).
-    state: *mut ffi::lua_State,
-    /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
-    /// here, reads fall through to the shared globals.
-    env: Table,
-    /// `env` in the registry, so [`ItemContext::begin`] pushes it with one
-    /// call instead of a trip through mlua.
-    env_key: RegistryKey,
-    /// The last script run here, bound to `env`.
-    bound: Option<Bound>,
-}
-
-/// A script's closure bound to an item's globals.
-struct Bound {
-    /// The script's id.
-    script: u64,
-    closure: Function,
-    /// `closure` in the registry, for [`ItemContext::begin`].
-    key: RegistryKey,
-}
-
-impl ItemContext {
-    /// Whether the thread can start a new function: it is not suspended
-    /// and not in an error (then, outside a resume, it has no call frames).
-    fn fresh(&self) -> bool {
-        // SAFETY: as in `yielded`.
-        unsafe { ffi::lua_status(self.state) == ffi::LUA_OK }
-    }
-
-    /// Sets the thread up to run the registry's function `closure`: its
-    /// stack becomes `[closure, arg]` (or `[closure]`), and the item's
-    /// table gets `_G` (itself) and `_` (`arg`).
-    ///
-    /// Done with the C API on the thread itself because this runs once per
-    /// item: through mlua (`Table::raw_set`, `Thread::reset`) the same
-    /// steps cost a trivial item about a fifth of its time, mostly in
-    /// copies of references between the VM's stacks.
-    ///
-    /// # Safety
-    ///
-    /// Nothing here may raise a Luau error: it would unwind through Rust
-    /// frames. So the thread must be [`fresh`](Self::fresh), `closure` must
-    /// be a function's registry slot, the VM must have no memory limit (an
-    /// allocation then cannot fail: mlua aborts instead), and `arg` text
-    /// must be short (see [`Runspace::raw_arg`]).
-    unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>, names: &Names) {
-        let state = self.state;
-        let slot = |key: &RegistryKey| key.id() as ffi::lua_Integer;
-        // SAFETY (of every call below): `state` is this context's thread,
-        // alive while the context is, and the runspace's thread is the only
-        // one that touches the VM. A fresh thread has at least LUA_MINSTACK
-        // free slots, and at most five values are pushed. The rawgets read
-        // registry slots, which never raises. The keys "_G" and "_" are
-        // pushed from the registry, already interned, so setting them
-        // hashes no text. `lua_rawset` raises only on a read-only table, and
-        // the item's table cannot be frozen: its metatable is protected,
-        // which `table.freeze` refuses. It may have to grow the table (an
-        // item can shrink it: `_G[1] = 0` after emptying it rehashes it
-        // smaller), and pushing text allocates, but without a memory limit
-        // an allocation cannot fail, and text under RAW_TEXT_MAX is far
-        // from Luau's 1 GiB cap, so neither raises. A GC step these
-        // allocations may run reaches the interrupt only as a collector
-        // step, which never raises.
-        unsafe {
-            ffi::lua_settop(state, 0);
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&self.env_key)); // env
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.g)); // env "_G"
-            ffi::lua_pushvalue(state, 1); // env "_G" env
-            ffi::lua_rawset(state, 1); // env
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer); // env f
-            if let Some(arg) = arg {
-                match arg {
-                    Scalar::Nil => ffi::lua_pushnil(state),
-                    Scalar::Boolean(b) => ffi::lua_pushboolean(state, c_int::from(*b)),
-                    Scalar::Number(n) => ffi::lua_pushnumber(state, *n),
-                    Scalar::Text(text) => {
-                        ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
-                    }
-                } // env f a
-                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.underscore)); // env f a "_"
-                ffi::lua_pushvalue(state, 3); // env f a "_" a
-                ffi::lua_rawset(state, 1); // env f a
-            }
-            ffi::lua_remove(state, 1); // f [a]
-        }
-    }
-
-    /// Whether the thread is suspended in a `coroutine.yield`.
-    fn yielded(&self) -> bool {
-        // SAFETY: `state` is the state of `thread`, which this context
-        // keeps alive, and Luau never moves collectable objects; the
-        // runspace's thread is the only one that touches its VM, and
-        // `lua_status` only reads the state's status.
-        unsafe { ffi::lua_status(self.state) == ffi::LUA_YIELD }
-    }
-
-    /// Whether the thread ran its function to the end (nothing is left
-    /// on its stack to let go of).
-    fn finished(&self) -> bool {
-        // SAFETY: as in `yielded`; `lua_gettop` only reads the stack bounds.
-        unsafe { ffi::lua_status(self.state) == ffi::LUA_OK && ffi::lua_gettop(self.state) == 0 }
-    }
-}
-
-/// The names every item's table is given, as registry slots.
-struct Names {
-    underscore: RegistryKey,
-    g: RegistryKey,
 }
 
 /// An item's positional arguments, as Luau values.
@@ -454,7 +335,7 @@ impl Runspace {
         &self,
         e: &Execution<'_>,
         context: Option<ItemContext>,
-        outcome: mlua::Result<MultiValue>,
+        outcome: mlua::Result<Returned>,
         capture: Capture,
     ) -> InvocationResult {
         self.control.dismiss(e.generation);
@@ -483,7 +364,7 @@ impl Runspace {
         args: Args,
         e: &Execution<'_>,
         capture: &mut Capture,
-    ) -> mlua::Result<MultiValue> {
+    ) -> mlua::Result<Returned> {
         let thread = &context.thread;
         if self.waiting_script.get() == e.script.id {
             let waiting = match args {
@@ -495,23 +376,26 @@ impl Runspace {
             if !waited {
                 self.waiting_script.set(0);
             }
-            return outcome;
+            return outcome.map(Returned::Values);
         }
-        let values = self.as_item(e, thread, capture, || match args {
-            Args::None => thread.resume::<MultiValue>(()),
-            Args::One(value) => thread.resume::<MultiValue>(value),
-            Args::Many(values) => thread.resume::<MultiValue>(values),
+        let resumed = self.as_item(e, thread, capture, || match args {
+            // SAFETY: `start` left the thread fresh with the closure and
+            // its arguments on its stack, and this is the runspace's thread.
+            Args::None => unsafe { context.resume(&self.lua) },
+            Args::One(value) => thread.resume::<MultiValue>(value).map(|v| Resumed::from_values(v, context.yielded())),
+            Args::Many(values) => {
+                thread.resume::<MultiValue>(values).map(|v| Resumed::from_values(v, context.yielded()))
+            }
         })?;
-        let pending = matches!(values.front(), Some(LuaValue::LightUserData(ud)) if *ud == Lua::poll_pending());
-        if !(pending && values.len() == 1) {
-            return match context.yielded() {
-                true => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
-                false => Ok(values),
-            };
+        match resumed {
+            Resumed::Finished(returned) => Ok(returned),
+            Resumed::Yielded { pending: false } => Err(mlua::Error::runtime(TOP_LEVEL_YIELD)),
+            Resumed::Yielded { pending: true } => {
+                self.waiting_script.set(e.script.id);
+                let waiting = thread.clone().into_async::<MultiValue>(())?;
+                self.poll(context, waiting, e, capture).await.0.map(Returned::Values)
+            }
         }
-        self.waiting_script.set(e.script.id);
-        let waiting = thread.clone().into_async::<MultiValue>(())?;
-        self.poll(context, waiting, e, capture).await.0
     }
 
     /// Polls the item's thread to its end under the event loop; also says
@@ -660,14 +544,15 @@ impl Runspace {
 
     fn finish(
         &self,
-        outcome: mlua::Result<MultiValue>,
+        outcome: mlua::Result<Returned>,
         capture: Capture,
         stop: Option<StopReason>,
         elapsed: Duration,
     ) -> InvocationResult {
         let mut capture = capture;
         let failure = match outcome {
-            Ok(values) => values.iter().try_for_each(|v| capture.emit(v, self.max_output)),
+            Ok(Returned::One(value)) => capture.emit_json(value, self.max_output),
+            Ok(Returned::Values(values)) => values.iter().try_for_each(|v| capture.emit(v, self.max_output)),
             Err(e) => Err(e),
         };
         let exceeded = capture.exceeded;

@@ -115,6 +115,98 @@ fn items_never_see_each_others_globals() {
 /// through mlua (a table, or text under a memory limit) must look the same,
 /// and an item that tampers with its globals must not disturb the next
 /// item's set-up, in the same VM.
+/// An item started with one plain argument (or none) is resumed straight
+/// through Luau's C API, and its single nil, boolean or number result read
+/// off its stack; with two arguments it goes through mlua. Every way an
+/// item can end must come out the same both ways.
+#[test]
+fn items_end_alike_whichever_way_their_thread_is_resumed() {
+    let endings = [
+        "return",
+        "return nil",
+        "return true",
+        "return false",
+        "return _ * 3",
+        "return 0.1 + 0.2",
+        "return -0.0",
+        "return 2^53 + 2",
+        "return -2^63",
+        "return 0/0",
+        "return math.huge",
+        "return -math.huge",
+        "return 'text'",
+        "return '\\255 not utf-8'",
+        "return 1, 2",
+        "return nil, nil",
+        "return {1, 2, x = 3}",
+        "return print",
+        "return vector.create(1, 2, 3)",
+        "return buffer.fromstring('ab')",
+        "emit(1) return 2",
+        "emit(nil) return nil",
+        "write_error('soft') return 1",
+        "write_warning('w') return true",
+        "error('boom')",
+        "error('boom', 0)",
+        "error({code = 7})",
+        "error(setmetatable({}, {__tostring = function() return 'described' end}))",
+        "error(setmetatable({}, {__tostring = function() error('worse') end}))",
+        "error(nil)",
+        "error(42)",
+        "local t = {} t.x.y = 1",
+        "sleep('soon')",
+        "sleep(-1) return 'slept'",
+        "sleep(0.001) return 5",
+        "coroutine.yield(1)",
+        "coroutine.yield()",
+        "return coroutine.wrap(function() coroutine.yield(4) end)()",
+        "local function f() return f() + 1 end return f()",
+        "return string.rep('x', 100)",
+    ];
+    // A table's text names its address, which differs from item to item.
+    let unaddressed = |text: &str| {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("0x") {
+            out.push_str(&rest[..at + 2]);
+            rest = rest[at + 2..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+        }
+        out + rest
+    };
+    let ended = |r: &runspace::InvocationResult| {
+        let mut streams = r.streams().clone();
+        streams.error = streams.error.iter().map(|e| unaddressed(e)).collect();
+        (r.status(), r.output().to_vec(), r.error().map(unaddressed), streams)
+    };
+    let mut rs = Runspace::open(&SessionState::new()).unwrap();
+    for code in endings {
+        let code = format!("local _ignored = ... {code}");
+        let script = script(&code);
+        // Twice each, so a context left behind by either way is reused.
+        for _ in 0..2 {
+            let raw = rs.invoke(&script, &[json!(2)], &[]);
+            let none = rs.invoke(&script.clone(), &[], &[]);
+            let through_mlua = rs.invoke(&script, &[json!(2), json!("second")], &[]);
+            assert_eq!(ended(&raw), ended(&through_mlua), "{code}");
+            // Without an argument `_` is nil: only the endings that read it differ.
+            if !code.contains("_ * 3") {
+                assert_eq!(ended(&none), ended(&through_mlua), "{code} (no argument)");
+            }
+        }
+    }
+    // Under a memory limit only an item with no argument is resumed raw;
+    // a memory bomb must end the same both ways there too.
+    let session = SessionState::new().memory_limit(16 << 20);
+    let mut rs = Runspace::open(&session).unwrap();
+    let bomb = script("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end");
+    let raw = rs.invoke(&bomb, &[], &[]);
+    let through_mlua = rs.invoke(&bomb, &[json!(1), json!(2)], &[]);
+    assert_eq!(raw.status(), Status::Failed);
+    assert_eq!(ended(&raw), ended(&through_mlua));
+    assert!(raw.error().unwrap().contains("memory limit"), "{:?}", raw.error());
+    assert_eq!(rs.invoke(&script("return 1"), &[], &[]).output(), &[json!(1)]);
+}
+
 #[test]
 fn every_argument_arrives_as_itself_after_items_that_tamper_with_their_globals() {
     let inputs = vec![

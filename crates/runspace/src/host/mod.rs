@@ -69,6 +69,19 @@ impl Capture {
         Ok(())
     }
 
+    /// Adds an output value that is already JSON (a scalar, as
+    /// [`emit`](Self::emit) would have made it), counted as `emit` counts it.
+    pub(crate) fn emit_json(&mut self, value: Value, limit: usize) -> mlua::Result<()> {
+        // `emit`'s conversion charges a scalar 8 bytes against the limit
+        // before the capture counts it.
+        if limit < 8 {
+            return Err(mlua::Error::runtime(output_limit_message(limit)));
+        }
+        self.charge(value_size(&value), limit)?;
+        self.output.push(value);
+        Ok(())
+    }
+
     pub(crate) fn take(&mut self) -> (Output, Option<Box<Streams>>) {
         (std::mem::take(&mut self.output), self.streams.take())
     }
