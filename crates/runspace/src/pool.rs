@@ -6,6 +6,7 @@
 //! and the task runs its items there, each a Luau thread of its own. Items
 //! that wait yield, so `throttle` items in flight cost `threads` OS threads.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
@@ -28,7 +29,7 @@ pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 /// Work the pool runs: one invocation, a chunk of a parallel run, what an
 /// abandoned worker left. The pool only starts, fails or skips it.
-pub(crate) trait Task: Send + 'static {
+pub(crate) trait Task: IntoAny + Send + 'static {
     /// Runs the task on `lane`, beside the runspace's other lanes.
     fn run(self: Box<Self>, lane: Lane) -> LocalFuture;
     /// The worker could not open its runspace: ends every item with `message`.
@@ -38,6 +39,18 @@ pub(crate) trait Task: Send + 'static {
     /// Called on a fresh worker before its runspace opens (what an
     /// abandoned worker left delivers the results it had).
     fn prepare(&mut self) {}
+}
+
+/// A task given back whole (the queue was full): its maker takes it back
+/// as the type it made.
+pub(crate) trait IntoAny {
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Any> IntoAny for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 /// What a task runs on: the worker's runspace, the worker's slot (where
@@ -279,6 +292,18 @@ impl TaskSender {
     /// pool is closed.
     pub(crate) fn send(&self, task: Box<dyn Task>) -> bool {
         self.queue(Queued { task, counted: false })
+    }
+
+    /// Queues `task` from a worker, which must never wait for room (the
+    /// workers are what makes room): the task comes back when there is none.
+    pub(crate) fn try_send(&self, task: Box<dyn Task>) -> std::result::Result<(), Box<dyn Task>> {
+        match self.queue.try_send(Queued { task, counted: false }) {
+            Ok(()) => {
+                self.queued.notify_waiters();
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner().task),
+        }
     }
 
     fn queue(&self, queued: Queued) -> bool {

@@ -40,6 +40,36 @@ fn ten_thousand_sleeping_items_share_two_runspaces_and_never_see_each_other() {
     assert_eq!(pool.open_runspaces(), 2);
 }
 
+/// The throttle counts items that run. Quick items first make the feeder
+/// send chunks of dozens; when the items after them wait, each chunk's
+/// rest must go to lanes of its own, not wait one by one behind its first.
+#[test]
+fn items_that_wait_after_quick_ones_all_wait_at_once() {
+    let pool = RunspacePool::builder().threads(1).throttle(200).open().unwrap();
+    let script = Script::new("if _ <= 100 then return _ end sleep(1) return _").unwrap();
+    // The quick items are measured before the waiting ones are read.
+    let inputs = (1..=300).map(|n| {
+        if n == 101 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        json!(n)
+    });
+    for ordered in [false, true] {
+        let started = Instant::now();
+        let results: Vec<_> = pool.parallel(&script).ordered(ordered).run(inputs.clone()).collect();
+        let took = started.elapsed();
+        let indices: HashSet<u64> = results.iter().map(|r| r.index).collect();
+        assert_eq!((results.len(), indices.len()), (300, 300));
+        assert!(results.iter().all(|r| r.status == Status::Completed && r.result == r.input));
+        if ordered {
+            assert!(results.iter().enumerate().all(|(i, r)| r.index == i as u64), "out of order");
+        }
+        // 200 sleepers at throttle 200: one second of waiting, all at once.
+        // Queued in chunks behind each other, it took over three minutes.
+        assert!(took < Duration::from_secs(10), "ordered {ordered}: took {took:?}");
+    }
+}
+
 #[test]
 fn a_timeout_and_a_stop_hit_only_their_own_item_while_its_neighbours_run_on() {
     let pool = RunspacePool::builder().threads(1).throttle(20).open().unwrap();

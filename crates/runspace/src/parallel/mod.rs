@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::pool::RunspacePool;
+use crate::pool::{RunspacePool, TaskSender};
 use crate::script::Script;
 use crate::session::check_name;
 use crate::streams::{ProgressRecord, Status, Streams, NO_STREAMS};
@@ -578,6 +578,7 @@ impl Parallel {
             counters: Arc::new(Counters::default()),
             staging: Mutex::new(Vec::new()),
             room: tokio::sync::Notify::new(),
+            tasks: self.pool.sender(),
             window: Window {
                 limit: if self.ordered { window as u64 } else { u64::MAX },
                 emitted: Mutex::new(0),
@@ -656,4 +657,7 @@ pub(crate) struct RunShared {
     /// Told once per delivery the caller takes from the results channel:
     /// wakes one lane whose results wait for room in it.
     room: tokio::sync::Notify,
+    /// Where a lane hands the rest of its chunk when its item waits (see
+    /// `worker::hand_off_rest`); `None` when the pool was already closed.
+    tasks: Option<TaskSender>,
 }

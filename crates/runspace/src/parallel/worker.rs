@@ -3,6 +3,7 @@
 //! chunk on one lane of a runspace, retrying failed items when asked.
 
 use std::any::Any;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -243,6 +244,28 @@ impl ChunkTask {
         true
     }
 
+    /// The items not started yet, as a chunk of their own: the running item
+    /// waits, and they must not wait behind it. `None` in a batch (its
+    /// items run in order on one runspace) or when there are none.
+    fn split_off(&mut self) -> Option<Chunk> {
+        if self.batch.is_some() || self.rest.is_empty() || self.current.is_none() {
+            return None;
+        }
+        let mut items = std::mem::take(&mut self.rest);
+        items.reverse();
+        // The running item takes the next sequence number; the rest follow.
+        let first_seq = self.staging.next_seq() + 1;
+        let (run, results) = (self.run.clone(), self.results.clone());
+        Some(Chunk { run, results, first_seq, batch: None, position: self.position, items })
+    }
+
+    /// Takes back what [`split_off`](Self::split_off) made, unrun.
+    fn take_back(&mut self, chunk: Chunk) {
+        let mut items = chunk.items;
+        items.reverse();
+        self.rest = items;
+    }
+
     /// Stops staging the chunk; returns what was not delivered yet.
     fn unstage(&mut self) -> Vec<Delivery> {
         self.run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, &self.staging));
@@ -396,7 +419,7 @@ fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
 }
 
 /// Runs the items of a chunk set up by [`run_chunk`], one after another.
-async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, total: usize) {
+async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, mut total: usize) {
     let started = Instant::now();
     let mut last_flush = started;
     // When the last item ended, which is when the next one starts: items
@@ -440,7 +463,11 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
         let item = {
             let Some((index, _, input)) = &running else { break };
             match input {
-                Input::Value(value) => run_item(&lane, &prepared, &run, *index, value, &mut spare, &mut clock).await,
+                Input::Value(value) => {
+                    let item = run_item(&lane, &prepared, &run, *index, value, &mut spare, &mut clock);
+                    let split = total > 1;
+                    noting_wait(item, split, || total -= hand_off_rest(&lane, &run)).await
+                }
                 Input::Invalid { text, error } => ItemResult::ended(
                     *index,
                     Value::String(text.clone()),
@@ -461,6 +488,47 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
     // The held task keeps the chunk's only results sender: dropping it
     // closes the caller's channel once nothing else holds it.
     drop(lane.slot.release(lane.id));
+}
+
+/// Runs `item` to its end; when `watch` is set, `on_wait` runs the first
+/// time it waits.
+async fn noting_wait<F: Future>(item: F, watch: bool, on_wait: impl FnOnce()) -> F::Output {
+    let mut item = std::pin::pin!(item);
+    let mut on_wait = watch.then_some(on_wait);
+    std::future::poll_fn(|cx| {
+        let polled = item.as_mut().poll(cx);
+        if polled.is_pending() {
+            if let Some(on_wait) = on_wait.take() {
+                on_wait();
+            }
+        }
+        polled
+    })
+    .await
+}
+
+/// The lane's item waits: the items of its chunk not started yet go back to
+/// the pool as a chunk of their own, for a free lane to run, so the
+/// throttle counts items that run, not items queued behind one that
+/// waits. (Chunks are sized by the cost of the items measured so far: a
+/// run whose first items are quick and whose later ones wait would
+/// otherwise run a few lanes of items one after another.) Returns how many
+/// items went; none when the queue is full (the lane runs them itself).
+fn hand_off_rest(lane: &Lane, run: &RunShared) -> usize {
+    let Some(tasks) = &run.tasks else { return 0 };
+    let Some(Some(chunk)) = lane.slot.with(lane.id, ChunkTask::split_off) else { return 0 };
+    let count = chunk.items.len();
+    match tasks.try_send(Box::new(chunk)) {
+        Ok(()) => count,
+        Err(back) => {
+            if let Ok(chunk) = back.into_any().downcast::<Chunk>() {
+                // Between polls no item of this worker runs in the VM, so
+                // the watchdog cannot have taken the lane meanwhile.
+                lane.slot.with(lane.id, |task: &mut ChunkTask| task.take_back(*chunk));
+            }
+            0
+        }
+    }
 }
 
 /// Hands `delivery` to the caller; false if the watchdog took the chunk
