@@ -249,6 +249,7 @@ impl Pending {
                     switch: &switch,
                     abort: None,
                     started: Instant::now(),
+                    on_wait: None,
                 })
                 .await
             }

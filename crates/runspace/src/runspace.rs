@@ -151,6 +151,9 @@ pub(crate) struct Execution<'a> {
     /// running items one after another passes the end of the last one,
     /// which spares a look at the clock per item.
     pub(crate) started: Instant,
+    /// Called the first time the item waits in a host call (a parallel
+    /// run hands the rest of the item's chunk to other lanes then).
+    pub(crate) on_wait: Option<&'a dyn Fn()>,
 }
 
 impl Runspace {
@@ -261,6 +264,7 @@ impl Runspace {
             switch: &switch,
             abort: None,
             started: Instant::now(),
+            on_wait: None,
         };
         let result = runtime.block_on(self.execute(&execution));
         // One item at a time here: nothing to wait for before collecting.
@@ -412,7 +416,12 @@ impl Runspace {
             let polled = self.as_item(e, &context.thread, capture, || Pin::new(&mut thread).poll_next(cx));
             match polled {
                 Poll::Pending => {
-                    waited = true;
+                    if !waited {
+                        waited = true;
+                        if let Some(on_wait) = e.on_wait {
+                            on_wait();
+                        }
+                    }
                     Poll::Pending
                 }
                 Poll::Ready(None) => Poll::Ready(Err(mlua::Error::runtime(TOP_LEVEL_YIELD))),

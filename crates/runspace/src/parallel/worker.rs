@@ -3,7 +3,7 @@
 //! chunk on one lane of a runspace, retrying failed items when asked.
 
 use std::any::Any;
-use std::future::Future;
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -419,7 +419,9 @@ fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
 }
 
 /// Runs the items of a chunk set up by [`run_chunk`], one after another.
-async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, mut total: usize) {
+async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, total: usize) {
+    // Fewer once the rest of the chunk went to other lanes.
+    let total = Cell::new(total);
     let started = Instant::now();
     let mut last_flush = started;
     // When the last item ended, which is when the next one starts: items
@@ -443,7 +445,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
             Some(false) => break,
             Some(true) => {}
         }
-        if total > 1 && ran > 0 {
+        if total.get() > 1 && ran > 0 {
             let due = ran_since_flush >= FLUSH_EVERY
                 || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
             if due {
@@ -464,9 +466,9 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
             let Some((index, _, input)) = &running else { break };
             match input {
                 Input::Value(value) => {
-                    let item = run_item(&lane, &prepared, &run, *index, value, &mut spare, &mut clock);
-                    let split = total > 1;
-                    noting_wait(item, split, || total -= hand_off_rest(&lane, &run)).await
+                    let hand_off = || total.set(total.get() - hand_off_rest(&lane, &run));
+                    let on_wait = (total.get() > 1).then_some(&hand_off as &dyn Fn());
+                    run_item(&lane, &prepared, &run, (*index, value), &mut spare, &mut clock, on_wait).await
                 }
                 Input::Invalid { text, error } => ItemResult::ended(
                     *index,
@@ -480,7 +482,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
         ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
         finished = Some(item);
     }
-    if let Some(delivery) = finish_chunk(&run, &staging, total, ran, started.elapsed()) {
+    if let Some(delivery) = finish_chunk(&run, &staging, total.get(), ran, started.elapsed()) {
         if !deliver(&lane, &run, delivery).await {
             return;
         }
@@ -488,23 +490,6 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
     // The held task keeps the chunk's only results sender: dropping it
     // closes the caller's channel once nothing else holds it.
     drop(lane.slot.release(lane.id));
-}
-
-/// Runs `item` to its end; when `watch` is set, `on_wait` runs the first
-/// time it waits.
-async fn noting_wait<F: Future>(item: F, watch: bool, on_wait: impl FnOnce()) -> F::Output {
-    let mut item = std::pin::pin!(item);
-    let mut on_wait = watch.then_some(on_wait);
-    std::future::poll_fn(|cx| {
-        let polled = item.as_mut().poll(cx);
-        if polled.is_pending() {
-            if let Some(on_wait) = on_wait.take() {
-                on_wait();
-            }
-        }
-        polled
-    })
-    .await
 }
 
 /// The lane's item waits: the items of its chunk not started yet go back to
@@ -600,10 +585,10 @@ async fn run_item(
     lane: &Lane,
     script: &Prepared,
     run: &RunShared,
-    index: u64,
-    value: &Value,
+    (index, value): (u64, &Value),
     spare: &mut Option<Arc<Switch>>,
     clock: &mut Instant,
+    on_wait: Option<&dyn Fn()>,
 ) -> ItemResult {
     let runspace = &lane.runspace;
     let mut attempts = 1u32;
@@ -621,6 +606,7 @@ async fn run_item(
                 switch: &switch,
                 abort: Some(&run.aborted),
                 started: *clock,
+                on_wait,
             })
             .await;
         *clock += r.duration();
@@ -633,6 +619,11 @@ async fn run_item(
             _ => None,
         };
         if let Some(delay) = retry {
+            // Waiting to try again is waiting too (handing the rest on is
+            // done once: after that there is no rest).
+            if let Some(on_wait) = on_wait {
+                on_wait();
+            }
             let again = back_off(run, delay).await;
             *clock = Instant::now();
             if again {
