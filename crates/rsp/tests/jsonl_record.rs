@@ -37,3 +37,27 @@ fn every_record_is_exactly_what_serde_json_writes() {
     }
     assert!(checked >= 83, "only {checked} records");
 }
+
+/// Records through a pipe: rsp widens it to 1 MiB, so that at millions of
+/// records a second writer and reader do not take turns every 64 KiB.
+#[test]
+fn a_pipe_on_stdout_is_widened() {
+    use std::os::fd::AsRawFd;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rsp"))
+        .args(["run", "-e", "sleep(0.3) return _", "--range", "1..1", "--format", "jsonl"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    // The pipe is one pipe: its size reads the same from either end.
+    // SAFETY: F_GETPIPE_SZ only reads the size of the pipe `out` owns.
+    let size = || unsafe { libc::fcntl(out.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() < 1 << 20 && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let widened = size();
+    child.wait().unwrap();
+    assert_eq!(widened, 1 << 20);
+}

@@ -97,6 +97,7 @@ pub fn run(args: RunArgs) -> Result<u8, CliError> {
     let mut results = parallel.run_indexed(journal.feed);
     let interrupts = interrupt::install_ctrl_c(results.control());
 
+    drive::widen_stdout_pipe();
     let mut outputs = Outputs {
         // Not locked for the whole run: `--line-buffer` prints from the runspaces' threads.
         sink: Sink::new(printer(&args, &view), io::stdout(), None, results.control()),
