@@ -38,6 +38,7 @@ mod script;
 mod session;
 mod stdlib;
 mod streams;
+mod timer;
 pub mod units;
 mod watchdog;
 
