@@ -9,7 +9,6 @@
 //! through a thread-local pointer instead: a runspace is only ever driven by
 //! the thread that opened it.
 
-use crate::timer::Timer;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -129,7 +128,7 @@ impl Switch {
     /// it took two): every sleeping item holds this future.
     ///
     /// [`guard`]: Switch::guard
-    pub(crate) async fn sleep(&self, duration: Duration, timer: &Timer) -> Result<(), StopReason> {
+    pub(crate) async fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
         let stopped = self.wake.notified();
         tokio::pin!(stopped);
         // Registered before the check, so a stop between the two still wakes us.
@@ -144,7 +143,7 @@ impl Switch {
         tokio::select! {
             biased;
             _ = stopped => Err(self.reason().unwrap_or(StopReason::Stopped)),
-            _ = crate::timer::sleep_until(timer, until) => {
+            _ = tokio::time::sleep_until(until.into()) => {
                 if times_out {
                     self.stop(StopReason::TimedOut);
                     return Err(self.reason().unwrap_or(StopReason::TimedOut));
@@ -527,7 +526,7 @@ mod tests {
             s2.stop(StopReason::Stopped);
         });
         let start = Instant::now();
-        assert_eq!(block_on(s.sleep(Duration::from_secs(3600), &Timer::default())), Err(StopReason::Stopped));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::Stopped));
         assert!(start.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
     }
@@ -535,9 +534,9 @@ mod tests {
     #[test]
     fn sleep_honours_the_deadline() {
         let s = Switch::new(Some(Instant::now() + Duration::from_millis(10)));
-        assert_eq!(block_on(s.sleep(Duration::from_secs(3600), &Timer::default())), Err(StopReason::TimedOut));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::TimedOut));
         assert_eq!(s.reason(), Some(StopReason::TimedOut));
         let s = Switch::new(None);
-        assert_eq!(block_on(s.sleep(Duration::from_millis(1), &Timer::default())), Ok(()));
+        assert_eq!(block_on(s.sleep(Duration::from_millis(1))), Ok(()));
     }
 }

@@ -38,7 +38,6 @@ mod script;
 mod session;
 mod stdlib;
 mod streams;
-mod timer;
 pub mod units;
 mod watchdog;
 

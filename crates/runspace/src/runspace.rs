@@ -186,7 +186,6 @@ impl Runspace {
             max_output: session.max_output_bytes(),
             surroundings: session.surroundings.clone(),
             live: session.live.clone(),
-            timer: Default::default(),
         };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 
