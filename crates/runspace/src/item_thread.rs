@@ -273,6 +273,27 @@ unsafe fn returned(lua: &Lua, state: *mut ffi::lua_State, count: c_int) -> mlua:
 ///
 /// As [`resume`], with the error object on top of the stack.
 unsafe fn error(lua: &Lua, state: *mut ffi::lua_State, status: c_int) -> mlua::Error {
+    if status == ffi::LUA_ERRMEM {
+        // SAFETY: a memory error's object is Luau's fixed message (checked
+        // to be text): reading text in place allocates nothing, which is
+        // what an exhausted heap needs, and popping it cannot raise.
+        let message = unsafe {
+            match ffi::lua_type(state, -1) {
+                ffi::LUA_TSTRING => {
+                    let mut len = 0;
+                    let text = ffi::lua_tolstring(state, -1, &mut len);
+                    let bytes = std::slice::from_raw_parts(text.cast::<u8>(), len);
+                    let message = String::from_utf8_lossy(bytes).into_owned();
+                    ffi::lua_settop(state, -2);
+                    Some(message)
+                }
+                _ => None,
+            }
+        };
+        if let Some(message) = message {
+            return mlua::Error::MemoryError(message);
+        }
+    }
     // SAFETY: as in `returned`: one value moved under a protected call.
     let value = unsafe { lua.exec_raw::<LuaValue>((), |main| ffi::lua_xmove(state, main, 1)) };
     let text = |s: LuaString| s.to_string_lossy();

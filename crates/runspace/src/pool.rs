@@ -59,6 +59,29 @@ pub(crate) struct Lane {
     pub(crate) runspace: Rc<Runspace>,
     pub(crate) slot: Arc<Slot>,
     pub(crate) id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Lane {
+    /// Queues `task` for another lane (the rest of a chunk whose item
+    /// waits). Never waits for room, since workers are what makes room:
+    /// the task comes back when the queue is full or the pool is closing.
+    pub(crate) fn hand_off(&self, task: Box<dyn Task>) -> std::result::Result<(), Box<dyn Task>> {
+        let shared = &self.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(task);
+        }
+        shared.requeue.try_send(task)?;
+        // The pool's close may have emptied the queue between the look and
+        // the send: empty it again, so nothing waits there for workers that
+        // are gone (the task's results sender would keep its caller waiting).
+        if shared.closing.load(Ordering::Acquire) {
+            while let Ok(queued) = shared.receiver.try_recv() {
+                queued.task.skip();
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Configures and opens a [`RunspacePool`].
@@ -150,6 +173,7 @@ impl PoolBuilder {
             throttle,
             lanes_per_worker: throttle.div_ceil(threads),
             receiver,
+            requeue: sender.clone(),
             queued_wake: sender.queued.clone(),
             closed,
             workers: Mutex::new(Vec::new()),
@@ -331,6 +355,10 @@ pub(crate) struct Shared {
     /// Tasks one worker runs at once.
     lanes_per_worker: usize,
     receiver: Receiver<Queued>,
+    /// Queues what lanes hand on (see [`Lane::hand_off`]). The queue's own
+    /// sender, held here and not by the runs: a queued task holds its run,
+    /// and a run holding the queue would keep both alive.
+    requeue: TaskSender,
     /// Notified whenever a task is queued.
     queued_wake: Arc<tokio::sync::Notify>,
     closed: Receiver<()>,
@@ -629,12 +657,13 @@ impl Worker {
         self.slot.hold(id, Box::new(Unstarted(Some(task))));
         let slot = self.slot.clone();
         let lanes = lanes.clone();
+        let shared = self.shared.clone();
         tokio::task::spawn_local(async move {
             // Taken back in one step under the slot's lock: either the lane
             // runs it or the watchdog handed it on, never both, never neither.
             let task = slot.release(id).and_then(|mut held| held.as_any().downcast_mut::<Unstarted>()?.0.take());
             if let Some(task) = task {
-                task.run(Lane { runspace, slot, id }).await;
+                task.run(Lane { runspace, slot, id, shared }).await;
             }
             lanes.running.set(lanes.running.get() - 1);
             lanes.ended.notify_one();

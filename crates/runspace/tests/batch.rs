@@ -249,3 +249,21 @@ fn run_indexed_keeps_given_indices_in_order() {
         .collect();
     assert_eq!(got, given.iter().map(|(i, _)| *i).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_record_with_a_batch_and_no_position_reads_back_as_it_was() {
+    for (batch, index) in [(Some(3), None), (None, Some(4)), (Some(5), Some(6)), (None, None)] {
+        let mut record = serde_json::json!({
+            "index": 1, "input": 1, "result": 2, "status": "Completed", "errors": [], "duration_ms": 0.5
+        });
+        if let Some(batch) = batch {
+            record["batch"] = batch.into();
+        }
+        if let Some(index) = index {
+            record["batch_index"] = index.into();
+        }
+        let item: runspace::ItemResult = serde_json::from_value(record.clone()).unwrap();
+        assert_eq!((item.batch(), item.batch_index()), (batch, index));
+        assert_eq!(serde_json::to_value(&item).unwrap(), record);
+    }
+}

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::Result;
-use crate::pool::{RunspacePool, TaskSender};
+use crate::pool::RunspacePool;
 use crate::script::Script;
 use crate::session::check_name;
 use crate::streams::{ProgressRecord, Status, Streams, NO_STREAMS};
@@ -112,8 +112,10 @@ pub struct ItemResult {
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Extra {
     streams: Streams,
-    /// The batch, and the item's position within it.
-    batch: Option<(u64, u64)>,
+    /// The batch, and the item's position within it (kept apart: a record
+    /// read from elsewhere may have one without the other).
+    batch: Option<u64>,
+    batch_index: Option<u64>,
 }
 
 impl PartialEq for ItemResult {
@@ -126,7 +128,8 @@ impl PartialEq for ItemResult {
             && self.duration_ms == other.duration_ms
             && self.attempts == other.attempts
             && self.streams() == other.streams()
-            && self.batch_position() == other.batch_position()
+            && self.batch() == other.batch()
+            && self.batch_index() == other.batch_index()
     }
 }
 
@@ -181,9 +184,9 @@ impl From<Record> for ItemResult {
             extra: None,
         };
         item.set_streams(streams);
-        // A batch index without its batch (or the reverse) is no batch.
-        if let (Some(batch), Some(index)) = (r.batch, r.batch_index) {
-            item.set_batch(batch, index);
+        if r.batch.is_some() || r.batch_index.is_some() {
+            let extra = item.extra.get_or_insert_with(Box::default);
+            (extra.batch, extra.batch_index) = (r.batch, r.batch_index);
         }
         item
     }
@@ -314,7 +317,7 @@ impl ItemResult {
         match &mut self.extra {
             Some(extra) => extra.streams = streams,
             None if streams.is_empty() => {}
-            None => self.extra = Some(Box::new(Extra { streams, batch: None })),
+            None => self.extra = Some(Box::new(Extra { streams, ..Extra::default() })),
         }
     }
 
@@ -327,21 +330,18 @@ impl ItemResult {
 
     /// The batch the item ran in (batch mode only).
     pub fn batch(&self) -> Option<u64> {
-        self.batch_position().map(|(batch, _)| batch)
+        self.extra.as_ref().and_then(|extra| extra.batch)
     }
 
     /// The item's position within its batch (batch mode only).
     pub fn batch_index(&self) -> Option<u64> {
-        self.batch_position().map(|(_, index)| index)
+        self.extra.as_ref().and_then(|extra| extra.batch_index)
     }
 
     /// Places the item in batch `batch`, at position `index` within it.
     pub fn set_batch(&mut self, batch: u64, index: u64) {
-        self.extra.get_or_insert_with(Box::default).batch = Some((batch, index));
-    }
-
-    fn batch_position(&self) -> Option<(u64, u64)> {
-        self.extra.as_ref().and_then(|extra| extra.batch)
+        let extra = self.extra.get_or_insert_with(Box::default);
+        (extra.batch, extra.batch_index) = (Some(batch), Some(index));
     }
 }
 
@@ -578,7 +578,6 @@ impl Parallel {
             counters: Arc::new(Counters::default()),
             staging: Mutex::new(Vec::new()),
             room: tokio::sync::Notify::new(),
-            tasks: self.pool.sender(),
             window: Window {
                 limit: if self.ordered { window as u64 } else { u64::MAX },
                 emitted: Mutex::new(0),
@@ -657,7 +656,4 @@ pub(crate) struct RunShared {
     /// Told once per delivery the caller takes from the results channel:
     /// wakes one lane whose results wait for room in it.
     room: tokio::sync::Notify,
-    /// Where a lane hands the rest of its chunk when its item waits (see
-    /// `worker::hand_off_rest`); `None` when the pool was already closed.
-    tasks: Option<TaskSender>,
 }

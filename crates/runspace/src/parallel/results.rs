@@ -38,6 +38,11 @@ impl RunControl {
         RunControl { pool, shared }
     }
 
+    #[cfg(test)]
+    pub(super) fn shared(&self) -> &Arc<RunShared> {
+        &self.shared
+    }
+
     /// Takes no new items; running ones finish (or time out) and are reported.
     pub fn drain(&self) {
         self.shared.cancelled.store(true, Ordering::Release);

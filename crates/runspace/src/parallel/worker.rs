@@ -67,6 +67,13 @@ impl Staging {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).1.push(item);
     }
 
+    /// Lets go of the room reserved for items that went to another chunk.
+    fn shrink(&self) {
+        let mut staged = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = staged.1.len() + 1;
+        staged.1.shrink_to(keep);
+    }
+
     /// Reserves the sequence number of the next item, which is delivered
     /// some other way (the watchdog ended it).
     fn skip_one(&self) -> u64 {
@@ -124,6 +131,10 @@ pub(crate) struct Chunk {
     /// a batch taken over from an abandoned worker).
     position: u64,
     items: Vec<(u64, Input)>,
+    /// Whether its staging reserves room for every item up front. Not for
+    /// the rest of a chunk whose item waits: those items are likely to wait
+    /// too, and each hand their own rest on in turn.
+    reserve: bool,
 }
 
 impl Chunk {
@@ -255,8 +266,9 @@ impl ChunkTask {
         items.reverse();
         // The running item takes the next sequence number; the rest follow.
         let first_seq = self.staging.next_seq() + 1;
+        self.staging.shrink();
         let (run, results) = (self.run.clone(), self.results.clone());
-        Some(Chunk { run, results, first_seq, batch: None, position: self.position, items })
+        Some(Chunk { run, results, first_seq, batch: None, position: self.position, items, reserve: false })
     }
 
     /// Takes back what [`split_off`](Self::split_off) made, unrun.
@@ -285,6 +297,7 @@ impl ChunkTask {
             batch,
             position,
             items: rest,
+            reserve: true,
         });
         Box::new(Takeover { results, deliveries, rest })
     }
@@ -395,9 +408,9 @@ fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
             return Box::pin(async {});
         }
     };
-    let Chunk { run, results, first_seq, batch, position, mut items } = chunk;
+    let Chunk { run, results, first_seq, batch, position, mut items, reserve } = chunk;
     let total = items.len();
-    let staging = Arc::new(Staging::new(first_seq, total));
+    let staging = Arc::new(Staging::new(first_seq, if reserve { total } else { 0 }));
     if total > 1 {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).push(staging.clone());
     }
@@ -420,6 +433,8 @@ fn run_chunk(lane: Lane, chunk: Chunk) -> LocalFuture {
 
 /// Runs the items of a chunk set up by [`run_chunk`], one after another.
 async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging: Arc<Staging>, total: usize) {
+    // Its staging is listed in the run's while it runs (see `run_chunk`).
+    let registered = total > 1;
     // Fewer once the rest of the chunk went to other lanes.
     let total = Cell::new(total);
     let started = Instant::now();
@@ -466,7 +481,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
             let Some((index, _, input)) = &running else { break };
             match input {
                 Input::Value(value) => {
-                    let hand_off = || total.set(total.get() - hand_off_rest(&lane, &run));
+                    let hand_off = || total.set(total.get() - hand_off_rest(&lane));
                     let on_wait = (total.get() > 1).then_some(&hand_off as &dyn Fn());
                     run_item(&lane, &prepared, &run, (*index, value), &mut spare, &mut clock, on_wait).await
                 }
@@ -482,7 +497,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
         ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
         finished = Some(item);
     }
-    if let Some(delivery) = finish_chunk(&run, &staging, total.get(), ran, started.elapsed()) {
+    if let Some(delivery) = finish_chunk(&run, &staging, (total.get(), registered), ran, started.elapsed()) {
         if !deliver(&lane, &run, delivery).await {
             return;
         }
@@ -499,11 +514,10 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
 /// run whose first items are quick and whose later ones wait would
 /// otherwise run a few lanes of items one after another.) Returns how many
 /// items went; none when the queue is full (the lane runs them itself).
-fn hand_off_rest(lane: &Lane, run: &RunShared) -> usize {
-    let Some(tasks) = &run.tasks else { return 0 };
+fn hand_off_rest(lane: &Lane) -> usize {
     let Some(Some(chunk)) = lane.slot.with(lane.id, ChunkTask::split_off) else { return 0 };
     let count = chunk.items.len();
-    match tasks.try_send(Box::new(chunk)) {
+    match lane.hand_off(Box::new(chunk)) {
         Ok(()) => count,
         Err(back) => {
             if let Ok(chunk) = back.into_any().downcast::<Chunk>() {
@@ -562,7 +576,14 @@ async fn deliver(lane: &Lane, run: &RunShared, delivery: Delivery) -> bool {
 
 /// Records the measured cost of an item, accounts for the items a chunk
 /// did not run and stops staging its results; returns the last of them.
-fn finish_chunk(run: &RunShared, staging: &Arc<Staging>, total: usize, ran: usize, took: Duration) -> Option<Delivery> {
+/// `registered`: whether the chunk's staging is listed in the run's.
+fn finish_chunk(
+    run: &RunShared,
+    staging: &Arc<Staging>,
+    (total, registered): (usize, bool),
+    ran: usize,
+    took: Duration,
+) -> Option<Delivery> {
     if ran > 0 {
         let per_item = took.as_nanos() as u64 / ran as u64;
         let old = run.item_ns.load(Ordering::Relaxed);
@@ -573,7 +594,7 @@ fn finish_chunk(run: &RunShared, staging: &Arc<Staging>, total: usize, ran: usiz
     if skipped > 0 {
         run.counters.in_memory.fetch_sub(skipped, Ordering::Relaxed);
     }
-    if total > 1 {
+    if registered {
         run.staging.lock().unwrap_or_else(|e| e.into_inner()).retain(|s| !Arc::ptr_eq(s, staging));
     }
     staging.take_last()
@@ -709,7 +730,15 @@ pub(super) fn feed<I, T>(
             counters.batches.store(batch_id, Ordering::Relaxed);
             batch_id - 1
         });
-        let chunk = Chunk { run: run.clone(), results: results.clone(), first_seq: seq, batch, position: 0, items };
+        let chunk = Chunk {
+            run: run.clone(),
+            results: results.clone(),
+            first_seq: seq,
+            batch,
+            position: 0,
+            items,
+            reserve: true,
+        };
         seq += n;
         if !sender.send(Box::new(chunk)) {
             break;
@@ -757,4 +786,32 @@ fn wait_for_room(run: &RunShared, upto: u64, size: u64) -> bool {
         emitted = window.room.wait_timeout(emitted, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::{RunspacePool, Script};
+
+    /// A chunk whose rest went to other lanes ends with one item of its
+    /// own: it must still leave the run's list of stagings (the caller
+    /// copies and locks every listed one every 20 ms).
+    #[test]
+    fn chunks_that_handed_their_rest_on_leave_no_staging_behind() {
+        let pool = RunspacePool::builder().threads(1).throttle(100).open().unwrap();
+        let script = Script::new("if _ <= 100 then return _ end sleep(0.2) return _").unwrap();
+        let inputs = (1..=300).map(|n| {
+            if n == 101 {
+                // The quick items are measured first: later chunks are large.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            json!(n)
+        });
+        let results = pool.parallel(&script).run(inputs);
+        let control = results.control();
+        assert_eq!(results.count(), 300);
+        let listed = control.shared().staging.lock().unwrap().len();
+        assert_eq!(listed, 0, "stagings of ended chunks still listed");
+    }
 }
