@@ -382,14 +382,15 @@ impl Runspace {
             }
             return outcome.map(Returned::Values);
         }
-        let resumed = self.as_item(e, thread, capture, || match args {
-            // SAFETY: `start` left the thread fresh with the closure and
-            // its arguments on its stack, and this is the runspace's thread.
-            Args::None => unsafe { context.resume(&self.lua) },
-            Args::One(value) => thread.resume::<MultiValue>(value).map(|v| Resumed::from_values(v, context.yielded())),
-            Args::Many(values) => {
-                thread.resume::<MultiValue>(values).map(|v| Resumed::from_values(v, context.yielded()))
-            }
+        let resumed = self.as_item(e, thread, capture, || {
+            let values = match args {
+                // SAFETY: `start` left the thread fresh with the closure and
+                // its arguments on its stack, and this is the runspace's thread.
+                Args::None => return unsafe { context.resume(&self.lua) },
+                Args::One(value) => thread.resume::<MultiValue>(value),
+                Args::Many(values) => thread.resume::<MultiValue>(values),
+            };
+            values.map(|v| Resumed::from_values(v, context.yielded()))
         })?;
         match resumed {
             Resumed::Finished(returned) => Ok(returned),

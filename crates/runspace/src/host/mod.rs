@@ -64,9 +64,7 @@ impl Capture {
     /// Adds an output value, converted and counted against `limit`.
     pub(crate) fn emit(&mut self, value: &LuaValue, limit: usize) -> mlua::Result<()> {
         let value = from_lua_within(value, limit, || output_limit_message(limit))?;
-        self.charge(value_size(&value), limit)?;
-        self.output.push(value);
-        Ok(())
+        self.keep(value, limit)
     }
 
     /// Adds an output value that is already JSON (a scalar, as
@@ -77,6 +75,10 @@ impl Capture {
         if limit < 8 {
             return Err(mlua::Error::runtime(output_limit_message(limit)));
         }
+        self.keep(value, limit)
+    }
+
+    fn keep(&mut self, value: Value, limit: usize) -> mlua::Result<()> {
         self.charge(value_size(&value), limit)?;
         self.output.push(value);
         Ok(())
