@@ -57,7 +57,8 @@ fn each_capability_is_refused_without_allow_and_granted_with_it() {
         assert_eq!(out.status.code(), Some(1), "{code}: {}", text(&out.stderr));
         let err = text(&out.stderr);
         assert!(
-            err.contains(&format!("'{capability}' capability")) && err.contains(&format!("--allow {capability}")),
+            err.contains(&format!("'{capability}' capability"))
+                && err.contains(&format!("(grant it with --allow {capability})")),
             "{err}"
         );
 
@@ -71,6 +72,24 @@ fn each_capability_is_refused_without_allow_and_granted_with_it() {
         }
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "new");
+}
+
+#[test]
+fn refusals_name_the_flag_that_fixes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    // A path outside the granted one, and a module the session lacks: the
+    // engine names what is missing, the command line says which flag adds it.
+    let out = run("return fs.read('/etc/hostname')", &["--allow", &format!("fs:{}", root.display())]);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("outside the paths granted to 'fs'") && err.contains("; grant it with --allow fs:DIR"),
+        "{err}"
+    );
+    let out = run("return require('helpers')", &[]);
+    let err = text(&out.stderr);
+    assert!(err.contains("module 'helpers' is not part of this session (add it with --module helpers.luau)"), "{err}");
+    assert!(!err.contains("SessionState"), "the library's own hint leaked to the command line: {err}");
 }
 
 #[test]

@@ -123,6 +123,31 @@ fn the_api_without_a_context_runs_in_root_with_no_environment() {
     }
 }
 
+#[test]
+fn a_jobs_refusals_name_the_field_of_the_job_that_fixes_them() {
+    let tmp = tempdir();
+    let server = Server::start(tmp.path(), &[]);
+    // One job with no session of its own (the server's default one), one
+    // with its own (it asks for a capability): both word the fix by the
+    // job's fields, not by a flag of `rsp run` or the library's API.
+    let cases = [
+        ("plain", json!({"name": "plain", "script": "return exec('true')"}), "(add \"exec\" to the job's allow list)"),
+        (
+            "module",
+            json!({"name": "module", "allow": ["env"], "script": "return require('helpers')"}),
+            "(add a module named \"helpers\" to the job's modules)",
+        ),
+    ];
+    for (name, body, hint) in cases {
+        assert_eq!(server.call("POST", "/v1/jobs", Some(&body)).0, 201);
+        finished(&server, name);
+        let (_, out) = server.call("GET", &format!("/v1/jobs/{name}/streams/error"), None);
+        let text = out.to_string();
+        assert!(text.contains(&hint.replace('"', "\\\"")), "{name}: {text}");
+        assert!(!text.contains("--allow") && !text.contains("SessionState"), "{name}: {text}");
+    }
+}
+
 /// Starts `rsp job NAME…` against `server` and returns what it printed.
 fn job(server: &Server, args: &[&str]) -> Output {
     rsp_with(args, |c| {

@@ -183,6 +183,8 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         // Items go to the store as they finish; memory must not grow with a job.
         .keep_items(false)
         .observer(observer(store.clone()))
+        // A job with no session of its own still words refusals by its fields.
+        .session(runspace::SessionState::new().remedies(crate::worker::session::job_remedies()))
         .build()
         .map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -8,12 +8,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::remedy::{Remedies, Remedy};
+
 /// One family of host functions a session can grant.
 ///
 /// ```
 /// use runspace::Capability;
 /// assert_eq!("fs-write".parse::<Capability>().unwrap(), Capability::FsWrite);
-/// assert_eq!(Capability::Net.flag(), "--allow net");
+/// assert_eq!(Capability::Net.to_string(), "net");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
@@ -56,11 +58,6 @@ impl Capability {
             Capability::Exec => "exec",
             Capability::Env => "env",
         }
-    }
-
-    /// The command-line flag that grants it, for error messages.
-    pub fn flag(self) -> String {
-        format!("--allow {}", self.name())
     }
 
     /// Whether the grant can be limited to paths (`fs:/var/log`).
@@ -168,14 +165,15 @@ impl Grants {
         self.granted.keys().copied()
     }
 
-    /// Fails with a message naming the capability and its flag when it is not granted.
-    pub fn require(&self, capability: Capability, what: &str) -> Result<(), String> {
+    /// Fails, when `capability` is not granted, with a message naming it
+    /// and what `remedies` says to do.
+    pub(crate) fn require(&self, capability: Capability, what: &str, remedies: &Remedies) -> Result<(), String> {
         if self.allows(capability) {
             Ok(())
         } else {
             Err(format!(
-                "{what} needs the '{capability}' capability, which this session does not grant (grant it with {})",
-                capability.flag()
+                "{what} needs the '{capability}' capability, which this session does not grant ({})",
+                remedies.word(Remedy::Grant(capability))
             ))
         }
     }
@@ -208,9 +206,13 @@ mod tests {
     }
 
     #[test]
-    fn require_names_the_flag() {
+    fn require_names_the_capability_and_the_front_ends_remedy() {
         let g = Grants::default();
-        let err = g.require(Capability::Exec, "exec()").unwrap_err();
-        assert!(err.contains("'exec' capability") && err.contains("--allow exec"), "{err}");
+        let err = g.require(Capability::Exec, "exec()", &Remedies::default()).unwrap_err();
+        assert!(err.contains("'exec' capability") && err.contains("SessionState::allow(Capability::Exec)"), "{err}");
+        assert!(!err.contains("--allow"), "the library names no CLI flag: {err}");
+        let cli = Remedies::new(|r| format!("{r:?} wanted"));
+        let err = g.require(Capability::Exec, "exec()", &cli).unwrap_err();
+        assert!(err.ends_with("(Grant(Exec) wanted)"), "{err}");
     }
 }

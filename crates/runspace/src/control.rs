@@ -9,6 +9,7 @@
 //! through a thread-local pointer instead: a runspace is only ever driven by
 //! the thread that opened it.
 
+use crate::timer::Timer;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -98,6 +99,7 @@ impl Switch {
     /// Runs `work` until it ends, the item is stopped, or its deadline
     /// passes; in the last two cases `work` is dropped unfinished (which
     /// cancels what it was waiting for) and the reason comes back.
+    #[cfg(any(feature = "http", feature = "net", feature = "exec"))]
     pub(crate) async fn guard<F: std::future::Future>(&self, work: F) -> Result<F::Output, StopReason> {
         let stopped = self.wake.notified();
         tokio::pin!(stopped);
@@ -128,7 +130,7 @@ impl Switch {
     /// it took two): every sleeping item holds this future.
     ///
     /// [`guard`]: Switch::guard
-    pub(crate) async fn sleep(&self, duration: Duration) -> Result<(), StopReason> {
+    pub(crate) async fn sleep(&self, duration: Duration, timer: &Timer) -> Result<(), StopReason> {
         let stopped = self.wake.notified();
         tokio::pin!(stopped);
         // Registered before the check, so a stop between the two still wakes us.
@@ -143,7 +145,7 @@ impl Switch {
         tokio::select! {
             biased;
             _ = stopped => Err(self.reason().unwrap_or(StopReason::Stopped)),
-            _ = tokio::time::sleep_until(until.into()) => {
+            _ = crate::timer::sleep_until(timer, until) => {
                 if times_out {
                     self.stop(StopReason::TimedOut);
                     return Err(self.reason().unwrap_or(StopReason::TimedOut));
@@ -526,7 +528,7 @@ mod tests {
             s2.stop(StopReason::Stopped);
         });
         let start = Instant::now();
-        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::Stopped));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600), &Timer::default())), Err(StopReason::Stopped));
         assert!(start.elapsed() < Duration::from_secs(5));
         t.join().unwrap();
     }
@@ -534,9 +536,9 @@ mod tests {
     #[test]
     fn sleep_honours_the_deadline() {
         let s = Switch::new(Some(Instant::now() + Duration::from_millis(10)));
-        assert_eq!(block_on(s.sleep(Duration::from_secs(3600))), Err(StopReason::TimedOut));
+        assert_eq!(block_on(s.sleep(Duration::from_secs(3600), &Timer::default())), Err(StopReason::TimedOut));
         assert_eq!(s.reason(), Some(StopReason::TimedOut));
         let s = Switch::new(None);
-        assert_eq!(block_on(s.sleep(Duration::from_millis(1))), Ok(()));
+        assert_eq!(block_on(s.sleep(Duration::from_millis(1), &Timer::default())), Ok(()));
     }
 }

@@ -33,11 +33,13 @@ pub mod json;
 mod live;
 mod parallel;
 mod pool;
+mod remedy;
 mod runspace;
 mod script;
 mod session;
 mod stdlib;
 mod streams;
+mod timer;
 pub mod units;
 mod watchdog;
 
@@ -54,6 +56,7 @@ pub use parallel::{
     Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
 };
 pub use pool::{PoolBuilder, RunspacePool};
+pub use remedy::{Remedies, Remedy};
 pub use runspace::{Runspace, Stopper, MODULE_TIMEOUT};
 pub use script::Script;
 pub use session::{SessionState, DEFAULT_MAX_OUTPUT};

@@ -57,6 +57,7 @@ pub struct LiveLine<'a> {
 /// be quick (print the line, or send it on).
 ///
 /// ```
+/// # #[cfg(feature = "exec")] {
 /// use runspace::{Capability, LiveOutput, Runspace, Script, SessionState};
 /// use std::sync::{Arc, Mutex};
 /// let seen = Arc::new(Mutex::new(Vec::new()));
@@ -70,8 +71,13 @@ pub struct LiveLine<'a> {
 /// let r = rs.invoke(&script, &[], &[]);
 /// assert_eq!(r.result(), serde_json::json!("a\nb\n"));
 /// assert_eq!(*seen.lock().unwrap(), ["\"job1\" a", "\"job1\" b"]);
+/// # }
 /// ```
+///
+/// Without the `exec` feature a session still takes one (an embedder's
+/// code builds either way), but no command runs to call it.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "exec"), allow(dead_code))]
 pub struct LiveOutput(Arc<dyn Fn(&LiveLine<'_>) + Send + Sync>);
 
 impl LiveOutput {
@@ -80,6 +86,7 @@ impl LiveOutput {
         LiveOutput(Arc::new(f))
     }
 
+    #[cfg(feature = "exec")]
     pub(crate) fn send(&self, line: &LiveLine<'_>) {
         (self.0)(line)
     }
@@ -92,12 +99,14 @@ impl fmt::Debug for LiveOutput {
 }
 
 /// Cuts a stream's bytes, read in chunks of any size, into lines.
+#[cfg(feature = "exec")]
 #[derive(Debug, Default)]
 pub(crate) struct Lines {
     /// The start of a line whose end has not been read yet.
     pending: Vec<u8>,
 }
 
+#[cfg(feature = "exec")]
 impl Lines {
     /// Hands every line `chunk` completes to `line`, keeping the rest.
     pub(crate) fn push(&mut self, mut chunk: &[u8], mut line: impl FnMut(&[u8], LineEnd)) {
@@ -138,7 +147,7 @@ impl Lines {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "exec"))]
 mod tests {
     use super::*;
 

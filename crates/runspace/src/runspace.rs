@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::host::{self, output_limit_message, Capture, HostContext};
 use crate::invocation_result::{InvocationResult, Output};
 use crate::item_thread::{Bound, ItemContext, Names, Resumed, Returned};
+use crate::remedy::{Remedies, Remedy};
 use crate::script::Script;
 use crate::session::SessionState;
 use crate::stdlib;
@@ -183,9 +184,12 @@ impl Runspace {
         let ctx = HostContext {
             polled: polled.clone(),
             grants: session.host_grants(),
+            remedies: session.remedies.clone(),
             max_output: session.max_output_bytes(),
             surroundings: session.surroundings.clone(),
+            #[cfg(feature = "exec")]
             live: session.live.clone(),
+            timer: Default::default(),
         };
         host::install(&lua, &globals, &ctx).map_err(vm)?;
 
@@ -199,7 +203,7 @@ impl Runspace {
         if !session.modules.is_empty() {
             load_modules(&lua, &globals, &loaded, session, &control, &polled)?;
         }
-        let placeholder = session_require(&lua, loaded).map_err(vm)?;
+        let placeholder = session_require(&lua, loaded, &session.remedies).map_err(vm)?;
         globals.raw_set("require", placeholder.clone()).map_err(vm)?;
         // Every item's table has its own `_G`. Were the shared one there,
         // Luau would resolve a script's `_G` once, at load, to it.
@@ -797,13 +801,13 @@ fn seal(value: &LuaValue) {
 }
 
 /// `require(name)` that sees only the session's modules.
-fn session_require(lua: &Lua, loaded: Table) -> mlua::Result<Function> {
+fn session_require(lua: &Lua, loaded: Table, remedies: &Remedies) -> mlua::Result<Function> {
+    let remedies = remedies.clone();
     lua.create_function(move |_, name: String| {
         let value: LuaValue = loaded.raw_get(name.as_str())?;
         if value.is_nil() {
-            return Err(mlua::Error::runtime(format!(
-                "module '{name}' is not part of this session (add it with --module {name}.luau)"
-            )));
+            let remedy = remedies.word(Remedy::AddModule(&name));
+            return Err(mlua::Error::runtime(format!("module '{name}' is not part of this session ({remedy})")));
         }
         Ok(value)
     })

@@ -11,6 +11,7 @@ use crate::capability::{Capability, Grants};
 use crate::error::{Error, Result};
 use crate::host::Surroundings;
 use crate::live::LiveOutput;
+use crate::remedy::Remedies;
 use crate::script::compile;
 
 /// Names a script always has; a variable, parameter or module may not hide them.
@@ -126,6 +127,7 @@ pub struct SessionState {
     pub(crate) max_output: Option<usize>,
     pub(crate) surroundings: Arc<Surroundings>,
     pub(crate) live: Option<LiveOutput>,
+    pub(crate) remedies: Remedies,
 }
 
 /// Bytes of output and stream records one invocation may produce unless
@@ -210,6 +212,13 @@ impl SessionState {
     /// a script printing in an endless loop cannot exhaust the host's memory.
     pub fn max_output(mut self, bytes: usize) -> SessionState {
         self.max_output = Some(bytes);
+        self
+    }
+
+    /// How refusals word their hint (see [`Remedies`]): a front end names
+    /// its own flags or fields; the default names this library's API.
+    pub fn remedies(mut self, remedies: Remedies) -> SessionState {
+        self.remedies = remedies;
         self
     }
 

@@ -231,6 +231,7 @@ fn stopping_ten_thousand_waiting_items_ends_the_run_promptly() {
 }
 
 #[test]
+#[cfg(feature = "exec")]
 fn a_host_call_that_waits_inside_a_coroutine_fails_instead_of_leaving_its_work_behind() {
     // Inside a coroutine the item made, a waiting call yielded that
     // coroutine, not the item: `sleep` returned a stray userdata at once,

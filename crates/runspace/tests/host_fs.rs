@@ -123,7 +123,10 @@ fn paths_outside_the_granted_root_are_refused() {
         [format!("{granted}/../a.txt"), format!("{granted}/deeper/../../a.txt"), root.clone(), "/etc/passwd".into()]
     {
         let e = err(&grants, &format!("return fs.read({})", lit(&path)));
-        assert!(e.contains("outside the paths granted to 'fs'") && e.contains("--allow fs:"), "{path}: {e}");
+        assert!(
+            e.contains("outside the paths granted to 'fs'") && e.contains("grant_path(Capability::Fs, DIR)"),
+            "{path}: {e}"
+        );
     }
     let e = err(&grants, &format!("return fs.write({}, 'x')", lit(format!("{granted}/../evil.txt"))));
     assert!(e.contains("outside the paths granted to 'fs-write'"), "{e}");

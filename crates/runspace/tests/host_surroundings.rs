@@ -44,6 +44,7 @@ fn relative_paths_and_relative_grants_resolve_against_the_working_dir() {
 }
 
 #[test]
+#[cfg(feature = "exec")]
 fn exec_runs_in_the_working_dir_with_exactly_the_session_environment() {
     let dir = tempfile::tempdir().unwrap();
     let real = dir.path().canonicalize().unwrap();
@@ -68,6 +69,7 @@ fn exec_runs_in_the_working_dir_with_exactly_the_session_environment() {
 }
 
 #[test]
+#[cfg(feature = "exec")]
 fn an_empty_environment_is_empty_not_the_process_one() {
     let dir = tempfile::tempdir().unwrap();
     let state = session(&["exec", "env"], dir.path(), &[]);

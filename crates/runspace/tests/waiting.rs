@@ -4,10 +4,9 @@
 mod host_common;
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+#[cfg(any(feature = "exec", feature = "http"))]
 use host_common::{lit, session};
 use runspace::{RunspacePool, Script, SessionState, Status};
 use serde_json::{json, Value};
@@ -115,6 +114,7 @@ fn stopping_one_item_of_a_run_does_not_stop_the_others() {
 }
 
 /// The pid a child wrote to `file`, once it has.
+#[cfg(feature = "exec")]
 fn pid_in(file: &std::path::Path) -> u32 {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
@@ -127,11 +127,13 @@ fn pid_in(file: &std::path::Path) -> u32 {
 }
 
 /// Whether `pid` is still a process (a zombie counts: it was not reaped).
+#[cfg(feature = "exec")]
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[test]
+#[cfg(feature = "exec")]
 fn a_stopped_items_exec_child_is_killed_and_reaped_while_a_neighbour_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("pid");
@@ -155,9 +157,10 @@ fn a_stopped_items_exec_child_is_killed_and_reaped_while_a_neighbour_runs_on() {
 }
 
 #[test]
+#[cfg(feature = "http")]
 fn a_stopped_items_http_request_is_cancelled_while_a_neighbour_runs_on() {
     // A server that accepts and never answers, and reports the hang-up.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hang", listener.local_addr().unwrap());
     let (hung_up, hang_ups) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -166,7 +169,7 @@ fn a_stopped_items_http_request_is_cancelled_while_a_neighbour_runs_on() {
             let hung_up = hung_up.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+                while matches!(std::io::Read::read(&mut stream, &mut buf), Ok(n) if n > 0) {}
                 let _ = hung_up.send(Instant::now());
             });
         }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use runspace::{Grants, Script, SessionState};
+use runspace::{Grants, Remedies, Remedy, Script, SessionState};
 use serde_json::Value;
 
 use runspace_server::limits::MIN_MEMORY_LIMIT;
@@ -86,7 +86,7 @@ impl ScriptArgs {
         for (name, source) in self.module_sources()? {
             session = session.module(&name, source).map_err(CliError::script)?;
         }
-        session = session.grants_from(self.grants()?);
+        session = session.grants_from(self.grants()?).remedies(flag_remedies());
         if let Some(bytes) = self.memory_limit()? {
             session = session.memory_limit(bytes);
         }
@@ -136,4 +136,15 @@ impl ScriptArgs {
     pub fn params(&self) -> Result<Vec<(String, Value)>, CliError> {
         self.params.iter().map(|p| parse::name_value(p).map_err(|e| CliError::usage(format!("--param: {e}")))).collect()
     }
+}
+
+/// A refusal's hint names the flag that fixes it (the engine names only the
+/// capability or module).
+fn flag_remedies() -> Remedies {
+    Remedies::new(|remedy| match remedy {
+        Remedy::Grant(capability) => format!("grant it with --allow {capability}"),
+        Remedy::GrantPath(capability) => format!("grant it with --allow {capability}:DIR"),
+        Remedy::AddModule(name) => format!("add it with --module {name}.luau"),
+        _ => String::new(),
+    })
 }

@@ -146,14 +146,14 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
 fn read_path(ctx: &HostContext, what: &str, path: &str) -> mlua::Result<Checked> {
     gate::require(ctx, Capability::Fs, &format!("{what}()"))?;
     let path = ctx.surroundings.absolute(path);
-    paths::check(&ctx.grants, Capability::Fs, what, &path, Last::Follow).map_err(mlua::Error::runtime)
+    paths::check(&ctx.grants, &ctx.remedies, Capability::Fs, what, &path, Last::Follow).map_err(mlua::Error::runtime)
 }
 
 /// Checks the `fs-write` grant and the path for a change.
 fn write_path(ctx: &HostContext, what: &str, path: &str, last: Last) -> mlua::Result<Checked> {
     gate::require(ctx, Capability::FsWrite, &format!("{what}()"))?;
     let path = ctx.surroundings.absolute(path);
-    paths::check(&ctx.grants, Capability::FsWrite, what, &path, last).map_err(mlua::Error::runtime)
+    paths::check(&ctx.grants, &ctx.remedies, Capability::FsWrite, what, &path, last).map_err(mlua::Error::runtime)
 }
 
 /// Reads a whole regular file, checked and opened beneath its root.

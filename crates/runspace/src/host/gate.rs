@@ -10,9 +10,9 @@ use super::HostContext;
 use crate::capability::Capability;
 use crate::convert::from_lua;
 
-/// Fails with the message that names the capability and its flag.
+/// Fails with the message that names the capability and how to grant it.
 pub(crate) fn require(ctx: &HostContext, capability: Capability, what: &str) -> mlua::Result<()> {
-    ctx.grants.require(capability, what).map_err(mlua::Error::runtime)
+    ctx.grants.require(capability, what, &ctx.remedies).map_err(mlua::Error::runtime)
 }
 
 /// Fails with the stop's error when the calling item has been stopped or timed out.

@@ -179,12 +179,17 @@ impl Polled {
 pub(crate) struct HostContext {
     pub(crate) polled: Polled,
     pub(crate) grants: Grants,
+    /// How a refusal words its hint.
+    pub(crate) remedies: crate::remedy::Remedies,
     /// Bytes of output and stream records an invocation may produce.
     pub(crate) max_output: usize,
     /// The session's working directory and environment.
     pub(crate) surroundings: Arc<Surroundings>,
     /// Where lines of commands run with `exec`'s `live` option go.
+    #[cfg(feature = "exec")]
     pub(crate) live: Option<crate::live::LiveOutput>,
+    /// The runspace's sleeps.
+    pub(crate) timer: std::rc::Rc<crate::timer::Timer>,
 }
 
 impl HostContext {
@@ -288,10 +293,12 @@ pub(crate) fn install(lua: &Lua, globals: &Table, ctx: &HostContext) -> mlua::Re
         waiting_function(lua, move |lua, seconds: f64| {
             let here = c.waits_here(&lua, "sleep");
             let switch = c.switch();
+            let timer = c.timer.clone();
             async move {
                 here?;
                 let seconds = if seconds.is_finite() { seconds.max(0.0) } else { 0.0 };
-                switch.sleep(Duration::from_secs_f64(seconds.min(1e9))).await.map_err(HostContext::stopped)
+                let duration = Duration::from_secs_f64(seconds.min(1e9));
+                switch.sleep(duration, &timer).await.map_err(HostContext::stopped)
             }
         })?,
     )?;

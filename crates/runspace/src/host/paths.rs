@@ -19,6 +19,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::beneath::Checked;
 use crate::capability::{Capability, Grants};
+use crate::remedy::{Remedies, Remedy};
 
 /// Whether the last component of a path is followed when it is a symbolic link.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,6 +36,7 @@ pub(crate) enum Last {
 /// explaining the refusal.
 pub(crate) fn check(
     grants: &Grants,
+    remedies: &Remedies,
     capability: Capability,
     what: &str,
     path: &str,
@@ -58,8 +60,9 @@ pub(crate) fn check(
     let shown =
         if resolved.as_os_str() == path { String::new() } else { format!(" (resolves to {})", resolved.display()) };
     Err(format!(
-        "{what}: {path}{shown} is outside the paths granted to '{capability}' ({}); grant it with --allow {capability}:DIR",
-        granted.join(", ")
+        "{what}: {path}{shown} is outside the paths granted to '{capability}' ({}); {}",
+        granted.join(", "),
+        remedies.word(Remedy::GrantPath(capability))
     ))
 }
 
@@ -150,9 +153,10 @@ mod tests {
         let mut g = Grants::default();
         g.grant_path(Capability::Fs, &root);
         let inside = root.join("x").display().to_string();
-        assert!(check(&g, Capability::Fs, "fs.read", &inside, Last::Follow).is_ok());
+        let remedies = Remedies::new(|r| format!("{r:?} wanted"));
+        assert!(check(&g, &remedies, Capability::Fs, "fs.read", &inside, Last::Follow).is_ok());
         let outside = format!("{}/../", root.display());
-        let e = check(&g, Capability::Fs, "fs.read", &outside, Last::Follow).unwrap_err();
-        assert!(e.contains("outside the paths granted to 'fs'") && e.contains("--allow fs:"), "{e}");
+        let e = check(&g, &remedies, Capability::Fs, "fs.read", &outside, Last::Follow).unwrap_err();
+        assert!(e.contains("outside the paths granted to 'fs'") && e.ends_with("; GrantPath(Fs) wanted"), "{e}");
     }
 }

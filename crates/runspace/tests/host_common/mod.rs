@@ -33,11 +33,14 @@ pub fn err(specs: &[&str], code: &str) -> String {
     r.error().unwrap_or_default().to_string()
 }
 
-/// Asserts that `code` is refused for want of `capability`, naming its flag.
+/// Asserts that `code` is refused for want of `capability`, naming it and
+/// the library call that grants it.
 pub fn refused(specs: &[&str], code: &str, capability: &str) {
     let e = err(specs, code);
+    let named: runspace::Capability = capability.parse().unwrap();
     assert!(
-        e.contains(&format!("'{capability}' capability")) && e.contains(&format!("--allow {capability}")),
+        e.contains(&format!("'{capability}' capability"))
+            && e.contains(&format!("(grant it with SessionState::allow(Capability::{named:?}))")),
         "{code}: {e}"
     );
 }
