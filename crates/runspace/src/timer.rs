@@ -23,25 +23,30 @@
 //! waited for ever. A sleep that ends or is dropped only takes its entry
 //! out: the timerfd may then fire for nothing, which costs one wake-up.
 //!
-//! Without the `net` feature (no tokio I/O driver), or where the kernel
-//! refuses a timerfd, sleeps use tokio's timer.
+//! Without the `net` feature (no tokio I/O driver), off Linux (no
+//! timerfd), or where the kernel refuses a timerfd, sleeps use tokio's
+//! timer.
+//!
+//! The timer belongs to the event loop it first registered with: a
+//! runspace is driven by one for life (its own, or its pool worker's), and
+//! every runspace's event loop is built with I/O enabled (`enable_all`).
 
 /// Sleeps until `deadline`.
-#[cfg(not(feature = "net"))]
+#[cfg(not(all(feature = "net", target_os = "linux")))]
 pub(crate) async fn sleep_until(_timer: &Timer, deadline: std::time::Instant) {
     tokio::time::sleep_until(deadline.into()).await;
 }
 
 /// A runspace's sleeps (without the `net` feature: nothing; tokio's timer).
 /// Not a unit struct, so that it is made as the precise one is.
-#[cfg(not(feature = "net"))]
+#[cfg(not(all(feature = "net", target_os = "linux")))]
 #[derive(Default)]
 pub(crate) struct Timer(());
 
-#[cfg(feature = "net")]
+#[cfg(all(feature = "net", target_os = "linux"))]
 pub(crate) use precise::{sleep_until, Timer};
 
-#[cfg(feature = "net")]
+#[cfg(all(feature = "net", target_os = "linux"))]
 mod precise {
     use std::cell::OnceCell;
     use std::collections::BTreeMap;
@@ -113,7 +118,8 @@ mod precise {
 
     impl Shared {
         fn new() -> Option<Arc<Shared>> {
-            // Registering needs the event loop's I/O driver.
+            // Registering needs an event loop (and its I/O driver, which
+            // every runspace's has: see the module).
             tokio::runtime::Handle::try_current().ok()?;
             let fd = new_timerfd()?;
             let state = State { fd: Some(fd), base: Instant::now(), sleeps: BTreeMap::new(), next_id: 0, armed: None };
@@ -152,8 +158,11 @@ mod precise {
                 match registered {
                     // Waits to be fired again.
                     Poll::Pending => break,
-                    // Fired meanwhile and cleared: look again.
-                    Poll::Ready(true) => {}
+                    // Fired meanwhile and cleared: it is disarmed now, so the
+                    // next pass arms it again whatever it was armed for
+                    // (were it ever to fire before that instant, skipping
+                    // the re-arm would leave it off for good).
+                    Poll::Ready(true) => state.armed = None,
                     // The event loop is gone (or the timer dropped): nothing
                     // will fire, so every sleep is woken to fall back on
                     // tokio's timer.
@@ -247,8 +256,8 @@ mod precise {
         // SAFETY: see above.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open,
-        // and the same, for as long as the AsyncFd lives. (A failure to
-        // register falls back to tokio's timer.)
+        // and the same, for as long as the AsyncFd lives. (An error from
+        // epoll falls back to tokio's timer.)
         unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
     }
 
@@ -281,6 +290,12 @@ mod precise {
                 return fallback.as_mut().poll(cx);
             }
             if Instant::now() >= self.deadline {
+                // A sleep that is due counts against the task's budget, as
+                // tokio's own does: `while true do sleep(0) end` must still
+                // hand the thread back to the item's neighbours (and to the
+                // event loop, which drives this timer) now and then.
+                let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+                coop.made_progress();
                 self.forget();
                 return Poll::Ready(());
             }
@@ -424,6 +439,26 @@ mod precise {
                 // at once when polled again.
                 assert!(timer.shared().unwrap().lock().sleeps.is_empty());
                 stale.await;
+            });
+        }
+
+        #[test]
+        fn sleeps_that_are_already_due_still_let_other_tasks_run() {
+            on_event_loop(async {
+                let timer = Rc::new(Timer::default());
+                let neighbour_ran = Rc::new(std::cell::Cell::new(false));
+                let flag = neighbour_ran.clone();
+                let neighbour = tokio::task::spawn_local(async move { flag.set(true) });
+                // One future that never waits by itself: an item doing
+                // `while true do sleep(0) end`.
+                let due = Instant::now();
+                let mut saw_neighbour = false;
+                for _ in 0..10_000 {
+                    sleep_until(&timer, due).await;
+                    saw_neighbour |= neighbour_ran.get();
+                }
+                assert!(saw_neighbour, "10,000 due sleeps never let the neighbour run");
+                neighbour.await.unwrap();
             });
         }
 
