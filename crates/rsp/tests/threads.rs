@@ -33,6 +33,36 @@ fn one_thread_runs_a_thousand_waiting_items_at_once() {
 }
 
 #[test]
+fn threads_is_the_number_of_runspaces_the_items_share() {
+    // A module's locals are per runspace: its counter sees every item in
+    // flight in its VM. One runspace holds all 300 at once; were `--threads`
+    // ignored (a runspace per item), each would see only itself.
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("vm.luau");
+    std::fs::write(
+        &module,
+        "local inflight, peak = 0, 0
+         return {
+           enter = function() inflight += 1; peak = math.max(peak, inflight) end,
+           peak = function() return peak end,
+         }",
+    )
+    .unwrap();
+    let module = module.display().to_string();
+    let peak = |threads: &str| {
+        let code = "vm.enter() sleep(0.2) return vm.peak()";
+        let args = ["run", "-e", code, "--module", &module, "--range", "1..300", "--throttle", "300"];
+        let out = rsp(&[&args[..], &["--threads", threads, "--format", "values"]].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| l.trim().parse::<u64>().unwrap()).max().unwrap()
+    };
+    assert_eq!(peak("1"), 300);
+    // At most two runspaces: one of them holds at least half.
+    let two = peak("2");
+    assert!(two >= 150, "300 items over at most 2 runspaces, yet the busiest held {two}");
+}
+
+#[test]
 fn cpu_bound_runs_keep_their_results_and_the_throttle_still_times_items_out() {
     let out = rsp(&[
         "run",

@@ -179,14 +179,6 @@ impl Grants {
     }
 }
 
-/// `path` as a grant of it reaches it on disk: every `..` and symbolic link
-/// of the part that exists resolved, the rest appended as written (a `..`
-/// there is refused). Whoever compares grants across machines or users (a
-/// worker capping a job's) compares these, as the engine checks its paths.
-pub fn resolve_on_disk(path: &std::path::Path) -> std::io::Result<PathBuf> {
-    crate::host::resolve_on_disk(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -290,7 +290,7 @@ impl Task for Invoke {
 /// A running invocation as the watchdog holds it.
 struct Held(Arc<Pending>);
 
-impl crate::watchdog::Held for Held {
+impl crate::pool::Held for Held {
     fn take_over(self: Box<Self>, reason: StopReason, deadline: Option<Instant>) -> Option<Box<dyn Task>> {
         self.0.finish_abandoned(reason, deadline);
         None

@@ -41,10 +41,10 @@ mod stdlib;
 mod streams;
 mod timer;
 pub mod units;
-mod watchdog;
 
-pub use capability::{resolve_on_disk, Capability, Grants};
+pub use capability::{Capability, Grants};
 pub use error::{Error, Result};
+pub use host::resolve_on_disk;
 pub use invocation::{Invocation, InvocationHandle};
 pub use invocation_result::InvocationResult;
 pub use jobs::{
@@ -55,10 +55,9 @@ pub use live::{LineEnd, LineStream, LiveLine, LiveOutput, MAX_LIVE_LINE};
 pub use parallel::{
     Halt, HaltRule, HaltWhen, Input, ItemResult, Next, Parallel, Results, Retry, RunControl, RunProgress,
 };
-pub use pool::{PoolBuilder, RunspacePool};
+pub use pool::{PoolBuilder, RunspacePool, ABANDON_GRACE};
 pub use remedy::{Remedies, Remedy};
 pub use runspace::{Runspace, Stopper, MODULE_TIMEOUT};
 pub use script::Script;
 pub use session::{SessionState, DEFAULT_MAX_OUTPUT};
 pub use streams::{ProgressRecord, Status, Streams};
-pub use watchdog::ABANDON_GRACE;

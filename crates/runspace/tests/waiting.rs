@@ -214,6 +214,41 @@ fn cpu_bound_items_run_one_per_runspace_as_before() {
     assert_eq!(pool.open_runspaces(), 2);
 }
 
+/// The most items one VM held at once, per item, at `throttle` on 2 threads.
+fn peaks_in_one_vm(throttle: usize) -> Vec<u64> {
+    // Module locals are per runspace: the counter sees every item of its VM.
+    let session = SessionState::new()
+        .module(
+            "vm",
+            "local inflight, peak = 0, 0
+             return {
+               enter = function() inflight += 1; peak = math.max(peak, inflight) end,
+               leave = function() local p = peak; inflight -= 1; if inflight == 0 then peak = 0 end; return p end,
+             }",
+        )
+        .unwrap();
+    let pool = RunspacePool::builder().threads(2).throttle(throttle).session(session).open().unwrap();
+    // Each item waits a little, which lets its VM run another item meanwhile
+    // if it has one to run.
+    let script = Script::new("vm.enter() sleep(0.002) return vm.leave()").unwrap();
+    pool.parallel(&script)
+        .run((0..200).map(|n| json!(n)))
+        .map(|item| {
+            assert_eq!(item.status, Status::Completed, "{:?}", item.errors());
+            item.result.as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn at_a_throttle_up_to_the_threads_each_runspace_runs_one_item_at_a_time() {
+    let peaks = peaks_in_one_vm(2);
+    assert!(peaks.iter().all(|&p| p == 1), "two items shared a VM at throttle 2 on 2 threads: {peaks:?}");
+    // The same measure sees items share a VM once the throttle allows it.
+    let peaks = peaks_in_one_vm(8);
+    assert!(peaks.iter().any(|&p| p > 1), "the measure cannot see items sharing a VM: {peaks:?}");
+}
+
 #[test]
 fn a_hundred_thousand_mixed_items_are_neither_lost_nor_duplicated() {
     let pool = RunspacePool::builder().threads(2).throttle(5_000).session(SessionState::new()).open().unwrap();

@@ -31,8 +31,11 @@ mod measure;
 mod net;
 mod paths;
 
-/// `path` as a grant of it reaches it on disk (see [`crate::resolve_on_disk`]).
-pub(crate) fn resolve_on_disk(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+/// `path` as a grant of it reaches it on disk: every `..` and symbolic link
+/// of the part that exists resolved, the rest appended as written (a `..`
+/// there is refused). Whoever compares grants across machines or users (a
+/// worker capping a job's) compares these, as the engine checks its paths.
+pub fn resolve_on_disk(path: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
     paths::resolve(path, paths::Last::Follow)
 }
 #[cfg(feature = "proc")]

@@ -14,10 +14,10 @@ use serde_json::Value;
 use super::{Input, ItemResult, RunShared};
 use crate::control::{StopReason, Switch};
 use crate::invocation_result::{abandoned_message, ran_for};
+use crate::pool::Held;
 use crate::pool::{Lane, LocalFuture, Task, TaskSender};
 use crate::runspace::{Execution, Prepared};
 use crate::streams::Status;
-use crate::watchdog::Held;
 
 /// A chunk aims to take about this long, so trivial items are batched.
 const TARGET_CHUNK: Duration = Duration::from_micros(500);

@@ -22,7 +22,12 @@ use crate::control::StopReason;
 use crate::error::{Error, Result};
 use crate::runspace::Runspace;
 use crate::session::SessionState;
-use crate::watchdog::{self, Slot, ABANDON_GRACE};
+
+mod watchdog;
+
+pub(crate) use watchdog::Held;
+use watchdog::Slot;
+pub use watchdog::ABANDON_GRACE;
 
 /// A future that runs on one worker thread (it holds the runspace).
 pub(crate) type LocalFuture = Pin<Box<dyn Future<Output = ()>>>;

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use super::{Shared, Task};
 use crate::control::{instant_ns, ns_instant, Control, IdMap, StopReason};
-use crate::pool::{Shared, Task};
 
 /// How often, at most, the watchdog looks at the running items.
 const TICK: Duration = Duration::from_millis(10);
