@@ -5,11 +5,14 @@
 //!
 //! Messages name the API field (`throttle: …`); a command-line caller maps
 //! the field to its own option name.
+//!
+//! A running job's refusals name its fields too (`job_remedies`).
 
 use std::fmt;
 use std::time::Duration;
 
 use runspace::units::{duration_from_secs, format_size, MAX_SIZE};
+use runspace::{Remedies, Remedy};
 
 /// The most runspaces a run over inputs may use (each is a thread).
 pub const MAX_THROTTLE: u64 = 1024;
@@ -124,6 +127,17 @@ pub fn check_page(offset: u64, limit: u64) -> Result<(), LimitError> {
         return Err(error("limit", format!("must be between 1 and {MAX_PAGE} (got {limit})")));
     }
     Ok(())
+}
+
+/// A job's refusal names the field of the job that fixes it (a job may come
+/// from `rsp job submit`, the HTTP API or the dashboard alike).
+pub(crate) fn job_remedies() -> Remedies {
+    Remedies::new(|remedy| match remedy {
+        Remedy::Grant(capability) => format!("add \"{capability}\" to the job's allow list"),
+        Remedy::GrantPath(capability) => format!("add \"{capability}:DIR\" to the job's allow list"),
+        Remedy::AddModule(name) => format!("add a module named \"{name}\" to the job's modules"),
+        _ => String::new(),
+    })
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ pub fn serve(config: &ServerConfig) -> Result<(), String> {
         .keep_items(false)
         .observer(observer(store.clone()))
         // A job with no session of its own still words refusals by its fields.
-        .session(runspace::SessionState::new().remedies(crate::worker::session::job_remedies()))
+        .session(runspace::SessionState::new().remedies(crate::limits::job_remedies()))
         .build()
         .map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -9,7 +9,6 @@
 //! through a thread-local pointer instead: a runspace is only ever driven by
 //! the thread that opened it.
 
-use crate::timer::Timer;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -20,6 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mlua::ffi;
+
+use crate::timer::Timer;
 
 /// Why an invocation was interrupted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

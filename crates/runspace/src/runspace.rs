@@ -203,7 +203,7 @@ impl Runspace {
         if !session.modules.is_empty() {
             load_modules(&lua, &globals, &loaded, session, &control, &polled)?;
         }
-        let placeholder = session_require(&lua, loaded, &session.remedies).map_err(vm)?;
+        let placeholder = session_require(&lua, loaded, session.remedies.clone()).map_err(vm)?;
         globals.raw_set("require", placeholder.clone()).map_err(vm)?;
         // Every item's table has its own `_G`. Were the shared one there,
         // Luau would resolve a script's `_G` once, at load, to it.
@@ -801,8 +801,7 @@ fn seal(value: &LuaValue) {
 }
 
 /// `require(name)` that sees only the session's modules.
-fn session_require(lua: &Lua, loaded: Table, remedies: &Remedies) -> mlua::Result<Function> {
-    let remedies = remedies.clone();
+fn session_require(lua: &Lua, loaded: Table, remedies: Remedies) -> mlua::Result<Function> {
     lua.create_function(move |_, name: String| {
         let value: LuaValue = loaded.raw_get(name.as_str())?;
         if value.is_nil() {

@@ -98,7 +98,7 @@ pub(super) fn build_spec(req: &Submit) -> Result<(JobSpec, u64), ApiError> {
         for cap in &req.allow {
             grants.grant_spec(cap).map_err(|e| bad(format!("allow: {e}")))?;
         }
-        session = context::apply(session.grants_from(grants).remedies(crate::worker::session::job_remedies()), req)?;
+        session = context::apply(session.grants_from(grants).remedies(crate::limits::job_remedies()), req)?;
         if let Some(limit) = limits.memory_limit {
             session = session.memory_limit(limit);
         }

@@ -17,7 +17,7 @@ use runspace::{Grants, Status};
 use crate::store::work::{Completion, Lease, WorkerInfo};
 use crate::store::PgStore;
 
-pub(crate) mod session;
+mod session;
 
 use session::{prepare, Prepared};
 

@@ -6,7 +6,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use runspace::{Grants, Remedies, Remedy, RunspacePool, Script, SessionState};
+use runspace::{Grants, RunspacePool, Script, SessionState};
 use serde_json::{Map, Value};
 
 /// A job ready to run on this worker.
@@ -35,7 +35,7 @@ pub(super) fn prepare(request: &Value, allow_max: &Grants, slots: usize) -> Resu
     // Judged and granted as the host will resolve them, not as written.
     let asked = on_disk_grants(&asked, Path::new(cwd))?;
     within(&asked, allow_max)?;
-    let mut session = SessionState::new().grants_from(asked).remedies(job_remedies());
+    let mut session = SessionState::new().grants_from(asked).remedies(crate::limits::job_remedies());
     for (k, v) in request.get("variables").and_then(Value::as_object).into_iter().flatten() {
         session = session.variable(k, v.clone()).map_err(|e| Refusal(format!("invalid job: {e}")))?;
     }
@@ -127,17 +127,6 @@ fn within(asked: &Grants, max: &Grants) -> Result<(), Refusal> {
         }
     }
     Ok(())
-}
-
-/// A job's refusal names the field of the job that fixes it (a job may come
-/// from `rsp job submit`, the HTTP API or the dashboard alike).
-pub(crate) fn job_remedies() -> Remedies {
-    Remedies::new(|remedy| match remedy {
-        Remedy::Grant(capability) => format!("add \"{capability}\" to the job's allow list"),
-        Remedy::GrantPath(capability) => format!("add \"{capability}:DIR\" to the job's allow list"),
-        Remedy::AddModule(name) => format!("add a module named \"{name}\" to the job's modules"),
-        _ => String::new(),
-    })
 }
 
 #[cfg(test)]
