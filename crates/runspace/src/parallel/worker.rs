@@ -14,8 +14,7 @@ use serde_json::Value;
 use super::{Input, ItemResult, RunShared};
 use crate::control::{StopReason, Switch};
 use crate::invocation_result::{abandoned_message, ran_for};
-use crate::pool::Held;
-use crate::pool::{Lane, LocalFuture, Task, TaskSender};
+use crate::pool::{Held, Lane, LocalFuture, Task, TaskSender};
 use crate::runspace::{Execution, Prepared};
 use crate::streams::Status;
 
@@ -497,7 +496,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
         ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
         finished = Some(item);
     }
-    if let Some(delivery) = finish_chunk(&run, &staging, (total.get(), registered), ran, started.elapsed()) {
+    if let Some(delivery) = finish_chunk(&run, &staging, total.get(), registered, ran, started.elapsed()) {
         if !deliver(&lane, &run, delivery).await {
             return;
         }
@@ -580,7 +579,8 @@ async fn deliver(lane: &Lane, run: &RunShared, delivery: Delivery) -> bool {
 fn finish_chunk(
     run: &RunShared,
     staging: &Arc<Staging>,
-    (total, registered): (usize, bool),
+    total: usize,
+    registered: bool,
     ran: usize,
     took: Duration,
 ) -> Option<Delivery> {
