@@ -33,11 +33,14 @@ pub(crate) struct ItemContext {
     /// through mlua (which looks at its call frames too).
     pub(crate) state: *mut ffi::lua_State,
     /// The item's globals (Luau's `luaL_sandboxthread` model): writes land
-    /// here, reads fall through to the shared globals.
+    /// here, reads fall through to the shared globals. It is also the
+    /// thread's own globals (`LUA_GLOBALSINDEX`), as `luaL_sandboxthread`
+    /// makes it: C code running in the item sees the item's globals, and
+    /// [`ItemContext::begin`] reaches the table without a registry lookup.
     pub(crate) env: Table,
-    /// `env` in the registry, so [`ItemContext::begin`] pushes it with one
-    /// call instead of a trip through mlua.
-    pub(crate) env_key: RegistryKey,
+    /// `env` in the registry, to make it the thread's globals again after
+    /// mlua resets the thread (which makes them the main thread's).
+    env_key: RegistryKey,
     /// The last script run here, bound to `env`.
     pub(crate) bound: Option<Bound>,
 }
@@ -52,6 +55,41 @@ pub(crate) struct Bound {
 }
 
 impl ItemContext {
+    /// A context of `thread` (fresh, never run) and `env`, the item's table
+    /// with its metatable set, whose registry slot is `env_key`.
+    pub(crate) fn new(thread: Thread, env: Table, env_key: RegistryKey) -> ItemContext {
+        // A Luau thread object is its `lua_State` (see `lua_topointer`).
+        let state = thread.to_pointer() as *mut ffi::lua_State;
+        let context = ItemContext { thread, state, env, env_key, bound: None };
+        context.point_globals();
+        context
+    }
+
+    /// Makes the item's table the thread's globals (`LUA_GLOBALSINDEX`), as
+    /// `luaL_sandboxthread` does. Needed again after every mlua
+    /// `Thread::reset`, which gives the thread the main thread's globals.
+    pub(crate) fn point_globals(&self) {
+        // SAFETY: `state` is this context's thread, alive while the context
+        // is, and the runspace's thread is the only one that touches the VM;
+        // the thread is not running (it is new, or was just reset: its stack
+        // holds at most its function, so one more slot is free). Reading a
+        // registry slot and `lua_replace` into `LUA_GLOBALSINDEX` allocate
+        // nothing and cannot raise: the value is a table, as it requires.
+        unsafe {
+            ffi::lua_rawgeti(self.state, ffi::LUA_REGISTRYINDEX, self.env_key.id() as ffi::lua_Integer);
+            ffi::lua_replace(self.state, ffi::LUA_GLOBALSINDEX);
+        }
+    }
+
+    /// Empties the item's table (its metatable and "safeenv" flag stay).
+    pub(crate) fn clear(&self) {
+        // SAFETY: as in `point_globals`, and the thread's globals are the
+        // item's table. `lua_cleartable` only writes nils into the table,
+        // which allocates nothing; it raises only on a read-only table, and
+        // the item's table cannot be frozen (see `begin`).
+        unsafe { ffi::lua_cleartable(self.state, ffi::LUA_GLOBALSINDEX) }
+    }
+
     /// Whether the thread can start a new function: it is not suspended
     /// and not in an error (then, outside a resume, it has no call frames).
     pub(crate) fn fresh(&self) -> bool {
@@ -61,7 +99,8 @@ impl ItemContext {
 
     /// Sets the thread up to run the registry's function `closure`: its
     /// stack becomes `[closure, arg]` (or `[closure]`), and the item's
-    /// table gets `_G` (itself) and `_` (`arg`).
+    /// table, [cleared](Self::clear) since its last item, gets `_G` (itself)
+    /// and `_` (`arg`).
     ///
     /// Done with the C API on the thread itself because this runs once per
     /// item: through mlua (`Table::raw_set`, `Thread::reset`) the same
@@ -81,25 +120,24 @@ impl ItemContext {
         // SAFETY (of every call below): `state` is this context's thread,
         // alive while the context is, and the runspace's thread is the only
         // one that touches the VM. A fresh thread has at least LUA_MINSTACK
-        // free slots, and at most five values are pushed. The rawgets read
+        // free slots, and at most four values are pushed. The rawgets read
         // registry slots, which never raises. The keys "_G" and "_" are
         // pushed from the registry, already interned, so setting them
         // hashes no text. `lua_rawset` raises only on a read-only table, and
-        // the item's table cannot be frozen: its metatable is protected,
-        // which `table.freeze` refuses. It may have to grow the table (an
-        // item can shrink it: `_G[1] = 0` after emptying it rehashes it
-        // smaller), and pushing text allocates, but without a memory limit
-        // an allocation cannot fail, and text under RAW_TEXT_MAX is far
-        // from Luau's 1 GiB cap, so neither raises. A GC step these
-        // allocations may run reaches the interrupt only as a collector
-        // step, which never raises.
+        // the item's table (the thread's globals, see `point_globals`)
+        // cannot be frozen: its metatable is protected, which
+        // `table.freeze` refuses. It may have to grow the table (an item can
+        // shrink it: `_G[1] = 0` after emptying it rehashes it smaller), and
+        // pushing text allocates, but without a memory limit an allocation
+        // cannot fail, and text under RAW_TEXT_MAX is far from Luau's 1 GiB
+        // cap, so neither raises. A GC step these allocations may run
+        // reaches the interrupt only as a collector step, which never raises.
         unsafe {
             ffi::lua_settop(state, 0);
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&self.env_key)); // env
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.g)); // env "_G"
-            ffi::lua_pushvalue(state, 1); // env "_G" env
-            ffi::lua_rawset(state, 1); // env
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer); // env f
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer); // f
+            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.g)); // f "_G"
+            ffi::lua_pushvalue(state, ffi::LUA_GLOBALSINDEX); // f "_G" env
+            ffi::lua_rawset(state, ffi::LUA_GLOBALSINDEX); // f
             if let Some(arg) = arg {
                 match arg {
                     Scalar::Nil => ffi::lua_pushnil(state),
@@ -108,12 +146,11 @@ impl ItemContext {
                     Scalar::Text(text) => {
                         ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
                     }
-                } // env f a
-                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.underscore)); // env f a "_"
-                ffi::lua_pushvalue(state, 3); // env f a "_" a
-                ffi::lua_rawset(state, 1); // env f a
+                } // f a
+                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.underscore)); // f a "_"
+                ffi::lua_pushvalue(state, 2); // f a "_" a
+                ffi::lua_rawset(state, ffi::LUA_GLOBALSINDEX); // f a
             }
-            ffi::lua_remove(state, 1); // f [a]
         }
     }
 

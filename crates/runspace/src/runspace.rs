@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures_core::Stream;
 use mlua::chunk::ChunkMode;
 use mlua::thread::AsyncThread;
-use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
+use mlua::{Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value as LuaValue};
 use serde_json::Value;
 
 use crate::control::{install_interrupt, ActiveGuard, Control, StopReason, Switch};
@@ -89,7 +89,11 @@ pub struct Runspace {
     /// the shared, read-only globals; the metatable itself is protected.
     env_meta: Table,
     /// Threads and global tables of ended items, ready for the next ones.
-    spare: RefCell<Vec<ItemContext>>,
+    /// Boxed: an item's context moves from set-up to run to wrap-up, and a
+    /// pointer moves for free where the struct took a `memcpy` each time;
+    /// kept boxed here so that taking one out allocates nothing.
+    #[allow(clippy::vec_box)]
+    spare: RefCell<Vec<Box<ItemContext>>>,
     /// The script whose last item waited in a host call (0 for none): see
     /// [`Runspace::run`].
     waiting_script: Cell<u64>,
@@ -328,7 +332,7 @@ impl Runspace {
     }
 
     /// Registers the item with the switchboard and sets its thread up.
-    fn admit(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, Args)> {
+    fn admit(&self, e: &Execution<'_>) -> mlua::Result<(Box<ItemContext>, Args)> {
         self.control.admit(e.generation, e.owner, e.switch.clone());
         // Whoever sets `abort` then stops the items in flight (SeqCst on
         // both sides): either it sees this item, or this sees the flag.
@@ -342,7 +346,7 @@ impl Runspace {
     fn conclude(
         &self,
         e: &Execution<'_>,
-        context: Option<ItemContext>,
+        context: Option<Box<ItemContext>>,
         outcome: mlua::Result<Returned>,
         capture: Capture,
     ) -> InvocationResult {
@@ -440,7 +444,7 @@ impl Runspace {
 
     /// Takes a spare context (or makes one) and sets it up for `e`: the
     /// thread holds the script's closure, bound to the item's globals.
-    fn start(&self, e: &Execution<'_>) -> mlua::Result<(ItemContext, Args)> {
+    fn start(&self, e: &Execution<'_>) -> mlua::Result<(Box<ItemContext>, Args)> {
         let spare = self.spare.borrow_mut().pop();
         let mut context = match spare {
             Some(context) => context,
@@ -457,6 +461,7 @@ impl Runspace {
                 if !context.fresh() {
                     // `release` resets every thread it keeps: a safety net.
                     context.thread.reset(self.placeholder.clone())?;
+                    context.point_globals();
                 }
                 // SAFETY: the thread is fresh, the slot is `bind`'s
                 // closure, the VM has no memory limit, and `raw_arg` keeps
@@ -469,6 +474,7 @@ impl Runspace {
             // as a value.
             Some(bound) => {
                 context.thread.reset(bound.closure.clone())?;
+                context.point_globals();
                 context.env.raw_set(&self.g_key, &context.env)?;
             }
             None => return Err(mlua::Error::runtime("the item's closure is missing")),
@@ -522,7 +528,7 @@ impl Runspace {
         Ok(())
     }
 
-    fn new_context(&self) -> mlua::Result<ItemContext> {
+    fn new_context(&self) -> mlua::Result<Box<ItemContext>> {
         // Room for `_G` and `_` (see `ItemContext::begin`).
         let env = self.lua.create_table_with_capacity(0, 2)?;
         env.set_metatable(Some(self.env_meta.clone()))?;
@@ -531,9 +537,7 @@ impl Runspace {
         env.set_safeenv(true);
         let env_key = self.lua.create_registry_value(&env)?;
         let thread = self.lua.create_thread(self.placeholder.clone())?;
-        // A Luau thread object is its `lua_State` (see `lua_topointer`).
-        let state = thread.to_pointer() as *mut ffi::lua_State;
-        Ok(ItemContext { thread, state, env, env_key, bound: None })
+        Ok(Box::new(ItemContext::new(thread, env, env_key)))
     }
 
     /// Runs `f` (a resume of an item's thread) as the item: its switch is
@@ -610,19 +614,19 @@ impl Runspace {
     /// Clears what the item left behind and keeps its context for the
     /// next one. After an abnormal end the garbage is collected at once, so
     /// a memory bomb's leftovers do not count against the next item's limit.
-    fn release(&self, context: Option<ItemContext>, abnormal: bool, stopped: bool) {
+    fn release(&self, context: Option<Box<ItemContext>>, abnormal: bool, stopped: bool) {
         if let Some(context) = context {
-            let cleared = context.env.clear();
             // Errored or yielded: the thread's stack still holds what the
             // item was using. Resetting it now lets that be collected
             // before the next item, not after it.
             let reset = match context.finished() {
                 true => Ok(()),
-                false => context.thread.reset(self.placeholder.clone()),
+                false => context.thread.reset(self.placeholder.clone()).map(|()| context.point_globals()),
             };
-            if cleared.is_err() || reset.is_err() {
+            if reset.is_err() {
                 self.healthy.set(false);
             } else {
+                context.clear();
                 let mut spare = self.spare.borrow_mut();
                 if spare.len() < MAX_SPARE_CONTEXTS {
                     spare.push(context);
