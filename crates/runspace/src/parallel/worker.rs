@@ -442,8 +442,10 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
     // run back to back, and one clock read per item, not two, is a few
     // percent of a trivial item. Read again after anything that waits.
     let mut clock = started;
-    // The items' own time since the last hand-over.
-    let mut ran_since_flush = Duration::ZERO;
+    // The items' own time since the last hand-over, in milliseconds (as
+    // their records have it: turning that back into a `Duration` per item
+    // cost a trivial item a percent).
+    let mut ran_since_flush_ms = 0.0;
     let mut ran = 0usize;
     let mut spare = None;
     // The input of the item running now (with its index and position),
@@ -460,11 +462,11 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
             Some(true) => {}
         }
         if total.get() > 1 && ran > 0 {
-            let due = ran_since_flush >= FLUSH_EVERY
+            let due = ran_since_flush_ms >= FLUSH_EVERY.as_secs_f64() * 1e3
                 || (ran.is_multiple_of(CLOCK_EVERY) && last_flush.elapsed() >= FLUSH_EVERY);
             if due {
                 last_flush = Instant::now();
-                ran_since_flush = Duration::ZERO;
+                ran_since_flush_ms = 0.0;
                 if let Some(delivery) = staging.take() {
                     if !deliver(&lane, &run, delivery).await {
                         return;
@@ -493,7 +495,7 @@ async fn run_items(lane: Lane, prepared: Prepared, run: Arc<RunShared>, staging:
             }
         };
         ran += 1;
-        ran_since_flush += Duration::try_from_secs_f64(item.duration_ms / 1e3).unwrap_or_default();
+        ran_since_flush_ms += item.duration_ms;
         finished = Some(item);
     }
     if let Some(delivery) = finish_chunk(&run, &staging, total.get(), registered, ran, started.elapsed()) {
@@ -657,7 +659,9 @@ async fn run_item(
         let mut item = ItemResult::new(index, Value::Null, status);
         item.outputs = u32::try_from(output.len()).unwrap_or(u32::MAX);
         item.result = output.into_value();
-        item.duration_ms = (duration.as_micros() as f64) / 1e3;
+        // Through u64 (584,000 years of microseconds): a u128 to f64 is a
+        // library call.
+        item.duration_ms = (u64::try_from(duration.as_micros()).unwrap_or(u64::MAX) as f64) / 1e3;
         item.attempts = attempts;
         item.set_boxed_streams(streams);
         return item;
