@@ -116,14 +116,13 @@ impl ItemContext {
     /// must be short (see [`Runspace::raw_arg`]).
     pub(crate) unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>, names: &Names) {
         let state = self.state;
-        let slot = |key: &RegistryKey| key.id() as ffi::lua_Integer;
         // SAFETY (of every call below): `state` is this context's thread,
         // alive while the context is, and the runspace's thread is the only
         // one that touches the VM. A fresh thread has at least LUA_MINSTACK
-        // free slots, and at most four values are pushed. The rawgets read
-        // registry slots, which never raises. The keys "_G" and "_" are
-        // pushed from the registry, already interned, so setting them
-        // hashes no text. `lua_rawset` raises only on a read-only table, and
+        // free slots, and at most four values are pushed. The rawget reads
+        // a registry slot, and `lua_xpush` copies a value between two
+        // stacks of the VM: neither raises. The keys "_G" and "_" come from
+        // `names`, already interned, so setting them hashes no text. `lua_rawset` raises only on a read-only table, and
         // the item's table (the thread's globals, see `point_globals`)
         // cannot be frozen: its metatable is protected, which
         // `table.freeze` refuses. It may have to grow the table (an item can
@@ -135,7 +134,7 @@ impl ItemContext {
         unsafe {
             ffi::lua_settop(state, 0);
             ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, closure as ffi::lua_Integer); // f
-            ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.g)); // f "_G"
+            ffi::lua_xpush(names.state, state, Names::G); // f "_G"
             ffi::lua_pushvalue(state, ffi::LUA_GLOBALSINDEX); // f "_G" env
             ffi::lua_rawset(state, ffi::LUA_GLOBALSINDEX); // f
             if let Some(arg) = arg {
@@ -147,7 +146,7 @@ impl ItemContext {
                         ffi::lua_pushlstring(state, text.as_ptr().cast(), text.len());
                     }
                 } // f a
-                ffi::lua_rawgeti(state, ffi::LUA_REGISTRYINDEX, slot(&names.underscore)); // f a "_"
+                ffi::lua_xpush(names.state, state, Names::UNDERSCORE); // f a "_"
                 ffi::lua_pushvalue(state, 2); // f a "_" a
                 ffi::lua_rawset(state, ffi::LUA_GLOBALSINDEX); // f a
             }
@@ -215,10 +214,42 @@ impl ItemContext {
     }
 }
 
-/// The names every item's table is given, as registry slots.
+/// The names every item's table is given, `_G` and `_`, held on the stack
+/// of a thread of their own.
+///
+/// [`ItemContext::begin`] copies them onto an item's stack with
+/// `lua_xpush`, a plain copy between two stacks of one VM. Read from the
+/// registry instead (`lua_rawgeti`: a pseudo-index, a lookup in a large
+/// table), the two took a trivial item about 3 % of its time (`perf`).
+/// Held there, they also stay interned, so setting them in an item's table
+/// never makes a string.
 pub(crate) struct Names {
-    pub(crate) underscore: RegistryKey,
-    pub(crate) g: RegistryKey,
+    /// Keeps the holder alive (and its stack with it).
+    _holder: Thread,
+    state: *mut ffi::lua_State,
+}
+
+impl Names {
+    /// Where `_G` and `_` are on the holder's stack (above the function
+    /// the thread was made with).
+    const G: c_int = 2;
+    const UNDERSCORE: c_int = 3;
+
+    /// The names of `lua`'s items; `function` is any function (a thread
+    /// is made with one).
+    pub(crate) fn new(lua: &Lua, function: Function) -> mlua::Result<Names> {
+        let holder = lua.create_thread(function)?;
+        let state = holder.to_pointer() as *mut ffi::lua_State;
+        let (g, underscore) = (lua.create_string("_G")?, lua.create_string("_")?);
+        // SAFETY: `exec_raw` pushes the two strings onto the main thread's
+        // stack in a protected call; `lua_xmove` moves them onto the new
+        // thread, which has LUA_MINSTACK free slots and nothing but its
+        // function (at 1), so they land at `G` and `UNDERSCORE`. Moving
+        // values between two threads of one VM allocates nothing. mlua never
+        // resumes or resets the holder: nothing else touches its stack.
+        unsafe { lua.exec_raw::<()>((g, underscore), |main| ffi::lua_xmove(main, state, 2)) }?;
+        Ok(Names { _holder: holder, state })
+    }
 }
 
 /// What an item's thread returned.

@@ -111,11 +111,10 @@ pub struct Runspace {
     collection_owed: Cell<bool>,
     /// When the last full collection for ended items ran.
     last_collection: Cell<Option<Instant>>,
-    /// The keys `_` and `_G`, held so they stay interned: setting them in
-    /// an item's table then never makes a string (see [`ItemContext::begin`]).
+    /// The keys `_` and `_G`, for the steps that go through mlua.
     underscore: mlua::LuaString,
     g_key: mlua::LuaString,
-    /// The same two keys in the registry, for [`ItemContext::begin`].
+    /// The same two keys, for [`ItemContext::begin`].
     names: Names,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
@@ -217,10 +216,7 @@ impl Runspace {
         let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
         let underscore = lua.create_string("_").map_err(vm)?;
         let g_key = lua.create_string("_G").map_err(vm)?;
-        let names = Names {
-            underscore: lua.create_registry_value(&underscore).map_err(vm)?,
-            g: lua.create_registry_value(&g_key).map_err(vm)?,
-        };
+        let names = Names::new(&lua, placeholder.clone()).map_err(vm)?;
         Ok(Runspace {
             underscore,
             g_key,
