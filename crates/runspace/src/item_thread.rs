@@ -58,8 +58,7 @@ impl ItemContext {
     /// A context of `thread` (fresh, never run) and `env`, the item's table
     /// with its metatable set, whose registry slot is `env_key`.
     pub(crate) fn new(thread: Thread, env: Table, env_key: RegistryKey) -> ItemContext {
-        // A Luau thread object is its `lua_State` (see `lua_topointer`).
-        let state = thread.to_pointer() as *mut ffi::lua_State;
+        let state = thread.state();
         let context = ItemContext { thread, state, env, env_key, bound: None };
         context.point_globals();
         context
@@ -81,8 +80,18 @@ impl ItemContext {
         }
     }
 
+    /// Whether the thread's globals are the item's table, as
+    /// [`point_globals`](Self::point_globals) made them: what `clear` and
+    /// `begin` rely on (checked in debug builds).
+    fn globals_are_env(&self) -> bool {
+        // SAFETY: as in `yielded`; reading a pseudo-index's address pushes
+        // nothing and cannot raise.
+        unsafe { ffi::lua_topointer(self.state, ffi::LUA_GLOBALSINDEX) == self.env.to_pointer() }
+    }
+
     /// Empties the item's table (its metatable and "safeenv" flag stay).
     pub(crate) fn clear(&self) {
+        debug_assert!(self.globals_are_env(), "the thread's globals are not the item's table");
         // SAFETY: as in `point_globals`, and the thread's globals are the
         // item's table. `lua_cleartable` only writes nils into the table,
         // which allocates nothing; it raises only on a read-only table, and
@@ -115,6 +124,7 @@ impl ItemContext {
     /// allocation then cannot fail: mlua aborts instead), and `arg` text
     /// must be short (see [`Runspace::raw_arg`]).
     pub(crate) unsafe fn begin(&self, closure: c_int, arg: Option<&Scalar<'_>>, names: &Names) {
+        debug_assert!(self.globals_are_env(), "the thread's globals are not the item's table");
         let state = self.state;
         // SAFETY (of every call below): `state` is this context's thread,
         // alive while the context is, and the runspace's thread is the only
@@ -239,7 +249,7 @@ impl Names {
     /// is made with one).
     pub(crate) fn new(lua: &Lua, function: Function) -> mlua::Result<Names> {
         let holder = lua.create_thread(function)?;
-        let state = holder.to_pointer() as *mut ffi::lua_State;
+        let state = holder.state();
         let (g, underscore) = (lua.create_string("_G")?, lua.create_string("_")?);
         // SAFETY: `exec_raw` pushes the two strings onto the main thread's
         // stack in a protected call; `lua_xmove` moves them onto the new

@@ -104,17 +104,16 @@ fn write_strings<W: Write + ?Sized>(out: &mut W, strings: &[String]) -> io::Resu
     out.write_all(b"]")
 }
 
-/// A float as serde_json writes one: its own formatting, `null` when not finite.
 /// A duration in milliseconds, as `write_f64` writes it.
 ///
-/// The engine measures whole microseconds, and for those the shortest
+/// The engine measures most items in whole microseconds, and for those the shortest
 /// decimal that reads back as the same `f64` (what the float formatter
 /// looks for) is the microseconds over 1000 with the trailing zeros
 /// dropped: below 10^15 microseconds it has at most 15 significant digits,
 /// and decimals that short are further apart than a double's spacing, so
 /// no shorter one rounds to the same value. Written with integer
 /// arithmetic, that costs a third of the general formatter. Anything else
-/// (a record read back from a file may hold any value) goes to it.
+/// (a timed-out item's time, a record read back from a file) goes to it.
 fn write_ms<W: Write + ?Sized>(out: &mut W, v: f64) -> io::Result<()> {
     let micros = (v * 1e3).round();
     if !(v.is_sign_positive() && (0.0..1e15).contains(&micros) && micros / 1e3 == v) {
@@ -134,6 +133,7 @@ fn write_ms<W: Write + ?Sized>(out: &mut W, v: f64) -> io::Result<()> {
     out.write_all(&digits[..len])
 }
 
+/// A float as serde_json writes one: its own formatting, `null` when not finite.
 fn write_f64<W: Write + ?Sized>(out: &mut W, v: f64) -> io::Result<()> {
     if v.is_finite() {
         CompactFormatter.write_f64(out, v)
