@@ -64,10 +64,20 @@ impl ItemContext {
         context
     }
 
+    /// Resets the thread (whatever state it is in) to run `function`, its
+    /// globals still the item's table. The only way contexts are reset:
+    /// mlua's `Thread::reset` gives a thread the main thread's globals, and
+    /// [`clear`](Self::clear) and [`begin`](Self::begin) would then write
+    /// into those.
+    pub(crate) fn reset(&self, function: Function) -> mlua::Result<()> {
+        self.thread.reset(function)?;
+        self.point_globals();
+        Ok(())
+    }
+
     /// Makes the item's table the thread's globals (`LUA_GLOBALSINDEX`), as
-    /// `luaL_sandboxthread` does. Needed again after every mlua
-    /// `Thread::reset`, which gives the thread the main thread's globals.
-    pub(crate) fn point_globals(&self) {
+    /// `luaL_sandboxthread` does.
+    fn point_globals(&self) {
         // SAFETY: `state` is this context's thread, alive while the context
         // is, and the runspace's thread is the only one that touches the VM;
         // the thread is not running (it is new, or was just reset: its stack
@@ -132,10 +142,10 @@ impl ItemContext {
         // free slots, and at most four values are pushed. The rawget reads
         // a registry slot, and `lua_xpush` copies a value between two
         // stacks of the VM: neither raises. The keys "_G" and "_" come from
-        // `names`, already interned, so setting them hashes no text. `lua_rawset` raises only on a read-only table, and
-        // the item's table (the thread's globals, see `point_globals`)
-        // cannot be frozen: its metatable is protected, which
-        // `table.freeze` refuses. It may have to grow the table (an item can
+        // `names`, already interned, so setting them hashes no text.
+        // `lua_rawset` raises only on a read-only table, and the item's
+        // table (the thread's globals, see `point_globals`) cannot be
+        // frozen: its metatable is protected, which `table.freeze` refuses. It may have to grow the table (an item can
         // shrink it: `_G[1] = 0` after emptying it rehashes it smaller), and
         // pushing text allocates, but without a memory limit an allocation
         // cannot fail, and text under RAW_TEXT_MAX is far from Luau's 1 GiB
@@ -234,6 +244,9 @@ impl ItemContext {
 /// Held there, they also stay interned, so setting them in an item's table
 /// never makes a string.
 pub(crate) struct Names {
+    /// `_` and `_G` as mlua values, for the steps that go through mlua.
+    pub(crate) underscore: LuaString,
+    pub(crate) g: LuaString,
     /// Keeps the holder alive (and its stack with it).
     _holder: Thread,
     state: *mut ffi::lua_State,
@@ -250,15 +263,15 @@ impl Names {
     pub(crate) fn new(lua: &Lua, function: Function) -> mlua::Result<Names> {
         let holder = lua.create_thread(function)?;
         let state = holder.state();
-        let (g, underscore) = (lua.create_string("_G")?, lua.create_string("_")?);
+        let (underscore, g) = (lua.create_string("_")?, lua.create_string("_G")?);
         // SAFETY: `exec_raw` pushes the two strings onto the main thread's
         // stack in a protected call; `lua_xmove` moves them onto the new
         // thread, which has LUA_MINSTACK free slots and nothing but its
         // function (at 1), so they land at `G` and `UNDERSCORE`. Moving
         // values between two threads of one VM allocates nothing. mlua never
         // resumes or resets the holder: nothing else touches its stack.
-        unsafe { lua.exec_raw::<()>((g, underscore), |main| ffi::lua_xmove(main, state, 2)) }?;
-        Ok(Names { _holder: holder, state })
+        unsafe { lua.exec_raw::<()>((&g, &underscore), |main| ffi::lua_xmove(main, state, 2)) }?;
+        Ok(Names { underscore, g, _holder: holder, state })
     }
 }
 

@@ -111,10 +111,7 @@ pub struct Runspace {
     collection_owed: Cell<bool>,
     /// When the last full collection for ended items ran.
     last_collection: Cell<Option<Instant>>,
-    /// The keys `_` and `_G`, for the steps that go through mlua.
-    underscore: mlua::LuaString,
-    g_key: mlua::LuaString,
-    /// The same two keys, for [`ItemContext::begin`].
+    /// The keys `_` and `_G` every item's table is given.
     names: Names,
     /// Drives [`Runspace::invoke`] outside a pool; made on first use.
     runtime: OnceCell<tokio::runtime::Runtime>,
@@ -214,12 +211,8 @@ impl Runspace {
 
         lua.sandbox(true).map_err(vm)?;
         let env_meta = item_metatable(&lua, &globals).map_err(vm)?;
-        let underscore = lua.create_string("_").map_err(vm)?;
-        let g_key = lua.create_string("_G").map_err(vm)?;
         let names = Names::new(&lua, placeholder.clone()).map_err(vm)?;
         Ok(Runspace {
-            underscore,
-            g_key,
             names,
             lua,
             env_meta,
@@ -456,8 +449,7 @@ impl Runspace {
             Some(bound) if unprotected => {
                 if !context.fresh() {
                     // `release` resets every thread it keeps: a safety net.
-                    context.thread.reset(self.placeholder.clone())?;
-                    context.point_globals();
+                    context.reset(self.placeholder.clone())?;
                 }
                 // SAFETY: the thread is fresh, the slot is `bind`'s
                 // closure, the VM has no memory limit, and `raw_arg` keeps
@@ -469,9 +461,8 @@ impl Runspace {
             // shrank has to grow back, say), and the error must come back
             // as a value.
             Some(bound) => {
-                context.thread.reset(bound.closure.clone())?;
-                context.point_globals();
-                context.env.raw_set(&self.g_key, &context.env)?;
+                context.reset(bound.closure.clone())?;
+                context.env.raw_set(&self.names.g, &context.env)?;
             }
             None => return Err(mlua::Error::runtime("the item's closure is missing")),
         }
@@ -488,7 +479,7 @@ impl Runspace {
             Args::Many(values) => values.front(),
         };
         if let Some(first) = first {
-            env.raw_set(&self.underscore, first)?;
+            env.raw_set(&self.names.underscore, first)?;
         }
         for (name, value) in e.params {
             env.raw_set(name.as_str(), to_lua(&self.lua, value)?)?;
@@ -617,7 +608,7 @@ impl Runspace {
             // before the next item, not after it.
             let reset = match context.finished() {
                 true => Ok(()),
-                false => context.thread.reset(self.placeholder.clone()).map(|()| context.point_globals()),
+                false => context.reset(self.placeholder.clone()),
             };
             if reset.is_err() {
                 self.healthy.set(false);
