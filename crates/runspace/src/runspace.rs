@@ -379,7 +379,7 @@ impl Runspace {
             }
             return outcome.map(Returned::Values);
         }
-        let resumed = self.as_item(e, thread, capture, || {
+        let resumed = self.as_item(e, context, capture, || {
             let values = match args {
                 // SAFETY: `start` left the thread fresh with the closure and
                 // its arguments on its stack, and this is the runspace's thread.
@@ -411,7 +411,7 @@ impl Runspace {
     ) -> (mlua::Result<MultiValue>, bool) {
         let mut waited = false;
         let outcome = std::future::poll_fn(|cx| {
-            let polled = self.as_item(e, &context.thread, capture, || Pin::new(&mut thread).poll_next(cx));
+            let polled = self.as_item(e, context, capture, || Pin::new(&mut thread).poll_next(cx));
             match polled {
                 Poll::Pending => {
                     if !waited {
@@ -530,14 +530,14 @@ impl Runspace {
     /// Runs `f` (a resume of an item's thread) as the item: its switch is
     /// the one the interrupt checks, its capture the one host functions
     /// record into.
-    fn as_item<R>(&self, e: &Execution<'_>, thread: &mlua::Thread, capture: &mut Capture, f: impl FnOnce() -> R) -> R {
+    fn as_item<R>(&self, e: &Execution<'_>, context: &ItemContext, capture: &mut Capture, f: impl FnOnce() -> R) -> R {
         let deadline = e.switch.deadline();
         if deadline.is_some_and(|d| d <= Instant::now()) {
             // It waited for its turn past its deadline.
             e.switch.stop(StopReason::TimedOut);
         }
         self.control.begin(e.generation, e.owner, e.lane, deadline);
-        self.polled.enter(capture, e.switch, thread);
+        self.polled.enter(capture, e.switch, context.state as usize);
         let result = {
             let _active = ActiveGuard::new(&self.control, e.switch);
             f()
@@ -731,7 +731,7 @@ fn load_modules(
         }
     });
     let mut capture = host::Capture::default();
-    polled.enter(&mut capture, &switch, &lua.current_thread());
+    polled.enter(&mut capture, &switch, lua.current_thread().to_pointer() as usize);
     let result = {
         let _active = ActiveGuard::new(control, &switch);
         session.modules.iter().try_for_each(|module| {
