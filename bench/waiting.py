@@ -18,7 +18,8 @@ Scenarios (medians of RUNS interleaved runs, default 3; ratios of medians):
      `rsp scan -p-` on the same host.
   6. CPU-bound regression check: the engine's own figures (library trivial
      items/s at 2 threads, runspace open time, stop latency) from
-     `examples/engine_bench`.
+     `examples/engine_bench` ($ENGINE_BENCH, else next to $RSP, else this
+     workspace's release build).
 
 Peers that are missing are installed when running as root (nginx from
 Debian, aiohttp from PyPI); otherwise they are skipped with a message.
@@ -236,7 +237,11 @@ def main():
         ("rsp scan -p-", f"{rsp} scan 127.0.0.1 -p- --format jsonl"),
     ])
 
-    bench = os.path.join(os.path.dirname(rsp), "examples", "engine_bench")
+    # Next to $RSP when it is a build's own binary; else this workspace's
+    # (RSP=/tmp/rsp-copy used to skip this part); ENGINE_BENCH names one.
+    candidates = [os.environ.get("ENGINE_BENCH"), os.path.join(os.path.dirname(rsp), "examples", "engine_bench"),
+                  os.path.join(ROOT, "target", "release", "examples", "engine_bench")]
+    bench = next((c for c in candidates if c and os.path.exists(c)), candidates[1])
     if os.path.exists(bench):
         runs = [dict(line.split("\t")[:2] for line in output(bench).splitlines() if "\t" in line) for _ in range(RUNS)]
         med = lambda key: statistics.median(float(r[key]) for r in runs)

@@ -442,3 +442,48 @@ impl Drop for Results {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{ItemResult, Received};
+    use crate::Status;
+
+    fn items(indices: std::ops::Range<u64>) -> Vec<ItemResult> {
+        indices.map(|i| ItemResult::new(i, json!(i), Status::Completed)).collect()
+    }
+
+    fn front(received: &Received) -> Option<u64> {
+        received.front().map(|item| item.index)
+    }
+
+    /// Lent and taken results alike move the front on, a delivery that
+    /// comes while some are left queues behind them, and every result comes
+    /// out once, with its own input, in order.
+    #[test]
+    fn results_come_out_once_and_in_order_however_they_are_handed_out() {
+        let mut received = Received::default();
+        assert!(received.is_empty());
+        assert_eq!(received.take_front().map(|i| i.index), None);
+        received.pass_front();
+        received.push(items(0..3));
+        assert_eq!(front(&received), Some(0));
+        received.pass_front();
+        let taken = received.take_front().unwrap();
+        assert_eq!((taken.index, taken.input), (1, json!(1)));
+        received.push(items(3..5));
+        let mut out = Vec::new();
+        while let Some(item) = received.take_front() {
+            out.push((item.index, item.input));
+        }
+        assert_eq!(out, vec![(2, json!(2)), (3, json!(3)), (4, json!(4))]);
+        assert!(received.is_empty());
+        // Passing the end changes nothing.
+        received.pass_front();
+        assert!(received.is_empty());
+        received.push_one(ItemResult::new(9, json!(9), Status::Completed));
+        assert_eq!(front(&received), Some(9));
+        assert_eq!(received.items.len(), 1, "what was handed out is dropped when more comes");
+    }
+}
