@@ -17,6 +17,15 @@
 //! ```
 //!
 //! The library never prints; the `rsp` program formats what it returns.
+//!
+//! # Building for speed
+//!
+//! Luau's C++ keeps all its internal assertions unless `NDEBUG` is
+//! defined, and the vendored build never defines it. This workspace sets
+//! `LUAU_CXXFLAGS=-DNDEBUG` in its `.cargo/config.toml`. A project that
+//! embeds this crate should do the same, for example in its own
+//! `.cargo/config.toml`: CPU-bound scripts then run about 1.2× faster.
+//! Debug builds keep the assertions either way.
 
 mod capability;
 mod control;

@@ -302,7 +302,7 @@ impl JobInfo {
 /// What an observer is told. Events of one job arrive in order: `Started`,
 /// any `Item`s, then `Finished` (a job stopped while queued only has
 /// `Finished`). `Finished` is delivered before waiters see the end, so an
-/// observer that persists it is never behind a returned [`JobManager::wait`].
+/// observer that persists it is never behind a returned [`JobManager::wait`](crate::JobManager::wait).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum JobEvent<'a> {
