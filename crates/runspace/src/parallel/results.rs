@@ -402,19 +402,24 @@ impl Received {
     fn push(&mut self, items: Vec<ItemResult>) {
         if self.is_empty() {
             self.items = items;
+            self.next = 0;
         } else {
-            self.items.drain(..self.next);
+            self.drop_handed_out();
             self.items.extend(items);
         }
-        self.next = 0;
     }
 
     /// Makes `item` the front, in ordered mode (which hands results out
     /// one at a time, so none is left), keeping the buffer.
     fn push_one(&mut self, item: ItemResult) {
         debug_assert!(self.is_empty(), "an ordered run's result would jump the queue");
-        self.items.clear();
+        self.drop_handed_out();
         self.items.push(item);
+    }
+
+    /// Drops the results already handed out.
+    fn drop_handed_out(&mut self) {
+        self.items.drain(..self.next);
         self.next = 0;
     }
 }
